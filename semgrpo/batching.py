@@ -1,0 +1,108 @@
+"""Batch sizes from the DeepSpeed JSON, cross-checked against GRPO's group size, and the prompt order.
+
+In GRPO the DeepSpeed micro batch counts *completions*: one optimizer step consumes
+`micro * grad_accum * world` completions, i.e. that many / G prompts. Each rank owns whole groups, so
+`micro * grad_accum` must be a multiple of G. The prompt order is a pure function of (seed, step), so
+every rank agrees on it and a resumed run continues at exactly the same data position.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from semgrpo.config import ConfigError
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    micro_batch: int  # sequences per forward/backward per rank
+    grad_accum: int
+    world_size: int
+
+    @property
+    def per_rank(self) -> int:
+        return self.micro_batch * self.grad_accum
+
+    @property
+    def global_batch(self) -> int:
+        return self.per_rank * self.world_size
+
+
+def load_ds_config(path: str | Path, *, dtype: str, world_size: int) -> tuple[dict, BatchPlan]:
+    """Read a DeepSpeed JSON, fill in precision from `dtype` when it says nothing, check batch sizes."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"DeepSpeed config not found: {path}")
+    try:
+        ds = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    if "optimizer" in ds or "scheduler" in ds:
+        raise ConfigError(
+            f"{path}: remove the 'optimizer'/'scheduler' sections; semgrpo builds AdamW and the schedule "
+            "from train.lr / train.scheduler (and sft.*) so that both stages are configured in one place"
+        )
+    micro = ds.get("train_micro_batch_size_per_gpu")
+    accum = ds.get("gradient_accumulation_steps", 1)
+    total = ds.get("train_batch_size")
+    if micro is None and total is None:
+        raise ConfigError(f"{path}: set train_micro_batch_size_per_gpu (and gradient_accumulation_steps)")
+    if micro is None:
+        micro = total // (accum * world_size)
+    if "gradient_accumulation_steps" not in ds and total is not None:
+        accum = total // (micro * world_size)
+    for name, value in (("train_micro_batch_size_per_gpu", micro), ("gradient_accumulation_steps", accum)):
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{path}: {name} must be a positive integer, got {value!r}")
+    if total is not None and total != micro * accum * world_size:
+        raise ConfigError(
+            f"{path}: train_batch_size {total} != train_micro_batch_size_per_gpu {micro} x "
+            f"gradient_accumulation_steps {accum} x {world_size} ranks"
+        )
+    ds = dict(ds, train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=accum)
+    ds.pop("train_batch_size", None)
+    if not any(k in ds for k in ("bf16", "fp16")):
+        ds["bf16"] = {"enabled": dtype == "bf16"}
+        ds["fp16"] = {"enabled": dtype == "fp16"}
+    return ds, BatchPlan(micro_batch=micro, grad_accum=accum, world_size=world_size)
+
+
+def check_group_fit(plan: BatchPlan, group_size: int, ds_path: str) -> int:
+    """Prompts per rank per step; a clear error when groups would straddle micro-batches or ranks."""
+    if plan.per_rank % group_size:
+        raise ConfigError(
+            f"{ds_path}: train_micro_batch_size_per_gpu x gradient_accumulation_steps = {plan.per_rank} "
+            f"completions per rank is not a multiple of grpo.group_size {group_size}; "
+            "each rank must hold whole groups"
+        )
+    return plan.per_rank // group_size
+
+
+class PromptOrder:
+    """Epoch-wise permutation of example indices, identical on every rank, indexed by step."""
+
+    def __init__(self, num_examples: int, *, prompts_per_step: int, seed: int):
+        if num_examples < prompts_per_step:
+            raise ConfigError(
+                f"only {num_examples} training examples, fewer than the {prompts_per_step} prompts one step "
+                "needs (global batch / group size); add data or lower the batch size"
+            )
+        self.num_examples = num_examples
+        self.prompts_per_step = prompts_per_step
+        self.seed = seed
+        self.steps_per_epoch = num_examples // prompts_per_step  # the incomplete tail batch is dropped
+
+    def total_steps(self, *, epochs: float, max_steps: int) -> int:
+        return max_steps if max_steps > 0 else max(1, math.ceil(epochs * self.steps_per_epoch))
+
+    def indices(self, step: int, *, rank: int, world_size: int) -> list[int]:
+        """The example indices this rank trains on at `step` (0-based)."""
+        epoch, offset = divmod(step, self.steps_per_epoch)
+        perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+        batch = perm[offset * self.prompts_per_step : (offset + 1) * self.prompts_per_step]
+        per_rank = self.prompts_per_step // world_size
+        return batch[rank * per_rank : (rank + 1) * per_rank].tolist()

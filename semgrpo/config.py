@@ -1,0 +1,331 @@
+"""Run configuration: one dataclass tree with defaults, loaded from YAML plus `key=value` overrides.
+
+Every knob of the method (paper sections 3-4, Appendix A) lives here with the paper's value as its
+default; `configs/*.yaml` only say what differs. The DeepSpeed JSON (`train.deepspeed`) stays pure
+DeepSpeed: batch sizes are read from it and cross-checked against the group size (see batching.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+SCALE_REWARDS = ("group", "batch", "none")
+REWARD_FUNCTIONS = ("semantic", "language", "bleu", "length")
+PAPER_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class ConfigError(ValueError):
+    """A user error in the run configuration (unknown key, bad value, missing file)."""
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = True
+    r: int = 64
+    alpha: int = 128
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: list(PAPER_LORA_TARGETS))
+
+
+@dataclass
+class ModelConfig:
+    # Policy: a local directory (or a hub id, only if you name one). Empty with `demo: true`.
+    path: str = ""
+    # Tokenizer directory; empty = same as `path`.
+    tokenizer: str = ""
+    # Output directory of bin/train_sft.py (stage 1). Its adapter is merged into the base weights at
+    # start, so that "adapter disabled" is the cold-start policy: the GRPO reference.
+    init_from: str = ""
+    # auto = bf16 on CUDA, fp32 on CPU.
+    dtype: str = "auto"
+    # Reentrant checkpointing (the variant PEFT + ZeRO-3 needs).
+    gradient_checkpointing: bool = False
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class DataConfig:
+    # mt_bo_zh | mt_zh_bo | hg_bo (see semgrpo.data.TASKS).
+    task: str = "mt_zh_bo"
+    # JSONL/Parquet file, a folder with {split}.jsonl, or a hub id you name.
+    train: str = ""
+    dev: str = ""
+    max_prompt_length: int = 256
+    # Samples whose prompt + reference exceed this many tokens are dropped (paper: 1024).
+    max_sample_tokens: int = 1024
+
+
+@dataclass
+class SFTConfig:
+    # Stage 1 (cold start): the first `samples` training records (paper: 5000, 2 epochs).
+    # samples: 0 = all records (the Strong SFT baseline: 3 epochs).
+    samples: int = 5000
+    epochs: float = 2.0
+    lr: float = 2e-5
+    scheduler: str = "cosine"
+    warmup_ratio: float = 0.1
+    max_length: int = 1024
+    # train_grpo.py runs stage 1 itself first when this is true and model.init_from is empty.
+    before_grpo: bool = False
+
+
+@dataclass
+class RewardConfig:
+    # Reward encoder f: a sentence-transformers directory (frozen during RL).
+    encoder: str = ""
+    # Components of the reward; the paper's default and its ablations:
+    # [semantic] | [semantic, language] | + bleu | + length.
+    functions: list[str] = field(default_factory=lambda: ["semantic", "language"])
+    weights: dict[str, float] = field(
+        default_factory=lambda: {"semantic": 1.5, "language": 1.0, "bleu": 1.0, "length": 1.0}
+    )
+    # Threshold of R_sim: a number, or "auto" = mean similarity of the cold-start policy's greedy
+    # outputs on `tau_samples` dev prompts, measured before the first step and stored with the run.
+    tau: Any = "auto"
+    tau_samples: int = 64
+    # Target script of R_lang; empty = the task's target script.
+    script: str = ""
+    min_script_ratio: float = 1.0
+    max_foreign: int = 0
+    # Length constraint: 1 when len(completion) / len(reference), in characters, is within [lo, hi].
+    length_ratio_min: float = 0.5
+    length_ratio_max: float = 2.0
+    encoder_batch_size: int = 256
+
+
+@dataclass
+class GRPOConfig:
+    group_size: int = 8
+    temperature: float = 0.8
+    top_p: float = 0.9
+    max_completion_length: int = 256
+    # KL coefficient; 0 skips the reference pass entirely.
+    beta: float = 0.0
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    loss_type: str = "grpo"
+    scale_rewards: str = "group"
+    # Optimizer updates per generated batch (mu); old log-probs are computed only when > 1.
+    num_iterations: int = 1
+    # Generation batch (completions) per forward of generate; 0 = all of this rank's completions.
+    generation_batch_size: int = 0
+
+
+@dataclass
+class TrainConfig:
+    # DeepSpeed JSON: pure DeepSpeed; micro batch and accumulation are read from it.
+    deepspeed: str = "ds_configs/zero3.json"
+    lr: float = 5e-7
+    scheduler: str = "constant"
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    epochs: float = 1.0
+    # > 0 overrides epochs. A step = one generated batch (and num_iterations optimizer updates).
+    max_steps: int = -1
+    save_every: int = 50
+    keep_last: int = 2
+    log_every: int = 1
+    # Write a few completions to TensorBoard text every this many steps (0 = never).
+    sample_every: int = 10
+
+
+@dataclass
+class Config:
+    output_dir: str = "runs/grpo"
+    # auto = continue from the newest complete checkpoint in output_dir if any; or a checkpoint path; or "".
+    resume: str = "auto"
+    seed: int = 0
+    # Build the offline demo (CLDR pairs, tiny tokenizer/policy/encoder) and fill the paths from it.
+    demo: bool = False
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading
+
+
+def valid_keys(cls=Config, prefix="") -> list[str]:
+    """All dotted keys of the tree, for error messages and the README reference."""
+    keys = []
+    for f in dataclasses.fields(cls):
+        sub = _dataclass_type(cls, f)
+        if sub is not None:
+            keys += valid_keys(sub, f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Build a Config from defaults, then a YAML file, then `key=value` overrides (YAML-parsed values)."""
+    cfg = Config()
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(tree).__name__}")
+        for key, value in _flatten(tree):
+            set_key(cfg, key, value, origin=str(path))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        set_key(cfg, key.strip(), value, origin="command line")
+    validate(cfg)
+    return cfg
+
+
+def set_key(cfg: Config, dotted: str, value: Any, *, origin: str = "") -> None:
+    """Set `a.b.c = value` with type checking; unknown keys list the valid ones."""
+    node, parts = cfg, dotted.split(".")
+    for i, part in enumerate(parts):
+        names = {f.name: f for f in dataclasses.fields(node)}
+        if part not in names:
+            where = f" ({origin})" if origin else ""
+            raise ConfigError(
+                f"unknown config key {dotted!r}{where}; valid keys: {', '.join(valid_keys())}"
+            )
+        f = names[part]
+        hint = _field_type(type(node), f)
+        if typing.get_origin(hint) is dict and i == len(parts) - 2:  # reward.weights.semantic=2.0
+            getattr(node, part).update(_coerce(dotted, {parts[-1]: value}, hint))
+            return
+        if i < len(parts) - 1:
+            if _dataclass_type(type(node), f) is None:
+                raise ConfigError(f"config key {'.'.join(parts[: i + 1])!r} is a value, not a section")
+            node = getattr(node, part)
+        else:
+            if _dataclass_type(type(node), f) is not None:
+                raise ConfigError(f"config key {dotted!r} is a section; set its fields, e.g. {dotted}.<field>")
+            value = _coerce(dotted, value, hint)
+            if isinstance(value, dict):  # a partial mapping keeps the other defaults
+                value = {**getattr(node, part), **value}
+            setattr(node, part, value)
+
+
+def validate(cfg: Config) -> None:
+    """Range and choice checks that need no files."""
+    g, t, r = cfg.grpo, cfg.train, cfg.reward
+    _choice("grpo.loss_type", g.loss_type, LOSS_TYPES)
+    _choice("grpo.scale_rewards", g.scale_rewards, SCALE_REWARDS)
+    _choice("model.dtype", cfg.model.dtype, ("auto", "bf16", "fp16", "fp32"))
+    _choice("train.scheduler", t.scheduler, ("constant", "cosine", "linear"))
+    _choice("sft.scheduler", cfg.sft.scheduler, ("constant", "cosine", "linear"))
+    _positive("grpo.group_size", g.group_size, minimum=2)
+    _positive("grpo.max_completion_length", g.max_completion_length)
+    _positive("grpo.num_iterations", g.num_iterations)
+    _positive("data.max_prompt_length", cfg.data.max_prompt_length)
+    _positive("reward.tau_samples", r.tau_samples)
+    _positive("train.keep_last", t.keep_last)
+    _positive("train.save_every", t.save_every)
+    if not 0.0 < g.temperature:
+        raise ConfigError(f"grpo.temperature must be > 0, got {g.temperature}")
+    if not 0.0 < g.top_p <= 1.0:
+        raise ConfigError(f"grpo.top_p must be in (0, 1], got {g.top_p}")
+    if g.beta < 0 or g.eps_low < 0 or g.eps_high < 0:
+        raise ConfigError("grpo.beta, grpo.eps_low and grpo.eps_high must be >= 0")
+    if not r.functions:
+        raise ConfigError("reward.functions is empty; choose from " + ", ".join(REWARD_FUNCTIONS))
+    for name in r.functions:
+        _choice("reward.functions", name, REWARD_FUNCTIONS)
+    for name in r.weights:
+        _choice("reward.weights key", name, REWARD_FUNCTIONS)
+    if r.tau != "auto" and not (isinstance(r.tau, (int, float)) and -1.0 <= float(r.tau) < 1.0):
+        raise ConfigError(f"reward.tau must be 'auto' or a number in [-1, 1), got {r.tau!r}")
+    if not 0 < r.length_ratio_min <= r.length_ratio_max:
+        raise ConfigError("reward.length_ratio_min must be > 0 and <= reward.length_ratio_max")
+    if t.max_steps == 0 or (t.max_steps < 0 and t.epochs <= 0):
+        raise ConfigError("train.max_steps must be > 0, or -1 with train.epochs > 0")
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+# ---------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _flatten(tree: dict, prefix: str = ""):
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and not dotted.endswith("weights"):
+            yield from _flatten(value, dotted + ".")
+        else:
+            yield dotted, value
+
+
+def _field_type(cls, f):
+    return typing.get_type_hints(cls)[f.name]
+
+
+def _dataclass_type(cls, f):
+    t = _field_type(cls, f)
+    return t if dataclasses.is_dataclass(t) else None
+
+
+def _coerce(key: str, value: Any, hint) -> Any:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if hint is str:
+        if value is None:
+            return ""
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key} must be a list of strings, got {value!r}")
+        return list(value)
+    if origin is dict:
+        if not isinstance(value, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()
+        ):
+            raise ConfigError(f"{key} must be a mapping of name: number, got {value!r}")
+        return {str(k): float(v) for k, v in value.items()}
+    raise ConfigError(f"{key}: unsupported type {hint}")  # pragma: no cover - programming error
+
+
+def _choice(key, value, choices):
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _positive(key, value, minimum=1):
+    if value < minimum:
+        raise ConfigError(f"{key} must be >= {minimum}, got {value}")

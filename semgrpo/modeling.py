@@ -1,0 +1,157 @@
+"""Load the policy (+LoRA), its tokenizer and the frozen reward encoder; wrap the policy in DeepSpeed."""
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from semgrpo.config import ConfigError, LoraConfig, ModelConfig
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def resolve_dtype(name: str) -> str:
+    """auto -> bf16 on CUDA, fp32 on CPU (CPU bf16 matmuls are slow and imprecise)."""
+    if name == "auto":
+        return "bf16" if torch.cuda.is_available() else "fp32"
+    return name
+
+
+TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def check_model_source(path: str, what: str) -> str:
+    """A local directory, or a hub id the user named explicitly; anything else is a clear error."""
+    if not path:
+        raise ConfigError(f"{what} is not set")
+    if Path(path).exists():
+        if not Path(path).is_dir():
+            raise ConfigError(f"{what} {path!r} is a file; expected a model directory")
+        return path
+    if _HUB_ID.match(path) and not path.startswith((".", "/")):
+        if os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise ConfigError(f"{what} {path!r} does not exist locally and HF_HUB_OFFLINE=1 forbids the hub")
+        return path
+    raise ConfigError(f"{what} {path!r} does not exist")
+
+
+def load_tokenizer(model_cfg: ModelConfig):
+    from transformers import AutoTokenizer
+
+    path = check_model_source(model_cfg.tokenizer or model_cfg.path, "model.tokenizer")
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token_id is None:
+        if tok.eos_token_id is None:
+            raise ConfigError(f"tokenizer {path!r} has neither a pad nor an eos token")
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"  # generation batches are left padded
+    return tok
+
+
+def find_adapter_dir(init_from: str) -> Path:
+    """Accept the SFT output dir, its `final/` dir, or an adapter dir itself."""
+    root = Path(init_from)
+    for cand in (root, root / "adapter", root / "final" / "adapter"):
+        if (cand / "adapter_config.json").is_file():
+            return cand
+    raise ConfigError(
+        f"model.init_from {init_from!r} holds no adapter (looked for adapter_config.json in it, "
+        "adapter/ and final/adapter/); pass the output_dir of bin/train_sft.py"
+    )
+
+
+def load_policy(model_cfg: ModelConfig, *, dtype: str):
+    """Base model, with the stage-1 adapter merged in when `init_from` is set, plus a fresh LoRA.
+
+    Merging the cold-start adapter makes "adapter disabled" equal the cold-start policy, which is the
+    GRPO reference, without a second copy of the model in memory.
+    """
+    from transformers import AutoModelForCausalLM
+
+    path = check_model_source(model_cfg.path, "model.path")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=TORCH_DTYPES[dtype])
+    if model_cfg.init_from:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(find_adapter_dir(model_cfg.init_from)))
+        model = model.merge_and_unload()
+    model.config.use_cache = True
+    if model_cfg.lora.enabled:
+        model = add_lora(model, model_cfg.lora)
+    if model_cfg.gradient_checkpointing:
+        # PEFT + ZeRO-3 need the reentrant variant and inputs that require grad (TRL #2514).
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+        model.enable_input_require_grads()
+    return model
+
+
+def add_lora(model, lora: LoraConfig):
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [m for m in lora.target_modules if m not in present]
+    if missing:
+        raise ConfigError(f"model.lora.target_modules {missing} are not modules of this model")
+    peft_cfg = PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, peft_cfg)
+
+
+def load_reward_encoder(path: str, *, device: torch.device):
+    """The frozen sentence encoder f of the semantic reward."""
+    from sentence_transformers import SentenceTransformer
+
+    path = check_model_source(path, "reward.encoder")
+    enc = SentenceTransformer(path, device=str(device))
+    enc.eval()
+    for p in enc.parameters():
+        p.requires_grad_(False)
+    return enc
+
+
+def lr_lambda(*, scheduler: str, warmup_steps: int, total_steps: int):
+    """Multiplier of the base lr at optimizer step `i`: linear warmup then constant/cosine/linear decay."""
+
+    def factor(i: int) -> float:
+        if warmup_steps and i < warmup_steps:
+            return (i + 1) / warmup_steps
+        if scheduler == "constant":
+            return 1.0
+        progress = min(1.0, (i - warmup_steps) / max(1, total_steps - warmup_steps))
+        if scheduler == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0 - progress
+
+    return factor
+
+
+def build_engine(model, ds_config: dict, *, lr: float, weight_decay: float, scheduler: str,
+                 warmup_ratio: float, total_updates: int):
+    """DeepSpeed engine over the trainable parameters with AdamW and our schedule."""
+    import deepspeed
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("the model has no trainable parameters (LoRA disabled and base frozen?)")
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    warmup = int(round(warmup_ratio * total_updates))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(scheduler=scheduler, warmup_steps=warmup, total_steps=total_updates)
+    )
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=schedule, config=ds_config
+    )
+    return engine
+
+
+def zero_stage(engine) -> int:
+    return engine.zero_optimization_stage() if hasattr(engine, "zero_optimization_stage") else 0

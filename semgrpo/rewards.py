@@ -1,0 +1,132 @@
+"""Reward functions (paper 3.4) and their weighted sum.
+
+Each function has the TRL shape `(prompts, completions, references) -> list[float | None]`, so any of
+them can be handed to another trainer, and any TRL-style function can be added here. None means "does
+not apply to this sample" and becomes NaN: the weighted sum ignores it (nansum), and a sample whose every
+component is NaN gets NaN, which group_advantages turns into advantage 0.
+
+    R = w_sim * R_sim + w_lang * R_lang (+ w_bleu * BLEU + w_len * length)       (paper eq. 4)
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from semgrpo.config import ConfigError, RewardConfig
+from semgrpo.ops import semantic_reward
+from semgrpo.script import script_consistent
+from semgrpo.text import tibetan_syllables
+
+RewardFn = Callable[[Sequence[str], Sequence[str], Sequence[str]], list]
+
+
+class SemanticSimilarity:
+    """R_sim: cosine of the frozen encoder's embeddings, thresholded at tau and rescaled (eq. 1-2)."""
+
+    def __init__(self, encoder, *, tau: float | None = None, batch_size: int = 256):
+        self.encoder = encoder
+        self.tau = tau
+        self.batch_size = batch_size
+        self.__name__ = "semantic"
+
+    @torch.no_grad()
+    def embed(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.encoder.encode(list(texts), batch_size=self.batch_size, convert_to_tensor=True,
+                                   normalize_embeddings=False, show_progress_bar=False)
+
+    def similarity(self, completions: Sequence[str], references: Sequence[str]) -> torch.Tensor:
+        """Raw cosine s per sample; an empty completion has similarity 0 (it says nothing)."""
+        c, r = self.embed(completions), self.embed(references)
+        no_lang = torch.zeros(len(completions), device=c.device)
+        _, sim = semantic_reward(c, r, no_lang, tau=0.0, w_sim=1.0, w_lang=0.0)
+        empty = torch.tensor([not s.strip() for s in completions], device=sim.device)
+        return sim.masked_fill(empty, 0.0)
+
+    def __call__(self, prompts, completions, references) -> list[float]:
+        if self.tau is None:
+            raise RuntimeError("SemanticSimilarity.tau is unset: measure it (reward.tau=auto) or set a number")
+        s = self.similarity(completions, references)
+        r_sim = torch.where(s > self.tau, (s - self.tau) / (1.0 - self.tau), torch.zeros_like(s))
+        return r_sim.float().cpu().tolist()
+
+
+class LanguageConsistency:
+    """R_lang: 1 when the completion is in the target script and not mixed, else 0 (eq. 3)."""
+
+    def __init__(self, script: str, *, min_ratio: float = 1.0, max_foreign: int = 0):
+        self.script, self.min_ratio, self.max_foreign = script, min_ratio, max_foreign
+        self.__name__ = "language"
+
+    def __call__(self, prompts, completions, references) -> list[float]:
+        ok = script_consistent(list(completions), script=self.script, min_ratio=self.min_ratio,
+                               max_foreign=self.max_foreign)
+        return [float(x) for x in ok]
+
+
+class SentenceBLEU:
+    """Sentence BLEU / 100 (ablation). Chinese: sacrebleu's zh tokenizer; Tibetan: syllables."""
+
+    def __init__(self, script: str):
+        self.script = script
+        self.__name__ = "bleu"
+
+    def __call__(self, prompts, completions, references) -> list[float]:
+        import sacrebleu
+
+        out = []
+        for hyp, ref in zip(completions, references):
+            if self.script == "tibetan":
+                hyp, ref = " ".join(tibetan_syllables(hyp)), " ".join(tibetan_syllables(ref))
+                score = sacrebleu.sentence_bleu(hyp, [ref], tokenize="none")
+            else:
+                score = sacrebleu.sentence_bleu(hyp, [ref], tokenize="zh" if self.script == "han" else "13a")
+            out.append(score.score / 100.0)
+        return out
+
+
+class LengthConstraint:
+    """1 when len(completion)/len(reference) in characters lies in [lo, hi], else 0 (ablation)."""
+
+    def __init__(self, lo: float, hi: float):
+        self.lo, self.hi = lo, hi
+        self.__name__ = "length"
+
+    def __call__(self, prompts, completions, references) -> list[float]:
+        return [float(self.lo <= len(c.strip()) / max(1, len(r.strip())) <= self.hi)
+                for c, r in zip(completions, references)]
+
+
+def build_reward_functions(cfg: RewardConfig, *, encoder, script: str) -> dict[str, RewardFn]:
+    """The configured components, in config order, keyed by name."""
+    tau = None if cfg.tau == "auto" else float(cfg.tau)
+    makers = {
+        "semantic": lambda: SemanticSimilarity(encoder, tau=tau, batch_size=cfg.encoder_batch_size),
+        "language": lambda: LanguageConsistency(script, min_ratio=cfg.min_script_ratio,
+                                                max_foreign=cfg.max_foreign),
+        "bleu": lambda: SentenceBLEU(script),
+        "length": lambda: LengthConstraint(cfg.length_ratio_min, cfg.length_ratio_max),
+    }
+    if "semantic" in cfg.functions and encoder is None:
+        raise ConfigError("reward.functions has 'semantic' but reward.encoder is not set")
+    return {name: makers[name]() for name in cfg.functions}
+
+
+def score(functions: dict[str, RewardFn], weights: dict[str, float], prompts, completions, references,
+          *, device=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Weighted total reward and each component.
+
+    Shape:
+        returns total [N] fp32 (NaN where every component is None), and name -> [N] fp32
+    """
+    per_fn = {}
+    for name, fn in functions.items():
+        values = fn(prompts, completions, references)
+        if len(values) != len(completions):
+            raise ValueError(f"reward function {name!r} returned {len(values)} values for {len(completions)} completions")
+        per_fn[name] = torch.tensor([float("nan") if v is None else float(v) for v in values],
+                                    dtype=torch.float32, device=device)
+    stacked = torch.stack([per_fn[n] * weights.get(n, 1.0) for n in functions], dim=1)
+    total = torch.nansum(stacked, dim=1)
+    total[torch.isnan(stacked).all(dim=1)] = float("nan")
+    return total, per_fn

@@ -1,0 +1,120 @@
+"""Generation under ZeRO-3 and the tensors one GRPO step works on.
+
+Under ZeRO-3 every forward gathers each layer's shards; doing that for every generated token is what
+makes naive generation 10-100x slower (TRL #3858). We gather the full parameter set once per rollout
+(DeepSpeed's `unwrap_model_for_generation`) and generate with plain HF `generate` and its KV cache. When
+the model does not fit on one device, `gather=False` falls back to `synced_gpus` generation.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Rollout:
+    """Prompts (left padded) and completions (right padded, cut after the first eos) of one batch.
+
+    Shape:
+        prompt_ids, prompt_mask: [N, P]; completion_ids, completion_mask: [N, C]
+    """
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.prompt_ids.shape[0]
+
+    def select(self, rows: torch.Tensor) -> "Rollout":
+        return Rollout(*(t[rows] for t in (self.prompt_ids, self.prompt_mask, self.completion_ids,
+                                           self.completion_mask)))
+
+    def chunks(self, size: int):
+        for start in range(0, len(self), size):
+            yield self.select(torch.arange(start, min(start + size, len(self))))
+
+
+@contextlib.contextmanager
+def generation_model(engine, *, gather: bool):
+    """The module to call `generate` on: parameters gathered once under ZeRO-3 when `gather`."""
+    stage = engine.zero_optimization_stage()
+    was_training = engine.module.training
+    engine.module.eval()
+    try:
+        if stage == 3 and gather:
+            from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
+
+            with unwrap_model_for_generation(engine):
+                yield engine.module
+        else:
+            yield engine.module
+    finally:
+        engine.module.train(was_training)
+
+
+def left_pad(seqs: list[list[int]], *, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def cut_after_eos(tokens: torch.Tensor, eos_ids: list[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask everything after the first eos (the eos itself is kept: the policy learns to stop)."""
+    is_eos = torch.isin(tokens, torch.tensor(eos_ids, device=tokens.device))
+    seen_before = (is_eos.cumsum(dim=1) - is_eos.long()) > 0
+    mask = (~seen_before).long()
+    return tokens.masked_fill(mask == 0, pad_id), mask
+
+
+@torch.no_grad()
+def generate(engine, prompts: list[list[int]], *, pad_id: int, eos_ids: list[int], max_new_tokens: int,
+             temperature: float, top_p: float, greedy: bool = False, batch_size: int = 0,
+             gather: bool = True) -> Rollout:
+    """Sample one completion per prompt (repeat prompts G times beforehand for a GRPO group).
+
+    Shape:
+        prompts: N lists of token ids -> Rollout with N rows
+    """
+    device = engine.device
+    prompt_ids, prompt_mask = left_pad(prompts, pad_id=pad_id, device=device)
+    sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature,
+                                                          top_p=top_p, top_k=0)
+    synced = engine.zero_optimization_stage() == 3 and not gather and torch.distributed.get_world_size() > 1
+    pieces = []
+    batch_size = batch_size or len(prompts)
+    with generation_model(engine, gather=gather) as model:
+        for start in range(0, len(prompts), batch_size):
+            ids, mask = prompt_ids[start:start + batch_size], prompt_mask[start:start + batch_size]
+            out = model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, eos_token_id=eos_ids,
+                pad_token_id=pad_id, use_cache=True, synced_gpus=synced, **sampling,
+            )
+            pieces.append(out[:, ids.shape[1]:])
+    width = max(p.shape[1] for p in pieces)
+    completions = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1]), value=pad_id) for p in pieces])
+    completion_ids, completion_mask = cut_after_eos(completions, eos_ids, pad_id)
+    return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask)
+
+
+def completion_logits(model, r: Rollout) -> torch.Tensor:
+    """Logits that predict each completion token, computed only for the completion positions.
+
+    Shape:
+        returns [N, C, V], a strided view aligned with r.completion_ids
+    """
+    input_ids = torch.cat([r.prompt_ids, r.completion_ids], dim=1)
+    attention_mask = torch.cat([r.prompt_mask, r.completion_mask], dim=1)
+    # Same positions as generate() used under left padding.
+    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+    c = r.completion_ids.shape[1]
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                logits_to_keep=c + 1, use_cache=False)
+    return out.logits[:, :-1]
