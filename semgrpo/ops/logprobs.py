@@ -1,0 +1,116 @@
+"""Per-token log-probabilities of given ids under (temperature-scaled) logits, without grad.
+
+Used for the old-policy and reference log-probs of GRPO. Neither path materializes the fp32
+log-softmax of the whole [B, T, V] logits: the torch reference works in row chunks, the Triton
+kernel streams each row with an online logsumexp.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._dispatch import check_float_tensor, check_positive, use_triton
+
+try:
+    import triton
+    import triton.language as tl
+except Exception:  # pragma: no cover - depends on the install
+    triton = None
+
+_CHUNK_ELEMS = 1 << 22  # fp32 elements per torch chunk (16 MiB)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _token_logprobs_fwd_kernel(
+        x_ptr, ids_ptr, out_ptr, T, V,
+        stride_xb, stride_xt, stride_xv, stride_ib, stride_it, inv_temp,
+        BLOCK_V: tl.constexpr,
+    ):
+        # logp = x[id]/temp - logsumexp(x/temp), online over V in fp32.
+        row = tl.program_id(0).to(tl.int64)
+        b = row // T
+        t = row % T
+        base = x_ptr + b * stride_xb + t * stride_xt
+        cols = tl.arange(0, BLOCK_V)
+        m = tl.full([BLOCK_V], float("-inf"), tl.float32)
+        s = tl.zeros([BLOCK_V], tl.float32)
+        for v0 in range(0, V, BLOCK_V):
+            v = v0 + cols
+            x = tl.load(base + v * stride_xv, mask=v < V, other=float("-inf")).to(tl.float32) * inv_temp
+            m_new = tl.maximum(m, x)
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            s = s * tl.exp(m - m_safe) + tl.exp(x - m_safe)
+            m = m_new
+        mx = tl.max(m, axis=0)
+        lse = mx + tl.log(tl.sum(s * tl.exp(m - mx), axis=0))
+        tok = tl.load(ids_ptr + b * stride_ib + t * stride_it).to(tl.int64)
+        ok = (tok >= 0) & (tok < V)
+        xt = tl.load(base + tl.where(ok, tok, 0) * stride_xv).to(tl.float32) * inv_temp
+        tl.store(out_ptr + row, tl.where(ok, xt - lse, float("nan")))
+
+
+def _check(logits: torch.Tensor, ids: torch.Tensor, temperature: float) -> None:
+    check_float_tensor("logits", logits, ndim=3)
+    if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"ids must be an int64/int32 tensor, got {getattr(ids, 'dtype', type(ids).__name__)}")
+    if tuple(ids.shape) != tuple(logits.shape[:2]):
+        raise ValueError(f"ids shape {tuple(ids.shape)} must equal logits.shape[:2] = {tuple(logits.shape[:2])}")
+    if ids.device != logits.device:
+        raise ValueError(f"ids on {ids.device} but logits on {logits.device}")
+    check_positive("temperature", temperature)
+
+
+def token_logprobs_torch(logits: torch.Tensor, ids: torch.Tensor, *, temperature: float = 1.0) -> torch.Tensor:
+    """Torch reference of :func:`token_logprobs`, in row chunks of at most 16 MiB of fp32."""
+    _check(logits, ids, temperature)
+    B, T, V = logits.shape
+    out = torch.empty(B, T, dtype=torch.float32, device=logits.device)
+    step = max(1, _CHUNK_ELEMS // max(V, 1))
+    with torch.no_grad():
+        for b in range(B):
+            for t0 in range(0, T, step):
+                x = logits[b, t0 : t0 + step].float() / temperature  # [chunk, V]
+                tok = ids[b, t0 : t0 + step].long()
+                out[b, t0 : t0 + step] = x.gather(1, tok[:, None]).squeeze(1) - torch.logsumexp(x, dim=1)
+    return out
+
+
+def _token_logprobs_triton(logits: torch.Tensor, ids: torch.Tensor, temperature: float) -> torch.Tensor:
+    B, T, V = logits.shape
+    out = torch.empty(B, T, dtype=torch.float32, device=logits.device)
+    if B * T == 0:
+        return out
+    block_v = min(triton.next_power_of_2(V), 4096)
+    _token_logprobs_fwd_kernel[(B * T,)](
+        logits, ids, out, T, V,
+        logits.stride(0), logits.stride(1), logits.stride(2), ids.stride(0), ids.stride(1),
+        1.0 / temperature, BLOCK_V=block_v, num_warps=8,
+    )
+    return out
+
+
+def token_logprobs(
+    logits: torch.Tensor, ids: torch.Tensor, *, temperature: float = 1.0, backend: str | None = None
+) -> torch.Tensor:
+    """Log-probability of each id under ``softmax(logits / temperature)``, without grad.
+
+    Args:
+        logits: Any float dtype, may be a strided view (e.g. ``full_logits[:, P-1:-1]``), aligned
+            so that ``logits[b, t]`` predicts ``ids[b, t]``.
+        ids: Token ids (int64 or int32). An id outside ``[0, V)`` gives NaN on the Triton path
+            and an error on the torch path.
+        temperature: Positive divisor of the logits.
+        backend: ``"auto"``/``"triton"``/``"torch"``; default from ``SEMGRPO_OPS``.
+
+    Returns:
+        Per-token log-probs in fp32.
+
+    Shape:
+        logits: [B, T, V], ids: [B, T] -> [B, T]
+    """
+    _check(logits, ids, temperature)
+    if triton is None or not use_triton(logits, ids, backend=backend):
+        return token_logprobs_torch(logits, ids, temperature=temperature)
+    return _token_logprobs_triton(logits.detach(), ids, float(temperature))
