@@ -11,6 +11,7 @@ count as in the paper (1024 tokens for prompt + reference).
 from __future__ import annotations
 
 import json
+import numbers
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,16 +22,8 @@ import torch
 from semgrpo.prompts import TASKS, TaskSpec, get_task, render_prompt
 
 __all__ = [
-    "DataError",
-    "TASKS",
-    "TaskSpec",
-    "render_prompt",
-    "load_records",
-    "Example",
-    "build_examples",
-    "sft_tensors",
-    "collate_left_padded",
-    "collate_sft",
+    "DataError", "TASKS", "TaskSpec", "render_prompt", "load_records", "Example", "build_examples",
+    "sft_tensors", "collate_left_padded", "collate_sft",
 ]
 
 IGNORE_INDEX = -100
@@ -82,9 +75,7 @@ def _iter_json_lines(path: Path, name: str) -> Iterator[tuple[str, Any]]:
 
 
 def _json_reason(err: Exception) -> str:
-    if isinstance(err, json.JSONDecodeError):
-        return f"{err.msg} at column {err.colno}"
-    return str(err)
+    return f"{err.msg} at column {err.colno}" if isinstance(err, json.JSONDecodeError) else str(err)
 
 
 def _iter_rows(rows: Iterable[Any], name: str) -> Iterator[tuple[str, Any]]:
@@ -137,7 +128,9 @@ def _open_source(source: str | Path, split: str) -> tuple[str, Iterator[tuple[st
         return name, _iter_json_lines(path, name)
     if suffix == ".parquet":
         return name, _read_parquet(path, name)
-    raise DataError(f"{name}: unsupported file type {suffix or '(none)'!r} (expected .jsonl, .json, .parquet or a directory)")
+    raise DataError(
+        f"{name}: unsupported file type {suffix or '(none)'!r} (expected .jsonl, .json, .parquet or a directory)"
+    )
 
 
 def _validate(raw: Any, where: str, spec: TaskSpec) -> dict[str, str]:
@@ -219,10 +212,14 @@ class Example:
     reference_ids: list[int]
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not _is_int(value) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
+    return int(value)
 
 
 def build_examples(
@@ -269,7 +266,8 @@ def build_examples(
             raise DataError(f"{where}: expected a dict, got {type(rec).__name__}")
         for field in (spec.source_field, spec.target_field):
             if not isinstance(rec.get(field), str) or not rec[field]:
-                raise DataError(f'{where}: field "{field}" must be a non-empty string, got {type(rec.get(field)).__name__}')
+                got = type(rec.get(field)).__name__
+                raise DataError(f'{where}: field "{field}" must be a non-empty string, got {got}')
         ids.append(str(rec.get("id", f"{source}:{i}")))
         prompts.append(render_prompt(spec, rec[spec.source_field], tokenizer))
         references.append(rec[spec.target_field])
@@ -285,7 +283,8 @@ def build_examples(
         elif len(p_ids) + len(r_ids) > max_sample_tokens:
             long_sample += 1
         else:
-            kept.append(Example(id=rid, prompt=prompt, prompt_ids=list(p_ids), reference=ref, reference_ids=list(r_ids)))
+            kept.append(Example(id=rid, prompt=prompt, prompt_ids=list(p_ids), reference=ref,
+                                reference_ids=list(r_ids)))
     dropped = (
         f"{len(prompts)} records, {long_prompt} with prompt longer than {max_prompt_length} tokens, "
         f"{long_sample} with prompt + reference longer than {max_sample_tokens} tokens"
@@ -312,21 +311,21 @@ def sft_tensors(example: Example, *, eos_token_id: int, max_length: int) -> dict
     Raises:
         ValueError: `eos_token_id` not a non-negative int, or `max_length` not a positive int.
     """
-    if isinstance(eos_token_id, bool) or not isinstance(eos_token_id, int) or eos_token_id < 0:
+    if not _is_int(eos_token_id) or eos_token_id < 0:
         raise ValueError(f"eos_token_id must be a non-negative int, got {eos_token_id!r}")
     _positive_int(max_length, "max_length")
-    answer = list(example.reference_ids) + [eos_token_id]
+    answer = list(example.reference_ids) + [int(eos_token_id)]
     input_ids = list(example.prompt_ids) + answer
     labels = [IGNORE_INDEX] * len(example.prompt_ids) + answer
     return {"input_ids": input_ids[:max_length], "labels": labels[:max_length]}
 
 
 def _check_pad(pad_token_id: Any) -> int:
-    if isinstance(pad_token_id, bool) or not isinstance(pad_token_id, int) or pad_token_id < 0:
+    if not _is_int(pad_token_id) or pad_token_id < 0:
         raise ValueError(
             f"pad_token_id must be a non-negative int, got {pad_token_id!r} (set tokenizer.pad_token)"
         )
-    return pad_token_id
+    return int(pad_token_id)
 
 
 def _check_seqs(seqs: Any, what: str) -> list[list[int]]:
@@ -336,7 +335,7 @@ def _check_seqs(seqs: Any, what: str) -> list[list[int]]:
     for i, seq in enumerate(seqs):
         if isinstance(seq, torch.Tensor):
             seq = seq.tolist()
-        if not isinstance(seq, (list, tuple)) or not seq:
+        if not isinstance(seq, (list, tuple)) or not seq or not all(_is_int(t) for t in seq):
             raise ValueError(f"{what}[{i}] must be a non-empty list of ints, got {seq!r:.80}")
         out.append(list(seq))
     return out

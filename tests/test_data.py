@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
@@ -59,6 +60,7 @@ def mt(i, bo="ཀ་ཁ།", zh="你好"):
 
 def test_task_specs():
     assert set(TASKS) == {"mt_bo_zh", "mt_zh_bo", "hg_bo"}
+    assert all(isinstance(spec, TaskSpec) and spec.name == key for key, spec in TASKS.items())
     bo_zh, zh_bo, hg = TASKS["mt_bo_zh"], TASKS["mt_zh_bo"], TASKS["hg_bo"]
     assert (bo_zh.source_field, bo_zh.target_field, bo_zh.target_script) == ("bo", "zh", "han")
     assert (zh_bo.source_field, zh_bo.target_field, zh_bo.target_script) == ("zh", "bo", "tibetan")
@@ -304,10 +306,14 @@ def test_collate_left_padded():
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 1, 1]]
     ids, mask = collate_left_padded([torch.tensor([3, 4])], pad_token_id=1)
     assert ids.tolist() == [[3, 4]] and mask.tolist() == [[1, 1]]
+    ids, _ = collate_left_padded([[np.int64(3)], [4, 5]], pad_token_id=np.int64(9))  # numpy ints are ints
+    assert ids.tolist() == [[9, 3], [4, 5]]
     with pytest.raises(ValueError, match=r"pad_token_id must be a non-negative int, got None \(set tokenizer.pad_token\)"):
         collate_left_padded([[1]], pad_token_id=None)
     with pytest.raises(ValueError, match=r"sequences\[1\] must be a non-empty list of ints, got \[\]"):
         collate_left_padded([[1], []], pad_token_id=0)
+    with pytest.raises(ValueError, match=r"sequences\[0\] must be a non-empty list of ints, got \[1.5\]"):
+        collate_left_padded([[1.5]], pad_token_id=0)
     with pytest.raises(ValueError, match="sequences must be a non-empty list"):
         collate_left_padded([], pad_token_id=0)
 
