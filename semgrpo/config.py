@@ -113,8 +113,11 @@ class GRPOConfig:
     scale_rewards: str = "group"
     # Optimizer updates per generated batch (mu); old log-probs are computed only when > 1.
     num_iterations: int = 1
-    # Generation batch (completions) per forward of generate; 0 = all of this rank's completions.
+    # Generation batch (completions) per call of generate; 0 = all of this rank's completions.
     generation_batch_size: int = 0
+    # Gather the full parameter set once per rollout under ZeRO-3 (fast). false = synced_gpus
+    # generation that gathers layer by layer (for models that do not fit on one device).
+    gather_for_generation: bool = True
 
 
 @dataclass

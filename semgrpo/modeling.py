@@ -52,14 +52,17 @@ def load_tokenizer(model_cfg: ModelConfig):
 
 
 def find_adapter_dir(init_from: str) -> Path:
-    """Accept the SFT output dir, its `final/` dir, or an adapter dir itself."""
+    """Accept an adapter dir, a checkpoint dir, or the output_dir of train_sft.py (its newest checkpoint)."""
+    from semgrpo.checkpoint import find_latest_checkpoint
+
     root = Path(init_from)
-    for cand in (root, root / "adapter", root / "final" / "adapter"):
-        if (cand / "adapter_config.json").is_file():
+    latest = find_latest_checkpoint(root)
+    for cand in (root, root / "adapter", latest / "adapter" if latest else None):
+        if cand is not None and (cand / "adapter_config.json").is_file():
             return cand
     raise ConfigError(
-        f"model.init_from {init_from!r} holds no adapter (looked for adapter_config.json in it, "
-        "adapter/ and final/adapter/); pass the output_dir of bin/train_sft.py"
+        f"model.init_from {init_from!r} holds no adapter (looked for adapter_config.json in it, in adapter/ "
+        "and in its newest complete checkpoint); pass the output_dir of bin/train_sft.py"
     )
 
 

@@ -1,0 +1,118 @@
+"""Everything a run needs before its first step, shared by SFT and GRPO.
+
+Order matters for users: every path, key and batch size is checked before anything is written to
+`output_dir`, so a typo never damages an existing run.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from semgrpo import dist
+from semgrpo.batching import BatchPlan, load_ds_config
+from semgrpo.config import Config, ConfigError
+from semgrpo.data import Example, build_examples, load_records
+from semgrpo.modeling import check_model_source, load_tokenizer, resolve_dtype
+from semgrpo.prompts import TaskSpec, get_task
+
+log = logging.getLogger("semgrpo")
+
+
+@dataclass
+class RunSetup:
+    cfg: Config
+    task: TaskSpec
+    tokenizer: object
+    train: list[Example]
+    dev: list[Example]
+    ds_config: dict
+    plan: BatchPlan
+    dtype: str
+
+
+def init_distributed() -> None:
+    """Join the process group DeepSpeed's launcher set up, or make a one-process group for `python ...`."""
+    if "RANK" not in os.environ:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=os.environ.get("MASTER_PORT", str(port)))
+    import deepspeed
+    from deepspeed.utils import logger as ds_logger
+
+    ds_logger.setLevel(logging.WARNING)
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def seed_everything(seed: int) -> None:
+    """Same seed for the model init on every rank; per-rank offsets for sampling come from the seed too."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def apply_demo(cfg: Config) -> None:
+    """Fill model/data/encoder paths from the offline demo assets (built once, cached)."""
+    from semgrpo.demo import build_demo
+
+    say = print if dist.is_main() else (lambda *_: None)
+    if dist.is_main():
+        assets = build_demo(seed=cfg.seed, log=say)
+    dist.barrier()
+    assets = build_demo(seed=cfg.seed, log=lambda *_: None) if not dist.is_main() else assets
+    cfg.model.path = cfg.model.path or str(assets.policy_path)
+    cfg.model.tokenizer = cfg.model.tokenizer or str(assets.tokenizer_path)
+    cfg.data.train = cfg.data.train or str(assets.train_path)
+    cfg.data.dev = cfg.data.dev or str(assets.dev_path)
+    cfg.reward.encoder = cfg.reward.encoder or str(assets.encoder_path)
+
+
+def prepare(cfg: Config, *, need_encoder: bool) -> RunSetup:
+    """Validate the config against the file system and load tokenizer and data."""
+    if cfg.demo:
+        apply_demo(cfg)
+    check_model_source(cfg.model.path, "model.path")
+    if need_encoder and "semantic" in cfg.reward.functions:
+        check_model_source(cfg.reward.encoder, "reward.encoder")
+    if cfg.model.init_from and not Path(cfg.model.init_from).exists():
+        raise ConfigError(f"model.init_from {cfg.model.init_from!r} does not exist")
+    if not cfg.data.train:
+        raise ConfigError("data.train is not set (a JSONL/Parquet file, a folder, or a hub id)")
+    dtype = resolve_dtype(cfg.model.dtype)
+    ds_config, plan = load_ds_config(cfg.train.deepspeed, dtype=dtype, world_size=dist.world_size())
+    try:
+        task = get_task(cfg.data.task)
+    except ValueError as exc:
+        raise ConfigError(f"data.task: {exc}") from None
+    tokenizer = load_tokenizer(cfg.model)
+    say = log.info if dist.is_main() else (lambda *_: None)
+    common = dict(task=task, tokenizer=tokenizer, max_prompt_length=cfg.data.max_prompt_length,
+                  max_sample_tokens=cfg.data.max_sample_tokens, log=say)
+    train = build_examples(load_records(cfg.data.train, task=task, split="train"), source=cfg.data.train,
+                           **common)
+    dev = []
+    if cfg.data.dev:
+        dev = build_examples(load_records(cfg.data.dev, task=task, split="dev"), source=cfg.data.dev, **common)
+    return RunSetup(cfg=cfg, task=task, tokenizer=tokenizer, train=train, dev=dev, ds_config=ds_config,
+                    plan=plan, dtype=dtype)
+
+
+def eos_ids(tokenizer) -> list[int]:
+    """Every id that ends a completion: the tokenizer's eos plus the chat end-of-turn token if any."""
+    ids = {tokenizer.eos_token_id}
+    for tok in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>"):
+        tid = tokenizer.convert_tokens_to_ids(tok)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid >= 0:
+            ids.add(tid)
+    return sorted(i for i in ids if i is not None)

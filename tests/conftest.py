@@ -1,0 +1,13 @@
+"""Test-wide settings: offline hub, and the Triton interpreter on machines without an NVIDIA GPU.
+
+TRITON_INTERPRET must be set before triton is first imported (any `semgrpo.ops` import does), so it is
+set here, at the top of the first conftest pytest loads.
+"""
+import os
+import shutil
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if "TRITON_INTERPRET" not in os.environ and not (os.path.exists("/dev/nvidia0") or shutil.which("nvidia-smi")):
+    os.environ["TRITON_INTERPRET"] = "1"
