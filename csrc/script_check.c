@@ -97,8 +97,8 @@ pack_flush(const uint64_t *v, uint64_t *acc)
                 PACK_ADD(2, table[LOAD(i + 2)]);                                               \
                 PACK_ADD(3, table[LOAD(i + 3)]);                                               \
             }                                                                                  \
-            for (; i < end; i++)                                                               \
-                PACK_ADD(0, table[LOAD(i)]);                                                   \
+            for (int l = 0; i < end; i++, l++) /* < LANES left: one per lane, none overflows */ \
+                PACK_ADD(l, table[LOAD(i)]);                                                   \
             pack_flush(lo, h[0]);                                                              \
             if ((hi[0] | hi[1] | hi[2] | hi[3]) != 0)                                          \
                 pack_flush(hi, h[0] + 8);                                                      \
