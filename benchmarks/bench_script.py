@@ -1,0 +1,140 @@
+"""Throughput of the script checker: C extension vs `regex` path vs a plain Python loop.
+
+MB/s counts the UTF-8 bytes of the input (what a tokenizer would decode), on mixed Tibetan /
+Chinese text: the bo and zh fields of ../shared/data/bo_zh_openpecha plus the Tibetan texts and
+the CMRC contexts when the folder is present, else generated text of the same mix. Modes:
+``1thread`` (one call on the whole list) and ``2threads`` (two threads, each calling on half).
+
+    python benchmarks/bench_script.py [--seconds 1.0] [--csv out.csv]
+
+Prints CSV rows (op,provider,mode,metric,unit,shape,p50,p20,p80,device,git_sha,timestamp) and
+one summary line with the ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+import semgrpo.script as S
+from semgrpo.script_tables import SCRIPT_CLASSES, class_table
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+HEADER = "op,provider,mode,metric,unit,shape,p50,p20,p80,device,git_sha,timestamp"
+
+
+def load_texts() -> tuple[list[str], str]:
+    """Mixed Tibetan/Chinese strings and where they came from."""
+    texts: list[str] = []
+    if DATA.is_dir():
+        for path in sorted((DATA / "bo_zh_openpecha").glob("*.jsonl")):
+            for line in path.open(encoding="utf-8"):
+                rec = json.loads(line)
+                texts += [rec["bo"], rec["zh"]]
+        for path in sorted((DATA / "bo_title_openpecha").glob("*.jsonl")):
+            texts += [json.loads(line)["text"] for line in path.open(encoding="utf-8")]
+        cmrc = json.loads((DATA / "cmrc2018" / "dev.json").read_text(encoding="utf-8"))
+        texts += [p["context"] for art in cmrc["data"] for p in art["paragraphs"]]
+        random.Random(0).shuffle(texts)
+        return texts, str(DATA)
+    rng = random.Random(0)
+    bo = [chr(c) for c in range(0xF40, 0xF6D)] + [chr(c) for c in range(0xF71, 0xF85)]
+    zh = [chr(c) for c in range(0x4E00, 0x9FA6)]
+    for i in range(20000):
+        pool = bo if i % 2 else zh
+        words = ["".join(rng.choices(pool, k=rng.randint(1, 5))) for _ in range(rng.randint(5, 80))]
+        texts.append(("་" if i % 2 else "").join(words) + ("།" if i % 2 else "。"))
+    return texts, "generated"
+
+
+def python_loop(texts: list[str]) -> np.ndarray:
+    """Plain Python: one table lookup per code point."""
+    table = class_table().tolist()
+    out = np.zeros((len(texts), len(SCRIPT_CLASSES)), dtype=np.int64)
+    for i, text in enumerate(texts):
+        row = [0] * len(SCRIPT_CLASSES)
+        for ch in text:
+            row[table[ord(ch)]] += 1
+        out[i] = row
+    return out
+
+
+def provider_fn(name: str):
+    if name == "python":
+        return python_loop
+    return lambda texts: S.script_profile(texts, backend=name)
+
+
+def time_mode(fn, texts: list[str], threads: int, seconds: float) -> list[float]:
+    """Wall times of repeated runs (each: `threads` threads, one slice of the list each)."""
+    parts = [texts[i::threads] for i in range(threads)]
+    times: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while len(times) < 3 or (time.perf_counter() < deadline and len(times) < 200):
+        if threads == 1:
+            t0 = time.perf_counter()
+            fn(texts)
+        else:
+            workers = [threading.Thread(target=fn, args=(p,)) for p in parts]
+            t0 = time.perf_counter()
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=1.0, help="time budget per provider and mode")
+    ap.add_argument("--csv", type=Path, default=None, help="also write the CSV rows here")
+    args = ap.parse_args()
+
+    texts, source = load_texts()
+    # The slow providers run on a prefix of about 1 MB; MB/s normalizes by size.
+    small, size = [], 0
+    for t in texts:
+        small.append(t)
+        size += len(t.encode("utf-8"))
+        if size > 1_000_000:
+            break
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    device = f"cpu:{platform.processor() or platform.machine()}"
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+    class_table()  # built once, outside the timings
+    rows, mbps = [HEADER], {}
+    for provider in S.available_backends() + ("python",):
+        batch = texts if provider == "c" else small
+        nbytes = sum(len(t.encode("utf-8")) for t in batch)
+        fn = provider_fn(provider)
+        fn(batch[:100])  # warm up
+        for threads in (1, 2):
+            mode = f"{threads}thread" + ("s" if threads > 1 else "")
+            rates = sorted(nbytes / t / 1e6 for t in time_mode(fn, batch, threads, args.seconds))
+            p20, p50, p80 = (float(np.percentile(rates, q)) for q in (20, 50, 80))
+            mbps[provider, threads] = p50
+            shape = f"n={len(batch)};bytes={nbytes}"
+            rows.append(f"script_profile,{provider},{mode},throughput,MB/s,{shape},{p50:.1f},{p20:.1f},{p80:.1f},{device},{sha},{stamp}")
+    print("\n".join(rows))
+    if args.csv:
+        args.csv.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    c1 = mbps.get(("c", 1), float("nan"))
+    c2 = mbps.get(("c", 2), float("nan"))
+    r1, p1 = mbps[("regex", 1)], mbps[("python", 1)]
+    print(
+        f"script_profile [{source}]: C {c1:.0f} MB/s (1 thread), {c2:.0f} MB/s (2 threads, x{c2 / c1:.2f}); "
+        f"regex {r1:.1f} MB/s; python loop {p1:.1f} MB/s; C/regex x{c1 / r1:.0f}, C/python x{c1 / p1:.0f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
