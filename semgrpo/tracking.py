@@ -191,12 +191,24 @@ class RunTracker:
         self._bar.refresh()
         self._save_state()
 
-    def log_text(self, step: int, tag: str, text: str) -> None:
-        """Write `text` (e.g. sample completions) to TensorBoard under `tag`, markdown-escaped."""
+    def log_text(self, step: int, tag: str, text: str, *, escape: bool = True) -> None:
+        """Write `text` (e.g. sample completions) to TensorBoard under `tag`.
+
+        Args:
+            step: the training step.
+            tag: TensorBoard tag.
+            text: shown verbatim: markdown-escaped with `escape_markdown`.
+            escape: False passes `text` through as markdown (e.g. a table whose cells the caller
+                escaped with `escape_markdown`).
+        """
         _check_step(step)
         if not isinstance(tag, str) or not tag:
             raise ValueError(f"tag={tag!r}; expected a non-empty str")
-        escaped = escape_markdown(text)
+        if not isinstance(escape, bool):
+            raise ValueError(f"escape={escape!r}; expected a bool")
+        if not isinstance(text, str):
+            raise ValueError(f"text has type {type(text).__name__}; expected str")
+        escaped = escape_markdown(text) if escape else text
         if not self.enabled:
             return
         self._check_open()

@@ -44,6 +44,7 @@ def test_log_writes_tensorboard_jsonl_and_progress(tmp_path, capsys):
     tr.log(1, {"reward/mean": 0.5, "loss": 0.25, "kl": float("nan")})
     tr.log(2, {"reward/mean": 0.75, "loss": 0.125, "kl": 0.0})
     tr.log_text(2, "samples", "*bold* <b>\nline_2")
+    tr.log_text(2, "table", "| a | b |\n|---|---|\n| 1 | x\\|y |", escape=False)
     tr.close()
     tr.close()  # idempotent
     lines = (tmp_path / "run" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
@@ -56,6 +57,8 @@ def test_log_writes_tensorboard_jsonl_and_progress(tmp_path, capsys):
     assert [(e.step, e.value) for e in acc.Scalars("loss")] == [(1, 0.25), (2, 0.125)]
     text = acc.Tensors("samples/text_summary")[0].tensor_proto.string_val[0].decode()
     assert text == "\\*bold\\* \\<b\\>  \nline\\_2"
+    table = acc.Tensors("table/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert table == "| a | b |\n|---|---|\n| 1 | x\\|y |"
     err = capsys.readouterr().err
     assert "grpo" in err and "2/4" in err and "reward=0.750" in err and "loss=0.125" in err
     with pytest.raises(RuntimeError, match="closed"):
@@ -181,4 +184,8 @@ def test_log_rejects_bad_values(tmp_path):
             tr.log(1, [("loss", 1.0)])
         with pytest.raises(ValueError, match="tag=''"):
             tr.log_text(1, "", "x")
+        with pytest.raises(ValueError, match="text has type bytes"):
+            tr.log_text(1, "t", b"x")
+        with pytest.raises(ValueError, match="escape='no'"):
+            tr.log_text(1, "t", "x", escape="no")
     assert read_metrics(tmp_path) == []
