@@ -286,6 +286,7 @@ def _build_into(work: Path, *, seed: int, encoder_epochs: int, log: Callable[[st
         seed=seed,
         eval_pairs=dev,
         mono_field="bo",
+        device="cpu",  # same bytes on every machine; a GPU gains nothing on a model this small
         num_threads=1,
         log=log,
     )
@@ -341,7 +342,7 @@ def build_demo(
         summary = _build_into(work, seed=seed, encoder_epochs=encoder_epochs, log=log)
         (work / MARKER_NAME).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         if root.exists() and not _marker_ok(root, seed):
-            shutil.rmtree(root)  # a stale or foreign build: replace it
+            shutil.rmtree(root, ignore_errors=True)  # a stale or foreign build: replace it
         try:
             os.rename(work, root)
         except OSError:
