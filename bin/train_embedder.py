@@ -35,7 +35,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="torch device (default: cuda when available)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 is fastest for tiny encoders on a busy CPU)")
+    p.add_argument("--threads", type=int,
+                   help="torch CPU threads (default: torch's choice; 1 is fastest for tiny encoders on a busy CPU)")
     return p.parse_args(argv)
 
 

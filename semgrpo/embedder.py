@@ -146,7 +146,9 @@ def contrastive_loss(src_emb: torch.Tensor, tgt_emb: torch.Tensor, *, temperatur
         src_emb, tgt_emb: [B, D]. Returns a scalar.
     """
     if src_emb.shape != tgt_emb.shape or src_emb.dim() != 2:
-        raise ValueError(f"expected two [B, D] tensors of one shape, got {tuple(src_emb.shape)} and {tuple(tgt_emb.shape)}")
+        raise ValueError(
+            f"expected two [B, D] tensors of one shape, got {tuple(src_emb.shape)} and {tuple(tgt_emb.shape)}"
+        )
     logits = src_emb @ tgt_emb.T / temperature
     labels = torch.arange(logits.shape[0], device=logits.device)
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
@@ -231,7 +233,8 @@ def graded_diagnostic(
 
 def _check_pairs(pairs: Sequence[dict], fields: Sequence[str]) -> None:
     if not isinstance(pairs, Sequence) or len(pairs) < 2:
-        raise EmbedderInputError(f"need a list of at least 2 pair records, got {type(pairs).__name__} of {len(pairs) if hasattr(pairs, '__len__') else '?'}")
+        size = len(pairs) if hasattr(pairs, "__len__") else "?"
+        raise EmbedderInputError(f"need a list of at least 2 pair records, got {type(pairs).__name__} of {size}")
     for n, rec in enumerate(pairs):
         for field in fields:
             value = rec.get(field) if isinstance(rec, dict) else None
