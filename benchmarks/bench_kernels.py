@@ -94,8 +94,7 @@ def bench_grpo(run: Runner, shapes, providers, dtype, device):
         g = torch.Generator(device=device).manual_seed(0)
         full = torch.randn(B, T + 1, V, device=device, dtype=dtype, generator=g)
         ids = torch.randint(0, V, (B, T), device=device, generator=g)
-        mask = torch.ones(B, T, device=device)
-        mask[:, T * 3 // 4 :] = 0
+        mask = torch.ones(B, T, device=device)  # full mask: every row is read (and written), as counted
         adv = torch.randn(B, device=device)
         with torch.no_grad():
             lp = token_logprobs(full[:, :-1], ids, backend="triton" if device == "cuda" else "torch")
@@ -204,6 +203,37 @@ def bench_small_ops(run: Runner, providers, device, *, n_groups, G, N_emb, D, dt
         eager = ms if prov == "eager" else eager
 
 
+def tune_grpo(N: int, V: int, rep: int) -> None:
+    """Sweep (BLOCK_V, num_warps, programs/SM) of the grpo_loss kernel, fwd+bwd in place, bf16; print only."""
+    from semgrpo.ops import _grpo_kernel
+
+    B, T = N // 256, 256
+    x = torch.randn(B, T, V, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    ids = torch.randint(0, V, (B, T), device="cuda")
+    mask, adv = torch.ones(B, T, device="cuda"), torch.randn(B, device="cuda")
+    old = ref = torch.zeros(B, T, device="cuda") - 10.0
+    peak = peak_bandwidth(device_name())
+    for cfg in [(b, w, k) for b in (2048, 4096, 8192) for w in (8, 16, 32) for k in (1, 2, 3, 0)]:
+        _grpo_kernel.LAUNCH_OVERRIDE = cfg
+
+        def fn():
+            loss, _ = grpo_loss(x, ids, mask, adv, old, ref, beta=0.04, inplace_grad=True, backend="triton")
+            loss.backward()
+
+        def setup():
+            x.grad = None
+
+        try:
+            p50, _, _ = quantiles(bench(fn, setup=setup, rep=rep, warmup=2))
+        except Exception as exc:
+            print(f"cfg {cfg}: FAILED {type(exc).__name__}: {str(exc)[:120]}")
+            continue
+        gbs = 4 * N * V / (p50 * 1e-3) / 1e9
+        print(f"cfg block={cfg[0]} warps={cfg[1]} per_sm={cfg[2]}: {p50:.3f} ms {gbs:.0f} GB/s "
+              f"({100 * gbs * 1e9 / peak if peak else float('nan'):.1f}% of peak)", flush=True)
+    _grpo_kernel.LAUNCH_OVERRIDE = None
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="small shapes, torch providers only (CPU-friendly)")
@@ -212,7 +242,12 @@ def main(argv=None) -> int:
     p.add_argument("--ops", default="grpo_loss,small")
     p.add_argument("--shapes", default="4096x32000,4096x151936,16384x32000,16384x151936", help="NxV list")
     p.add_argument("--rep", type=int, default=20)
+    p.add_argument("--tune", action="store_true", help="sweep grpo_loss launch configs at the last shape, print only")
     args = p.parse_args(argv)
+    if args.tune:
+        N, V = (int(v) for v in args.shapes.split(",")[-1].split("x"))
+        tune_grpo(N, V, args.rep)
+        return 0
     cuda = torch.cuda.is_available()
     smoke = args.smoke or not cuda
     device = "cuda" if cuda and not smoke else "cpu"
