@@ -21,12 +21,16 @@ import threading
 import time
 from pathlib import Path
 
+import sys
+
 import numpy as np
 
-import semgrpo.script as S
-from semgrpo.script_tables import SCRIPT_CLASSES, class_table
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+import semgrpo.script as S  # noqa: E402
+from semgrpo.script_tables import SCRIPT_CLASSES, class_table  # noqa: E402
+
 DATA = ROOT.parent / "shared" / "data"
 HEADER = "op,provider,mode,metric,unit,shape,p50,p20,p80,device,git_sha,timestamp"
 

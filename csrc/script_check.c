@@ -85,23 +85,26 @@ pack_flush(const uint64_t *v, uint64_t *acc)
         hi[LANE] += inc_ & m_;                                                                 \
     } while (0)
 
-#define PACK_LOOP(LOAD)                                                                        \
+/* At most 8 classes (the default table): only lo. The mask keeps a bad byte in range. */
+#define PACK_ADD8(LANE, C) (lo[LANE] += (uint64_t)1 << (((C) & 7) << 3))
+
+#define PACK_LOOP(LOAD, ADD)                                                                       \
     do {                                                                                       \
         Py_ssize_t i = 0;                                                                      \
         while (i < n) {                                                                        \
             Py_ssize_t end = (n - i > LANES * PACK_BLOCK) ? i + LANES * PACK_BLOCK : n;        \
             uint64_t lo[LANES] = {0, 0, 0, 0}, hi[LANES] = {0, 0, 0, 0};                       \
             for (; i + LANES <= end; i += LANES) {                                             \
-                PACK_ADD(0, table[LOAD(i)]);                                                   \
-                PACK_ADD(1, table[LOAD(i + 1)]);                                               \
-                PACK_ADD(2, table[LOAD(i + 2)]);                                               \
-                PACK_ADD(3, table[LOAD(i + 3)]);                                               \
+                ADD(0, table[LOAD(i)]);                                                        \
+                ADD(1, table[LOAD(i + 1)]);                                                    \
+                ADD(2, table[LOAD(i + 2)]);                                                    \
+                ADD(3, table[LOAD(i + 3)]);                                                    \
             }                                                                                  \
             for (int l = 0; i < end; i++, l++) /* < LANES left: one per lane, none overflows */ \
-                PACK_ADD(l, table[LOAD(i)]);                                                   \
-            pack_flush(lo, h[0]);                                                              \
+                ADD(l, table[LOAD(i)]);                                                        \
+            pack_flush(lo, acc);                                                                 \
             if ((hi[0] | hi[1] | hi[2] | hi[3]) != 0)                                          \
-                pack_flush(hi, h[0] + 8);                                                      \
+                pack_flush(hi, acc + 8);                                                         \
         }                                                                                      \
     } while (0)
 
@@ -111,17 +114,36 @@ pack_flush(const uint64_t *v, uint64_t *acc)
 #define LOAD2(i) (((const Py_UCS2 *)data)[i])
 #define LOAD4(i) (((const Py_UCS4 *)data)[i] < TABLE_SIZE ? ((const Py_UCS4 *)data)[i] : TABLE_SIZE - 1)
 
+/* Packed path for one string: counts go straight to its row (at most 16 classes). */
 static void
-count_one(const void *data, int kind, Py_ssize_t n, const uint8_t *table, int packed, hist_t h)
+count_packed(const void *data, int kind, Py_ssize_t n, const uint8_t *table, int nclasses,
+             int64_t *row)
 {
-    if (packed) {
-        if (kind == PyUnicode_1BYTE_KIND) PACK_LOOP(LOAD1);
-        else if (kind == PyUnicode_2BYTE_KIND) PACK_LOOP(LOAD2);
-        else PACK_LOOP(LOAD4);
+    uint64_t acc[16] = {0};
+    if (nclasses <= 8) {
+        if (kind == PyUnicode_1BYTE_KIND) PACK_LOOP(LOAD1, PACK_ADD8);
+        else if (kind == PyUnicode_2BYTE_KIND) PACK_LOOP(LOAD2, PACK_ADD8);
+        else PACK_LOOP(LOAD4, PACK_ADD8);
     } else {
-        if (kind == PyUnicode_1BYTE_KIND) HIST_LOOP(LOAD1);
-        else if (kind == PyUnicode_2BYTE_KIND) HIST_LOOP(LOAD2);
-        else HIST_LOOP(LOAD4);
+        if (kind == PyUnicode_1BYTE_KIND) PACK_LOOP(LOAD1, PACK_ADD);
+        else if (kind == PyUnicode_2BYTE_KIND) PACK_LOOP(LOAD2, PACK_ADD);
+        else PACK_LOOP(LOAD4, PACK_ADD);
+    }
+    for (int k = 0; k < nclasses; k++)
+        row[k] = (int64_t)acc[k];
+}
+
+/* General path for one string; h is all zero on entry and on return (entries < nclasses). */
+static void
+count_hist(const void *data, int kind, Py_ssize_t n, const uint8_t *table, int nclasses,
+           int64_t *row, hist_t h)
+{
+    if (kind == PyUnicode_1BYTE_KIND) HIST_LOOP(LOAD1);
+    else if (kind == PyUnicode_2BYTE_KIND) HIST_LOOP(LOAD2);
+    else HIST_LOOP(LOAD4);
+    for (int k = 0; k < nclasses; k++) {
+        row[k] = (int64_t)(h[0][k] + h[1][k] + h[2][k] + h[3][k]);
+        h[0][k] = h[1][k] = h[2][k] = h[3][k] = 0;
     }
 }
 
@@ -130,21 +152,17 @@ static void
 count_all(const item_t *items, Py_ssize_t n, const uint8_t *table, int nclasses, int64_t *out,
           hist_t h)
 {
-    int packed = nclasses <= 16;
     memset(h, 0, sizeof(hist_t));
     for (Py_ssize_t i = 0; i < n; i++) {
-        count_one(items[i].data, items[i].kind, items[i].len, table, packed, h);
+#if defined(__GNUC__)
+        if (i + 2 < n) /* strings are separate heap objects: fetch ahead */
+            __builtin_prefetch(items[i + 2].data);
+#endif
         int64_t *row = out + i * (Py_ssize_t)nclasses;
-        if (packed) {
-            for (int k = 0; k < nclasses; k++)
-                row[k] = (int64_t)h[0][k];
-            memset(h[0], 0, 16 * sizeof(uint64_t)); /* masked bytes beyond nclasses, if any */
-        } else {
-            for (int k = 0; k < nclasses; k++) {
-                row[k] = (int64_t)(h[0][k] + h[1][k] + h[2][k] + h[3][k]);
-                h[0][k] = h[1][k] = h[2][k] = h[3][k] = 0;
-            }
-        }
+        if (nclasses <= 16)
+            count_packed(items[i].data, items[i].kind, items[i].len, table, nclasses, row);
+        else
+            count_hist(items[i].data, items[i].kind, items[i].len, table, nclasses, row, h);
     }
 }
 
@@ -241,6 +259,10 @@ profile(PyObject *self, PyObject *args)
     objs = PySequence_Fast_ITEMS(texts);
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *s = objs[i];
+#if defined(__GNUC__)
+        if (i + 4 < n)
+            __builtin_prefetch(objs[i + 4]);
+#endif
         if (!PyUnicode_Check(s)) {
             PyErr_Format(PyExc_TypeError, "texts[%zd] must be str, got %.200s", i, Py_TYPE(s)->tp_name);
             goto done;

@@ -3,6 +3,7 @@ threads and leaks. Skips (with the reason) when the C extension is not built."""
 import gc
 import json
 import resource
+import sys
 import threading
 import time
 from pathlib import Path
@@ -229,11 +230,24 @@ def test_no_leak_million_calls():
 
     run(50_000)
     gc.collect()
+    refs = [sys.getrefcount(s) for s in texts]
     before = _rss_kb()
     t0 = time.perf_counter()
     run(1_000_000)
     gc.collect()
     grown = _rss_kb() - before
     assert grown < 2048, f"RSS grew by {grown} kB over 10^6 calls ({time.perf_counter() - t0:.1f} s)"
-    for s in texts:  # the strings' reference counts are back to what they were
-        assert __import__("sys").getrefcount(s) < 10
+    assert [sys.getrefcount(s) for s in texts] == refs, "string reference counts changed"
+
+
+@pytest.mark.parametrize("nclasses", [1, 8, 9, 16, 17, 40, 255])
+def test_c_paths_for_other_class_counts(nclasses):
+    """Tables with more classes (a new script added) take the 16-class or general path: exact too."""
+    rng = np.random.default_rng(nclasses)
+    table = rng.integers(0, nclasses, size=0x110000, dtype=np.uint8)
+    texts = ["".join(map(chr, rng.integers(0, hi, size=int(n)))) for hi in (0x100, 0x10000, 0x110000) for n in (0, 3, 300, 5000)]
+    texts.append(chr(0x10FFFF) * 2000)
+    out = np.zeros((len(texts), nclasses), dtype=np.int64)
+    S._c.profile(texts, table, nclasses, out)
+    want = np.stack([np.bincount(table[[ord(ch) for ch in t]].astype(np.int64), minlength=nclasses) for t in texts])
+    np.testing.assert_array_equal(out, want)
