@@ -232,6 +232,27 @@ def tune_grpo(N: int, V: int, rep: int) -> None:
         print(f"cfg block={cfg[0]} warps={cfg[1]} per_sm={cfg[2]}: {p50:.3f} ms {gbs:.0f} GB/s "
               f"({100 * gbs * 1e9 / peak if peak else float('nan'):.1f}% of peak)", flush=True)
     _grpo_kernel.LAUNCH_OVERRIDE = None
+    # forward only (no grad)
+    x.requires_grad_(False)
+    for cfg in [(2048, 8, 0), (4096, 8, 0), (4096, 16, 0), (8192, 16, 0), (4096, 8, 2)]:
+        _grpo_kernel.LAUNCH_OVERRIDE = cfg
+        p50, _, _ = quantiles(bench(lambda: grpo_loss(x, ids, mask, adv, old, ref, beta=0.04, backend="triton"),
+                                    rep=rep, warmup=2))
+        gbs = 2 * N * V / (p50 * 1e-3) / 1e9
+        print(f"fwd cfg {cfg}: {p50:.3f} ms {gbs:.0f} GB/s ({100 * gbs * 1e9 / peak:.1f}% of peak)", flush=True)
+    _grpo_kernel.LAUNCH_OVERRIDE = None
+    del x
+    from semgrpo.ops import reward as reward_mod
+
+    c = torch.randn(32768, 1024, device="cuda", dtype=torch.bfloat16)
+    r = torch.randn_like(c)
+    lang = torch.ones(32768, device="cuda")
+    for cfg in [(256, 8192, 4), (1024, 4096, 4), (1024, 4096, 8), (1024, 8192, 8), (512, 4096, 4), (1024, 2048, 4)]:
+        reward_mod.LAUNCH_OVERRIDE = cfg
+        p50, _, _ = quantiles(bench(lambda: semantic_reward(c, r, lang, tau=0.3, backend="triton"), rep=50))
+        gbs = 2 * c.numel() * 2 / (p50 * 1e-3) / 1e9
+        print(f"semantic cfg {cfg}: {p50 * 1e3:.1f} us {gbs:.0f} GB/s", flush=True)
+    reward_mod.LAUNCH_OVERRIDE = None
 
 
 def main(argv=None) -> int:

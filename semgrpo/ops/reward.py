@@ -18,6 +18,8 @@ except Exception:  # pragma: no cover - depends on the install
     triton = None
 
 _NORM_EPS = 1e-12
+# (BLOCK_D, elements per tile, num_warps); benchmarks set it to tune, None = default.
+LAUNCH_OVERRIDE: tuple[int, int, int] | None = None
 
 
 if triton is not None:
@@ -116,11 +118,12 @@ def semantic_reward(
     if N == 0:
         return out, sim
     lang = lang_ok.to(torch.float32).contiguous()
-    block_d = min(triton.next_power_of_2(max(D, 1)), 256)
-    block_n = max(1, min(64, 8192 // block_d))
+    block_d, elems, warps = LAUNCH_OVERRIDE or (1024, 4096, 4)
+    block_d = min(triton.next_power_of_2(max(D, 1)), block_d)
+    block_n = max(1, min(64, elems // block_d))
     c, r = completion_emb, reference_emb
     _semantic_reward_fwd_kernel[(triton.cdiv(N, block_n),)](
         c, r, lang, out, sim, N, D, c.stride(0), c.stride(1), r.stride(0), r.stride(1),
-        float(tau), float(w_sim), float(w_lang), _NORM_EPS, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4,
+        float(tau), float(w_sim), float(w_lang), _NORM_EPS, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=warps,
     )
     return out, sim
