@@ -78,22 +78,40 @@ def provider_fn(name: str):
 
 
 def time_mode(fn, texts: list[str], threads: int, seconds: float) -> list[float]:
-    """Wall times of repeated runs (each: `threads` threads, one slice of the list each)."""
-    parts = [texts[i::threads] for i in range(threads)]
+    """Wall times of repeated runs; with threads > 1, persistent threads each call fn on one
+    slice per run (started once, synchronized by barriers, so thread start-up is not timed)."""
     times: list[float] = []
     deadline = time.perf_counter() + seconds
-    while len(times) < 3 or (time.perf_counter() < deadline and len(times) < 200):
-        if threads == 1:
+    if threads == 1:
+        while len(times) < 3 or (time.perf_counter() < deadline and len(times) < 200):
             t0 = time.perf_counter()
             fn(texts)
-        else:
-            workers = [threading.Thread(target=fn, args=(p,)) for p in parts]
-            t0 = time.perf_counter()
-            for w in workers:
-                w.start()
-            for w in workers:
-                w.join()
+            times.append(time.perf_counter() - t0)
+        return times
+    parts = [texts[i::threads] for i in range(threads)]
+    start, done = threading.Barrier(threads + 1), threading.Barrier(threads + 1)
+    stop = False
+
+    def worker(part):
+        while True:
+            start.wait()
+            if stop:
+                return
+            fn(part)
+            done.wait()
+
+    workers = [threading.Thread(target=worker, args=(p,), daemon=True) for p in parts]
+    for w in workers:
+        w.start()
+    while len(times) < 3 or (time.perf_counter() < deadline and len(times) < 200):
+        t0 = time.perf_counter()
+        start.wait()
+        done.wait()
         times.append(time.perf_counter() - t0)
+    stop = True
+    start.wait()
+    for w in workers:
+        w.join()
     return times
 
 
