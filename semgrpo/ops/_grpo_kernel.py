@@ -122,8 +122,8 @@ def _launch_config(N: int, V: int, device: torch.device, *, write_grad: bool = T
     """(BLOCK_V, num_warps, grid size) for N rows of V logits."""
     # Measured on H100 (N=16384, V=151936, bf16, fwd+bwd): (2048, 16, one program per row) was the
     # best of 36 configs; persistent grids (1-3 programs/SM) did not make sweep 2 hit L2.
-    # Forward only (no grad) uses token_logprobs' setting (4096, 8): 72% of peak there.
-    default = (2048, 16, 0) if write_grad else (4096, 8, 0)
+    # Forward only (no grad): (2048, 8) measured 2.13 ms (70% of peak) at the shape above, (4096, 8) 2.69 ms.
+    default = (2048, 16, 0) if write_grad else (2048, 8, 0)
     block, warps, per_sm = LAUNCH_OVERRIDE or default
     block = min(block, triton.next_power_of_2(V))
     warps = min(warps, max(1, block // 64))
