@@ -21,7 +21,9 @@ DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=description,
                                 epilog="Config keys: " + ", ".join(valid_keys()))
-    p.add_argument("--config", help=f"run config YAML (default: the offline demo, {DEMO_CONFIG.name})")
+    p.add_argument("--config", action="append",
+                   help=f"run config YAML, repeatable: later files override earlier ones "
+                        f"(default: the offline demo, configs/{DEMO_CONFIG.name})")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. grpo.beta=0.04")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     return p
@@ -38,7 +40,7 @@ def _run(prog: str, description: str, job, argv=None) -> int:
     args = _parser(prog, description).parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        cfg = load_config(args.config or DEMO_CONFIG, args.overrides)
+        cfg = load_config(args.config or [DEMO_CONFIG], args.overrides)
         summary = job(cfg)
     except _user_errors() as exc:
         if int(os.environ.get("RANK", "0")) == 0:

@@ -170,10 +170,12 @@ def valid_keys(cls=Config, prefix="") -> list[str]:
     return keys
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Build a Config from defaults, then a YAML file, then `key=value` overrides (YAML-parsed values)."""
+def load_config(paths: str | Path | list | None = None, overrides: list[str] = ()) -> Config:
+    """Build a Config from defaults, then YAML files (later ones win), then `key=value` overrides."""
     cfg = Config()
-    if path:
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    for path in paths or []:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
@@ -300,6 +302,11 @@ def _coerce(key: str, value: Any, hint) -> Any:
             return value
         raise ConfigError(f"{key} must be an integer, got {value!r}")
     if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 5e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         raise ConfigError(f"{key} must be a number, got {value!r}")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import regex
 
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 EOS_TOKEN = "<|endoftext|>"
 MARKER_NAME = "demo_complete.json"
 
@@ -258,6 +258,7 @@ def _marker_ok(root: Path, seed: int) -> bool:
 
 
 def _build_into(work: Path, *, seed: int, encoder_epochs: int, log: Callable[[str], None]) -> dict:
+    from semgrpo.demo_base import pretrain_policy
     from semgrpo.embedder import build_tiny_encoder, train_embedder
 
     assets = DemoAssets.at(work)
@@ -271,6 +272,7 @@ def _build_into(work: Path, *, seed: int, encoder_epochs: int, log: Callable[[st
     tokenizer = build_tokenizer(corpus, assets.tokenizer_path)
     log(f"demo: tokenizer vocab {len(tokenizer)}")
     build_policy(tokenizer, assets.policy_path, seed=seed)
+    base_loss = pretrain_policy(assets.policy_path, tokenizer, corpus, seed=seed, log=log)
 
     init_dir = work / "encoder_init"
     encoder = build_tiny_encoder(assets.tokenizer_path, init_dir, seed=seed)
@@ -298,6 +300,7 @@ def _build_into(work: Path, *, seed: int, encoder_epochs: int, log: Callable[[st
         "num_train": len(train),
         "num_dev": len(dev),
         "vocab_size": len(tokenizer),
+        "base_policy_loss": round(base_loss, 4),
         "encoder": {"before": diag["before"], "after": diag["after"]},
     }
 

@@ -24,7 +24,7 @@ from semgrpo.rewards import build_reward_functions, score
 from semgrpo.rollout import Rollout, completion_logits, generate
 from semgrpo.session import RunSetup, eos_ids, init_distributed, prepare, seed_everything
 from semgrpo.tau import measure_tau
-from semgrpo.tracking import RunTracker
+from semgrpo.tracking import RunTracker, escape_markdown
 
 
 @dataclass
@@ -221,7 +221,7 @@ def train_grpo(cfg: Config) -> dict:
         if (step + 1) % cfg.train.log_every == 0 or step + 1 == total_steps:
             tracker.log(step + 1, metrics)
         if cfg.train.sample_every and (step + 1) % cfg.train.sample_every == 0:
-            tracker.log_text(step + 1, "samples", _samples_markdown(samples))
+            tracker.log_text(step + 1, "samples", _samples_markdown(samples), escape=False)
         if (step + 1) % cfg.train.save_every == 0 or step + 1 == total_steps:
             save_checkpoint(run.engine, cfg.output_dir, step=step + 1, keep_last=cfg.train.keep_last,
                             client_state={"step": step + 1, "tau": state["tau"]})
@@ -233,7 +233,9 @@ def train_grpo(cfg: Config) -> dict:
 
 
 def _samples_markdown(samples: list[dict]) -> str:
+    """One group's completions as a Markdown table (TensorBoard renders text as Markdown)."""
     rows = ["| reward | completion | reference |", "|---|---|---|"]
     for s in samples:
-        rows.append(f"| {s['reward']:.3f} | {s['completion']!r} | {s['reference']!r} |")
-    return f"prompt: {samples[0]['prompt']!r}\n\n" + "\n".join(rows) if samples else ""
+        cells = (escape_markdown(s[k].replace("\n", " ")) for k in ("completion", "reference"))
+        rows.append(f"| {s['reward']:.3f} | " + " | ".join(cells) + " |")
+    return f"prompt: {escape_markdown(samples[0]['prompt'])}\n\n" + "\n".join(rows) if samples else ""

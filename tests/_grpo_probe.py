@@ -1,0 +1,58 @@
+"""Run under `deepspeed --num_gpus N tests/_grpo_probe.py OUT.json key=value...` by test_grpo_distributed.py.
+
+Builds the real GRPO run (demo config + overrides), snapshots the full (gathered) parameters, runs two
+real grpo_step calls, snapshots again, and writes per-rank facts the test asserts on: which parameters
+changed, and how much of the optimizer state this rank holds.
+"""
+import json
+import sys
+
+import torch
+
+
+def gathered_state(engine) -> dict[str, torch.Tensor]:
+    import deepspeed
+
+    params = dict(engine.module.named_parameters())
+    with deepspeed.zero.GatheredParameters(list(params.values())):
+        return {name: p.detach().clone().float() for name, p in params.items()}
+
+
+def main() -> None:
+    args = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
+    out_path, overrides = args[0], args[1:]
+    from semgrpo import dist
+    from semgrpo.config import load_config
+    from semgrpo.session import init_distributed
+    from semgrpo.train import build_grpo_run, grpo_step
+
+    cfg = load_config(["configs/demo.yaml"], overrides)
+    init_distributed()
+    run, order, _ = build_grpo_run(cfg)
+    run.rewards["semantic"].tau = 0.0
+    torch.manual_seed(1234 + dist.rank())
+    before = gathered_state(run.engine)
+    metrics = []
+    for step in range(2):
+        ids = order.indices(step, rank=dist.rank(), world_size=dist.world_size())
+        metrics.append(grpo_step(run, [run.setup.train[i] for i in ids])[0])
+    after = gathered_state(run.engine)
+    changed = {n: bool((before[n] - after[n]).abs().max() > 0) for n in before}
+    opt = run.engine.optimizer
+    partition = [int(t.numel()) for t in getattr(opt, "fp32_partitioned_groups_flat", [])]
+    state_numel = sum(int(v.numel()) for s in opt.optimizer.state.values() for v in s.values()
+                      if torch.is_tensor(v) and v.dim() > 0)
+    report = {
+        "rank": dist.rank(), "world_size": dist.world_size(), "zero_stage": run.engine.zero_optimization_stage(),
+        "lora_params": sorted(n for n in changed if "lora_" in n),
+        "changed": sorted(n for n, c in changed.items() if c),
+        "trainable_numel": sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel()
+                               for p in run.engine.module.parameters() if p.requires_grad),
+        "partition_numel": partition, "optimizer_state_numel": state_numel, "metrics": metrics,
+    }
+    with open(f"{out_path}.rank{dist.rank()}", "w") as f:
+        json.dump(report, f)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""A real 2-rank ZeRO-3 GRPO run through the `deepspeed` launcher on CPU (gloo)."""
+import json
+import shutil
+
+import pytest
+
+from conftest import REPO, run_cli
+
+pytestmark = pytest.mark.skipif(shutil.which("deepspeed") is None, reason="the deepspeed launcher is not on PATH")
+
+
+def test_two_rank_zero3_grpo_updates_lora_only_and_partitions_the_optimizer(demo_assets, tmp_path):
+    out = tmp_path / "probe.json"
+    proc = run_cli(
+        "../tests/_grpo_probe.py", str(out), "grpo.max_completion_length=8", "model.lora.r=4",
+        launcher=["deepspeed", "--num_gpus", "2", "--master_port", "29731"],
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    reports = [json.loads((tmp_path / f"probe.json.rank{r}").read_text()) for r in (0, 1)]
+    for rep in reports:
+        assert rep["world_size"] == 2 and rep["zero_stage"] == 3
+        # Both ranks see the same full (gathered) model after the update.
+        assert rep["changed"] == reports[0]["changed"]
+    rep = reports[0]
+    assert rep["lora_params"], "no LoRA parameters found"
+    changed = set(rep["changed"])
+    # LoRA B starts at zero, so any update shows; every changed tensor is a LoRA tensor.
+    assert any("lora_B" in n for n in changed)
+    assert changed <= set(rep["lora_params"]), sorted(changed - set(rep["lora_params"]))[:5]
+    # Optimizer state partitioned: each rank holds about half of the trainable parameters' fp32 copy.
+    total = rep["trainable_numel"]
+    parts = [sum(r["partition_numel"]) for r in reports]
+    assert all(0 < p < total for p in parts), (parts, total)
+    assert sum(parts) >= total and max(parts) - min(parts) <= 2 * 64, (parts, total)
+    # Adam keeps exp_avg and exp_avg_sq (+ a step counter) for this rank's partition only.
+    for r, p in zip(reports, parts):
+        assert 2 * p <= r["optimizer_state_numel"] <= 2 * p + 16, (r["optimizer_state_numel"], p)
+    # Metrics were reduced over both ranks: identical on each.
+    assert reports[0]["metrics"] == reports[1]["metrics"] or all(
+        {k: v for k, v in a.items() if not k.startswith("perf/")} == {k: v for k, v in b.items() if not k.startswith("perf/")}
+        for a, b in zip(reports[0]["metrics"], reports[1]["metrics"]))

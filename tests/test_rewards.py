@@ -1,0 +1,104 @@
+"""Reward and advantage math against hand-computed values (paper eq. 1-4), zero-variance groups included."""
+import math
+
+import pytest
+import torch
+
+from semgrpo.config import ConfigError, RewardConfig
+from semgrpo.ops import group_advantages, zero_std_groups
+from semgrpo.rewards import (LanguageConsistency, LengthConstraint, SemanticSimilarity, SentenceBLEU,
+                             build_reward_functions, score)
+from semgrpo.text import tibetan_syllables
+
+
+class TableEncoder:
+    """A stand-in sentence encoder: a fixed vector per text, so cosines are known by hand."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def encode(self, texts, **_):
+        return torch.tensor([self.table[t] for t in texts], dtype=torch.float32)
+
+
+ENC = TableEncoder({
+    "ref": [1.0, 0.0], "same": [2.0, 0.0], "orth": [0.0, 3.0],
+    "sixty": [0.6, 0.8],  # cos with ref = 0.6
+    "ninety": [0.9, math.sqrt(1 - 0.81)],  # cos = 0.9
+    "": [0.7, 0.7],
+})
+
+
+def test_semantic_threshold_and_rescale_by_hand():
+    fn = SemanticSimilarity(ENC, tau=0.5)
+    out = fn(["p"] * 5, ["same", "orth", "sixty", "ninety", ""], ["ref"] * 5)
+    # (s - tau) / (1 - tau): 1 -> 1, 0 -> 0 (below tau), .6 -> .2, .9 -> .8; empty completion -> s = 0 -> 0
+    assert out == pytest.approx([1.0, 0.0, 0.2, 0.8, 0.0], abs=1e-6)
+
+
+def test_semantic_needs_tau():
+    with pytest.raises(RuntimeError, match="tau"):
+        SemanticSimilarity(ENC)(["p"], ["same"], ["ref"])
+
+
+def test_language_consistency_tibetan_and_han():
+    bo = LanguageConsistency("tibetan")
+    assert bo(None, ["བོད་ཡིག་", "བོད་ཡིག中文", "中文", "", "123 ..."], None) == [1.0, 0.0, 0.0, 0.0, 0.0]
+    zh = LanguageConsistency("han")
+    assert zh(None, ["中文。", "中文abc"], None) == [1.0, 0.0]
+
+
+def test_weighted_sum_paper_weights():
+    fns = {"semantic": SemanticSimilarity(ENC, tau=0.5), "language": LanguageConsistency("tibetan")}
+    total, per_fn = score(fns, {"semantic": 1.5, "language": 1.0}, ["p", "p"], ["ninety", "same"], ["ref", "ref"])
+    # "ninety"/"same" are Latin letters -> R_lang 0; R = 1.5 * R_sim
+    assert per_fn["language"].tolist() == [0.0, 0.0]
+    assert total.tolist() == pytest.approx([1.5 * 0.8, 1.5 * 1.0], abs=1e-6)
+
+
+def test_none_becomes_nan_and_is_ignored_in_the_sum():
+    fns = {"a": lambda p, c, r: [1.0, None, None], "b": lambda p, c, r: [2.0, 3.0, None]}
+    total, per_fn = score(fns, {"a": 1.0, "b": 0.5}, [""] * 3, ["x"] * 3, ["y"] * 3)
+    assert torch.isnan(per_fn["a"][1])
+    assert total[:2].tolist() == pytest.approx([1.0 + 1.0, 1.5])
+    assert torch.isnan(total[2])  # every component None -> NaN -> advantage 0
+
+
+def test_reward_function_with_wrong_length_is_an_error():
+    with pytest.raises(ValueError, match="returned 1 values for 2"):
+        score({"bad": lambda p, c, r: [1.0]}, {}, ["", ""], ["a", "b"], ["a", "b"])
+
+
+def test_bleu_and_length_components():
+    bleu = SentenceBLEU("tibetan")
+    same = "བོད་ཡིག་ནི་ཡག་པོ་རེད།"
+    assert bleu(None, [same, "ཁ་ལག"], [same, same]) == pytest.approx([1.0, 0.0], abs=1e-6)
+    assert tibetan_syllables(same) == ["བོད", "ཡིག", "ནི", "ཡག", "པོ", "རེད"]
+    length = LengthConstraint(0.5, 2.0)
+    assert length(None, ["aaaa", "a", "aaaaaaaaa"], ["aaaa"] * 3) == [1.0, 0.0, 0.0]
+
+
+def test_build_reward_functions_respects_config():
+    cfg = RewardConfig(functions=["semantic", "language", "length"], tau=0.3)
+    fns = build_reward_functions(cfg, encoder=ENC, script="tibetan")
+    assert list(fns) == ["semantic", "language", "length"] and fns["semantic"].tau == 0.3
+    with pytest.raises(ConfigError, match="encoder"):
+        build_reward_functions(RewardConfig(), encoder=None, script="tibetan")
+
+
+def test_group_advantages_by_hand_with_zero_variance_and_nan():
+    r = torch.tensor([1.0, 2.0, 3.0,   # mean 2, unbiased std 1
+                      0.5, 0.5, 0.5,   # all equal: no signal
+                      4.0, float("nan"), 0.0])  # NaN ignored: mean 2, std sqrt(8)
+    adv, std = group_advantages(r, 3, eps=0.0, return_group_std=True)
+    s = math.sqrt(8.0)
+    assert adv.tolist() == pytest.approx([-1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 2 / s, 0.0, -2 / s], abs=1e-6)
+    assert std.tolist() == pytest.approx([1.0, 0.0, s], abs=1e-6)
+    assert zero_std_groups(r, 3).tolist() == [False, True, False]
+
+
+def test_near_equal_rewards_are_not_inflated():
+    # fp32 residue: values that differ only in the last bits are a real (tiny) difference, but a group of
+    # exactly equal values must give exactly 0, never (r - mean) / (1e-8 + eps) blow-ups.
+    r = torch.full((8,), 0.1, dtype=torch.float32) * 3
+    assert group_advantages(r, 8).abs().max().item() == 0.0
