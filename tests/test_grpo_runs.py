@@ -1,0 +1,92 @@
+"""Whole runs through the entry points: kill-and-resume equivalence, and the SFT -> GRPO hand-off."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import REPO, run_cli
+
+# Small and fast: GRPO straight from the demo's base policy, short completions, a tiny LoRA.
+QUICK = ["sft.before_grpo=false", "grpo.max_completion_length=8", "model.lora.r=4", "model.lora.alpha=8",
+         "reward.tau_samples=8", "train.sample_every=1"]
+
+
+def _metrics(out_dir):
+    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]
+
+
+def test_kill_and_resume_equals_an_uninterrupted_run(demo_assets, tmp_path):
+    args = QUICK + ["train.max_steps=4", "train.save_every=2"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    proc = run_cli("train_grpo.py", f"output_dir={straight}", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    # Start the same run, kill -9 it as soon as the step-2 checkpoint is complete (mid step 3).
+    victim = subprocess.Popen([sys.executable, str(REPO / "bin" / "train_grpo.py"), f"output_dir={resumed}", *args],
+                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = resumed / "checkpoints" / "step-00000002" / "COMPLETE"
+    deadline = time.time() + 600
+    while not marker.exists() and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert marker.exists(), "the run never wrote its step-2 checkpoint"
+    assert not (resumed / "summary.json").exists(), "the run finished before it could be killed"
+
+    proc = run_cli("train_grpo.py", f"output_dir={resumed}", *args)  # resume=auto is the default
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = _metrics(straight), _metrics(resumed)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4]
+    for ra, rb in zip(a, b):
+        assert ra.keys() == rb.keys()
+        for key in ra:
+            assert ra[key] == pytest.approx(rb[key], rel=1e-5, abs=1e-7, nan_ok=True), (ra["step"], key)
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (straight, resumed))
+    assert sa["tau"] == sb["tau"] and sa["steps"] == sb["steps"] == 4
+    # Only the newest `keep_last` complete checkpoints remain, and no half-written one.
+    names = sorted(p.name for p in (resumed / "checkpoints").iterdir())
+    assert names == ["step-00000002", "step-00000004"], names
+
+
+def test_sft_checkpoint_hands_off_to_grpo(demo_assets, tmp_path):
+    sft_dir, grpo_dir = tmp_path / "sft", tmp_path / "grpo"
+    proc = run_cli("train_sft.py", f"output_dir={sft_dir}", "sft.samples=32", "sft.epochs=2", "model.lora.r=4",
+                   "model.lora.alpha=8", "sft.lr=1e-2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((sft_dir / "summary.json").read_text())
+    assert summary["steps"] == 4  # 32 samples / 16 per step x 2 epochs
+
+    # The GRPO start policy is the SFT policy: adapter merged, fresh LoRA on top (B = 0, so no change).
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from semgrpo.config import LoraConfig, ModelConfig
+    from semgrpo.modeling import find_adapter_dir, load_policy
+
+    adapter = find_adapter_dir(str(sft_dir))
+    base = AutoModelForCausalLM.from_pretrained(str(demo_assets.policy_path))
+    ids = torch.tensor([[5, 17, 42, 99, 7]])
+    with torch.no_grad():
+        base_logits = base(ids).logits
+        sft_logits = PeftModel.from_pretrained(base, str(adapter))(ids).logits
+        start = load_policy(ModelConfig(path=str(demo_assets.policy_path), init_from=str(sft_dir),
+                                        lora=LoraConfig(r=4, alpha=8, dropout=0.0)), dtype="fp32")
+        start_logits = start(ids).logits
+        with start.disable_adapter():  # the GRPO reference policy
+            ref_logits = start(ids).logits
+    assert not torch.allclose(sft_logits, base_logits, atol=1e-4), "SFT did not change the model"
+    torch.testing.assert_close(start_logits, sft_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ref_logits, sft_logits, atol=1e-5, rtol=1e-5)
+
+    proc = run_cli("train_grpo.py", f"output_dir={grpo_dir}", f"model.init_from={sft_dir}", *QUICK,
+                   "train.max_steps=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((grpo_dir / "summary.json").read_text())["steps"] == 2
+    assert (grpo_dir / "reward_curve.png").stat().st_size > 0
+    assert any((grpo_dir / "tensorboard").iterdir())
