@@ -21,7 +21,7 @@ from pathlib import Path
 
 import regex
 
-DEMO_VERSION = 2
+DEMO_VERSION = 3
 EOS_TOKEN = "<|endoftext|>"
 MARKER_NAME = "demo_complete.json"
 
@@ -272,7 +272,9 @@ def _build_into(work: Path, *, seed: int, encoder_epochs: int, log: Callable[[st
     tokenizer = build_tokenizer(corpus, assets.tokenizer_path)
     log(f"demo: tokenizer vocab {len(tokenizer)}")
     build_policy(tokenizer, assets.policy_path, seed=seed)
-    base_loss = pretrain_policy(assets.policy_path, tokenizer, corpus, seed=seed, log=log)
+    # Monolingual terms plus the training pairs as plain parallel text (never the dev pairs).
+    parallel = [f"{r['zh']} {r['bo']}" for r in train]
+    base_loss = pretrain_policy(assets.policy_path, tokenizer, corpus + parallel, seed=seed, epochs=20, log=log)
 
     init_dir = work / "encoder_init"
     encoder = build_tiny_encoder(assets.tokenizer_path, init_dir, seed=seed)

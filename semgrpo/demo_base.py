@@ -1,10 +1,11 @@
 """Give the demo's tiny policy the role of a *pretrained* base model.
 
 A randomly initialised model with frozen embeddings cannot learn through LoRA alone (its logits are
-projections on random vectors), while every real run starts from a pretrained LLM. So the demo first
-trains the whole tiny model as a language model on monolingual text: each Chinese term and each Tibetan
-term on its own, never a pair. It learns what Tibetan syllables and Chinese characters look like, not
-how to translate: that is left to stage 1 (cold start) and stage 2 (GRPO).
+projections on random vectors), while every real run starts from a pretrained LLM that has seen some
+text of the new language. So the demo first trains the whole tiny model as a plain language model on
+the training terms (each Chinese and Tibetan term alone, and each training pair as one line of parallel
+text; never a dev pair, never the instruction format). It then knows the words but not the task: stage 1
+(cold start) teaches the format, stage 2 (GRPO) the meaning.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import random
 from pathlib import Path
 
 
-def pretrain_policy(policy_dir: str | Path, tokenizer, texts: list[str], *, seed: int, epochs: int = 15,
+def pretrain_policy(policy_dir: str | Path, tokenizer, texts: list[str], *, seed: int, epochs: int = 20,
                     batch_size: int = 32, lr: float = 3e-3, log=print) -> float:
     """Full-parameter causal-LM training on `texts` (one sequence each, eos-terminated), saved in place.
 
@@ -46,7 +47,7 @@ def pretrain_policy(policy_dir: str | Path, tokenizer, texts: list[str], *, seed
                 optimizer.zero_grad(set_to_none=True)
                 losses.append(loss.item())
             last = sum(losses) / max(1, len(losses))
-        log(f"demo: base policy pretrained on {len(texts)} monolingual terms, {epochs} epochs, loss {last:.3f}")
+        log(f"demo: base policy pretrained on {len(texts)} lines, {epochs} epochs, loss {last:.3f}")
         model.save_pretrained(str(policy_dir))
         return last
     finally:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from semgrpo.data import collate_left_padded
+
 
 @dataclass
 class Rollout:
@@ -56,16 +58,6 @@ def generation_model(engine, *, gather: bool):
         engine.module.train(was_training)
 
 
-def left_pad(seqs: list[list[int]], *, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[i, width - len(s):] = 1
-    return ids.to(device), mask.to(device)
-
-
 def cut_after_eos(tokens: torch.Tensor, eos_ids: list[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask everything after the first eos (the eos itself is kept: the policy learns to stop)."""
     is_eos = torch.isin(tokens, torch.tensor(eos_ids, device=tokens.device))
@@ -83,8 +75,7 @@ def generate(engine, prompts: list[list[int]], *, pad_id: int, eos_ids: list[int
     Shape:
         prompts: N lists of token ids -> Rollout with N rows
     """
-    device = engine.device
-    prompt_ids, prompt_mask = left_pad(prompts, pad_id=pad_id, device=device)
+    prompt_ids, prompt_mask = (t.to(engine.device) for t in collate_left_padded(prompts, pad_token_id=pad_id))
     sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature,
                                                           top_p=top_p, top_k=0)
     synced = engine.zero_optimization_stage() == 3 and not gather and torch.distributed.get_world_size() > 1
