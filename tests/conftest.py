@@ -12,13 +12,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 if "TRITON_INTERPRET" not in os.environ and not (os.path.exists("/dev/nvidia0") or shutil.which("nvidia-smi")):
     os.environ["TRITON_INTERPRET"] = "1"
 
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
 import pytest  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -27,10 +21,3 @@ def demo_assets():
     from semgrpo.demo import build_demo
 
     return build_demo(log=lambda *_: None)
-
-
-def run_cli(script: str, *args: str, timeout: int = 600, launcher: list | None = None, env: dict | None = None):
-    """Run a bin/ script the way a user does; returns the CompletedProcess (text mode)."""
-    cmd = (launcher or [sys.executable]) + [str(REPO / "bin" / script), *args]
-    full_env = dict(os.environ, **(env or {}))
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=full_env)

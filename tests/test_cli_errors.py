@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from conftest import run_cli
+from _helpers import run_cli
 
 FAST = ["train.max_steps=1", "sft.before_grpo=false"]
 

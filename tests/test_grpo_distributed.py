@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from conftest import REPO, run_cli
+from _helpers import run_cli
 
 pytestmark = pytest.mark.skipif(shutil.which("deepspeed") is None, reason="the deepspeed launcher is not on PATH")
 

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, run_cli
+from _helpers import REPO, run_cli
 
 # Small and fast: GRPO straight from the demo's base policy, short completions, a tiny LoRA.
 QUICK = ["sft.before_grpo=false", "grpo.max_completion_length=8", "model.lora.r=4", "model.lora.alpha=8",
