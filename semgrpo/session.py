@@ -108,6 +108,16 @@ def prepare(cfg: Config, *, need_encoder: bool) -> RunSetup:
                     plan=plan, dtype=dtype)
 
 
+def save_resolved_config(cfg: Config) -> None:
+    """Rank 0 writes the config as resolved (demo paths filled in) next to the run, once it validated."""
+    if dist.is_main():
+        from semgrpo.checkpoint import write_json_atomic
+        from semgrpo.config import to_dict
+
+        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+        write_json_atomic(Path(cfg.output_dir) / "config.json", to_dict(cfg))
+
+
 def eos_ids(tokenizer) -> list[int]:
     """Every id that ends a completion: the tokenizer's eos plus the chat end-of-turn token if any."""
     ids = {tokenizer.eos_token_id}

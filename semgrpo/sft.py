@@ -16,7 +16,7 @@ from semgrpo.collectives import sum_across
 from semgrpo.config import Config
 from semgrpo.data import collate_sft, sft_tensors
 from semgrpo.modeling import build_engine, load_policy
-from semgrpo.session import init_distributed, prepare, seed_everything
+from semgrpo.session import init_distributed, prepare, save_resolved_config, seed_everything
 from semgrpo.tracking import RunTracker
 
 
@@ -28,6 +28,11 @@ def train_sft(cfg: Config) -> dict:
     tok, plan = setup.tokenizer, setup.plan
     examples = setup.train[: cfg.sft.samples] if cfg.sft.samples > 0 else setup.train
     features = [sft_tensors(ex, eos_token_id=tok.eos_token_id, max_length=cfg.sft.max_length) for ex in examples]
+    # A prompt that fills sft.max_length leaves no target token (and a NaN loss): drop it, say so.
+    trainable = [f for f in features if any(label != -100 for label in f["labels"])]
+    if len(trainable) < len(features) and dist.is_main():
+        print(f"semgrpo: sft: dropped {len(features) - len(trainable)} samples whose prompt fills sft.max_length")
+    features = trainable
     order = PromptOrder(len(features), prompts_per_step=plan.global_batch, seed=cfg.seed)
     total_steps = order.total_steps(epochs=cfg.sft.epochs, max_steps=-1)
 
@@ -35,6 +40,7 @@ def train_sft(cfg: Config) -> dict:
     engine = build_engine(load_policy(cfg.model, dtype=setup.dtype), setup.ds_config, lr=cfg.sft.lr,
                           weight_decay=cfg.train.weight_decay, scheduler=cfg.sft.scheduler,
                           warmup_ratio=cfg.sft.warmup_ratio, total_updates=total_steps)
+    save_resolved_config(cfg)
     start = load_checkpoint(engine, resume_from)["step"] if resume_from is not None else 0
     if resume_from is None:
         torch.manual_seed(cfg.seed * 1000 + dist.rank() + 1)

@@ -22,7 +22,7 @@ from semgrpo.modeling import build_engine, load_policy, load_reward_encoder
 from semgrpo.ops import group_advantages, grpo_loss, token_logprobs, zero_std_groups
 from semgrpo.rewards import build_reward_functions, score
 from semgrpo.rollout import Rollout, completion_logits, generate
-from semgrpo.session import RunSetup, eos_ids, init_distributed, prepare, seed_everything
+from semgrpo.session import RunSetup, eos_ids, init_distributed, prepare, save_resolved_config, seed_everything
 from semgrpo.tau import measure_tau
 from semgrpo.tracking import RunTracker, escape_markdown
 
@@ -192,6 +192,7 @@ def build_grpo_run(cfg: Config) -> tuple[GRPORun, PromptOrder, int]:
     script = cfg.reward.script or setup.task.target_script
     rewards = build_reward_functions(cfg.reward, encoder=encoder, script=script)
     run = GRPORun(cfg=cfg, setup=setup, engine=engine, rewards=rewards, eos=eos_ids(setup.tokenizer))
+    save_resolved_config(cfg)
     return run, order, total_steps
 
 

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from _helpers import REPO, run_cli
+from _helpers import REPO, run_cli, user_env
 
 # Small and fast: GRPO straight from the demo's base policy, short completions, a tiny LoRA.
 QUICK = ["sft.before_grpo=false", "grpo.max_completion_length=8", "model.lora.r=4", "model.lora.alpha=8",
@@ -29,7 +29,7 @@ def test_kill_and_resume_equals_an_uninterrupted_run(demo_assets, tmp_path):
 
     # Start the same run, kill -9 it as soon as the step-2 checkpoint is complete (mid step 3).
     victim = subprocess.Popen([sys.executable, str(REPO / "bin" / "train_grpo.py"), f"output_dir={resumed}", *args],
-                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=user_env())
     marker = resumed / "checkpoints" / "step-00000002" / "COMPLETE"
     deadline = time.time() + 600
     while not marker.exists() and victim.poll() is None and time.time() < deadline:
