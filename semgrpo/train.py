@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -36,7 +36,6 @@ class GRPORun:
     engine: object
     rewards: dict
     eos: list[int]
-    timings: dict = field(default_factory=dict)
 
     @property
     def g(self) -> GRPOConfig:
