@@ -1,0 +1,160 @@
+"""End-to-end GRPO step: semgrpo's trainer vs TRL's GRPOTrainer on the same work, per phase.
+
+Each run is a subprocess of `benchmarks/train_runners.py` (one trainer, `--warmup` + `--steps` steps), so
+that peak RSS is that run's own; runs alternate between the two trainers (ABBA order over `--reps`
+repetitions) so that drift in the machine's load hits both alike. The work (model, tokenizer, prompts,
+reward, batch, sampling, LoRA, optimizer settings) is described in train_runners.py.
+
+    python benchmarks/bench_train.py [--reps 3] [--steps 12] [--warmup 2] [--csv PATH]
+
+Writes CSV rows `op,provider,mode,metric,unit,shape,p50,p20,p80,device,git_sha,timestamp` (default
+`benchmarks/results/bench_train_cpu.csv`): per provider the seconds per step of each phase, the step,
+samples/s, completion tokens/s, mean completion length and peak RSS, with quantiles over all measured
+steps of all repetitions (peak RSS: over runs); then provider `semgrpo/trl` rows with the ratio of the
+p50s. Prints the rows and one summary line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from common import CSV_COLUMNS, CsvWriter, quantiles  # noqa: E402
+
+PROVIDERS = ("semgrpo", "trl")
+# (metric, unit, per-step value from one record); phases first, in the order of a step.
+STEP_METRICS = (
+    ("generation_seconds", "s/step", lambda r: r["generation"]),
+    ("reward_seconds", "s/step", lambda r: r["reward"]),
+    ("logprobs_seconds", "s/step", lambda r: r["logprobs"]),
+    ("policy_fwd_bwd_seconds", "s/step", lambda r: r["policy"]),
+    ("optimizer_seconds", "s/step", lambda r: r["optimizer"]),
+    ("other_seconds", "s/step", lambda r: r["step"] - sum(r[k] for k in
+                                                           ("generation", "reward", "logprobs", "policy", "optimizer"))),
+    ("step_seconds", "s/step", lambda r: r["step"]),
+    ("samples_per_second", "samples/s", lambda r: r["samples"] / r["step"]),
+    ("completion_tokens_per_second", "tokens/s", lambda r: r["tokens"] / r["step"]),
+    ("mean_completion_length", "tokens", lambda r: r["tokens"] / r["samples"]),
+)
+RUNNER_ENV_DROP = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def run_once(provider: str, *, steps: int, warmup: int, threads: int, seed: int, workdir: Path,
+             overrides: list[str] = (), timeout: float = 1800) -> dict:
+    """One run of `provider` in a fresh subprocess; returns its JSON result.
+
+    Raises:
+        ValueError: unknown provider.
+        RuntimeError: the subprocess failed (its output tail is in the message).
+    """
+    if provider not in PROVIDERS:
+        raise ValueError(f"provider must be one of {PROVIDERS}, got {provider!r}")
+    out = workdir / f"{provider}_{time.monotonic_ns()}.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "train_runners.py"), "--provider", provider,
+           "--steps", str(steps), "--warmup", str(warmup), "--threads", str(threads), "--seed", str(seed),
+           "--out", str(out)]
+    for item in overrides if provider == "semgrpo" else ():
+        cmd += ["--override", item]
+    env = {k: v for k, v in os.environ.items() if k not in RUNNER_ENV_DROP}
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0 or not out.is_file():
+        tail = (proc.stdout + proc.stderr)[-4000:]
+        raise RuntimeError(f"{provider} run failed (exit {proc.returncode}):\n{tail}")
+    return json.loads(out.read_text(encoding="utf-8"))
+
+
+def aggregate(results: list[dict], writer: CsvWriter, *, mode: str) -> dict[str, dict[str, float]]:
+    """Add per-provider quantile rows and `semgrpo/trl` ratio rows to `writer`; return the p50s.
+
+    Args:
+        results: run results as returned by `run_once` (any number per provider, at least one each).
+        writer: CSV writer the rows are added to.
+        mode: the CSV `mode` column (e.g. ``train``).
+
+    Returns:
+        provider -> metric -> p50 (and ``"ratio"`` -> metric -> ours / TRL).
+    """
+    p50 = {}
+    for provider in PROVIDERS:
+        runs = [r for r in results if r["provider"] == provider]
+        if not runs or not all(r["records"] for r in runs):
+            raise ValueError(f"no measured steps for provider {provider!r}")
+        records = [rec for r in runs for rec in r["records"]]
+        shape = runs[0]["shape"]
+        p50[provider] = {}
+        for metric, unit, fn in STEP_METRICS:
+            q = quantiles([float(fn(rec)) for rec in records])
+            writer.add("grpo_step", provider, mode, metric, unit, shape, *q)
+            p50[provider][metric] = q[0]
+        q = quantiles([float(r["peak_rss_mib"]) for r in runs])
+        writer.add("grpo_step", provider, mode, "peak_rss", "MiB", shape, *q)
+        p50[provider]["peak_rss"] = q[0]
+    p50["ratio"] = {}
+    for metric, unit in [(m, u) for m, u, _ in STEP_METRICS] + [("peak_rss", "MiB")]:
+        a, b = p50["semgrpo"][metric], p50["trl"][metric]
+        ratio = a / b if b else float("nan")
+        writer.add("grpo_step", "semgrpo/trl", mode, metric, "x", shape, ratio)
+        p50["ratio"][metric] = ratio
+    return p50
+
+
+def summary_line(p50: dict, *, device: str) -> str:
+    ours, trl, ratio = p50["semgrpo"], p50["trl"], p50["ratio"]
+    phases = ", ".join(f"{m.removesuffix('_seconds')} {ours[m]:.3f}/{trl[m]:.3f}s" for m, unit, _ in STEP_METRICS
+                       if unit == "s/step")
+    return (f"bench_train {device}: semgrpo {ours['samples_per_second']:.1f} samples/s vs TRL "
+            f"{trl['samples_per_second']:.1f} (ours/TRL {ratio['samples_per_second']:.2f}x); "
+            f"tokens/s {ours['completion_tokens_per_second']:.0f} vs {trl['completion_tokens_per_second']:.0f}; "
+            f"peak RSS {ours['peak_rss']:.0f} vs {trl['peak_rss']:.0f} MiB; per step ours/TRL: {phases}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--reps", type=int, default=3, help="runs per trainer, alternating ABBA")
+    ap.add_argument("--steps", type=int, default=12, help="measured steps per run")
+    ap.add_argument("--warmup", type=int, default=2, help="steps per run before measuring")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads in every run (same for both)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--override", action="append", default=[],
+                    help="semgrpo config key=value for experiments (the committed CSV uses none)")
+    ap.add_argument("--csv", type=Path, default=ROOT / "benchmarks" / "results" / "bench_train_cpu.csv")
+    a = ap.parse_args(argv)
+    for name in ("reps", "steps", "threads"):
+        if getattr(a, name) < 1:
+            ap.error(f"--{name} must be >= 1, got {getattr(a, name)}")
+    if a.warmup < 0:
+        ap.error(f"--warmup must be >= 0, got {a.warmup}")
+    writer = CsvWriter(a.csv)
+    writer.device = f"cpu {platform.processor() or platform.machine()} {os.cpu_count()} cores"
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(a.reps):
+            order = PROVIDERS if rep % 2 == 0 else PROVIDERS[::-1]
+            for provider in order:
+                t0 = time.perf_counter()
+                res = run_once(provider, steps=a.steps, warmup=a.warmup, threads=a.threads, seed=a.seed + rep,
+                               workdir=Path(tmp), overrides=a.override)
+                results.append(res)
+                print(f"# rep {rep} {provider}: {len(res['records'])} steps, {time.perf_counter() - t0:.1f}s wall",
+                      file=sys.stderr)
+    p50 = aggregate(results, writer, mode="train" + ("+" + ";".join(a.override) if a.override else ""))
+    writer.write()
+    print(",".join(CSV_COLUMNS))
+    for row in writer.rows:
+        print(",".join(f'"{row[c]}"' if "," in str(row[c]) else str(row[c]) for c in CSV_COLUMNS))
+    print(summary_line(p50, device=writer.device))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
