@@ -6,6 +6,8 @@ repetitions) so that drift in the machine's load hits both alike. The work (mode
 reward, batch, sampling, LoRA, optimizer settings) is described in train_runners.py.
 
     python benchmarks/bench_train.py [--reps 3] [--steps 12] [--warmup 2] [--csv PATH]
+    python benchmarks/bench_train.py --ds-base ds_configs/zero3.json \
+        --ds-set zero_optimization.memory_efficient_linear=false --csv ...   # experiments on our side
 
 Writes CSV rows `op,provider,mode,metric,unit,shape,p50,p20,p80,device,git_sha,timestamp` (default
 `benchmarks/results/bench_train_cpu.csv`): per provider the seconds per step of each phase, the step,
@@ -45,6 +47,29 @@ STEP_METRICS = (
     ("completion_tokens_per_second", "tokens/s", lambda r: r["tokens"] / r["step"]),
     ("mean_completion_length", "tokens", lambda r: r["tokens"] / r["samples"]),
 )
+def derived_ds_config(base: Path, sets: list[str], out: Path) -> Path:
+    """Write `base` (a DeepSpeed JSON) with dotted `key=value` changes (values parsed as YAML) to `out`.
+
+    Raises:
+        ValueError: an item is not key=value, or walks into a non-mapping.
+    """
+    import yaml
+
+    ds = json.loads(Path(base).read_text(encoding="utf-8"))
+    for item in sets:
+        if "=" not in item:
+            raise ValueError(f"--ds-set {item!r} is not of the form dotted.key=value")
+        key, raw = item.split("=", 1)
+        node, parts = ds, key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--ds-set {item!r}: {part!r} is not a section of {base}")
+        node[parts[-1]] = yaml.safe_load(raw)
+    out.write_text(json.dumps(ds, indent=2), encoding="utf-8")
+    return out
+
+
 RUNNER_ENV_DROP = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -127,6 +152,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--override", action="append", default=[],
                     help="semgrpo config key=value for experiments (the committed CSV uses none)")
+    ap.add_argument("--ds-base", type=Path, default=None,
+                    help="DeepSpeed JSON for our run (experiments; default: the demo's ds_configs/zero3.json)")
+    ap.add_argument("--ds-set", action="append", default=[],
+                    help="dotted key=value changed in --ds-base for our run (experiments)")
     ap.add_argument("--csv", type=Path, default=ROOT / "benchmarks" / "results" / "bench_train_cpu.csv")
     a = ap.parse_args(argv)
     for name in ("reps", "steps", "threads"):
@@ -136,18 +165,24 @@ def main(argv=None) -> int:
         ap.error(f"--warmup must be >= 0, got {a.warmup}")
     writer = CsvWriter(a.csv)
     writer.device = f"cpu {platform.processor() or platform.machine()} {os.cpu_count()} cores"
-    results = []
+    results, variant = [], list(a.override)
     with tempfile.TemporaryDirectory() as tmp:
+        overrides = list(a.override)
+        if a.ds_base or a.ds_set:
+            base = a.ds_base or ROOT / "ds_configs" / "zero3.json"
+            path = derived_ds_config(base, a.ds_set, Path(tmp) / "ds_variant.json")
+            overrides.append(f"train.deepspeed={path}")
+            variant += [f"ds={Path(base).name}", *a.ds_set]
         for rep in range(a.reps):
             order = PROVIDERS if rep % 2 == 0 else PROVIDERS[::-1]
             for provider in order:
                 t0 = time.perf_counter()
                 res = run_once(provider, steps=a.steps, warmup=a.warmup, threads=a.threads, seed=a.seed + rep,
-                               workdir=Path(tmp), overrides=a.override)
+                               workdir=Path(tmp), overrides=overrides)
                 results.append(res)
                 print(f"# rep {rep} {provider}: {len(res['records'])} steps, {time.perf_counter() - t0:.1f}s wall",
                       file=sys.stderr)
-    p50 = aggregate(results, writer, mode="train" + ("+" + ";".join(a.override) if a.override else ""))
+    p50 = aggregate(results, writer, mode="train" + ("+" + ";".join(variant) if variant else ""))
     writer.write()
     print(",".join(CSV_COLUMNS))
     for row in writer.rows:

@@ -21,6 +21,11 @@ lr, beta, temperature and top-p from `configs/demo.yaml`. The JSON holds one rec
           calls made inside _generate_and_score_completions (old/ref); policy = training_step minus
           _generate_and_score_completions; optimizer = end of training_step to on_optimizer_step
           (gradient clipping + optimizer.step, as engine.step does for ours).
+
+Where the two differ in bookkeeping: our `logprobs` lap also holds the advantages and the global token
+count (one all-reduce); TRL's advantages, padding and metric gathering inside
+_generate_and_score_completions land in its `other` (also recorded alone as `gs_other`), and its
+per-step logging (logging_steps=1, about 1 ms) too. The semgrpo loop here does no TensorBoard logging.
 """
 from __future__ import annotations
 

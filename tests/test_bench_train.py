@@ -100,3 +100,18 @@ def test_toy_run_writes_csv(tmp_path):
         want = float(by[("semgrpo", m)]["p50"]) / float(by[("trl", m)]["p50"])
         assert float(by[("semgrpo/trl", m)]["p50"]) == pytest.approx(want, rel=1e-4)
     assert "bench_train" in out.stdout.splitlines()[-1] and "samples/s" in out.stdout.splitlines()[-1]
+
+
+def test_derived_ds_config(tmp_path):
+    base = tmp_path / "base.json"
+    base.write_text('{"train_micro_batch_size_per_gpu": 8, "zero_optimization": {"stage": 3}}')
+    out = bench_train.derived_ds_config(base, ["zero_optimization.memory_efficient_linear=false",
+                                               "train_micro_batch_size_per_gpu=16"], tmp_path / "out.json")
+    import json
+
+    assert json.loads(out.read_text()) == {"train_micro_batch_size_per_gpu": 16,
+                                           "zero_optimization": {"stage": 3, "memory_efficient_linear": False}}
+    with pytest.raises(ValueError, match="not of the form"):
+        bench_train.derived_ds_config(base, ["stage"], tmp_path / "o.json")
+    with pytest.raises(ValueError, match="'train_micro_batch_size_per_gpu' is not a section"):
+        bench_train.derived_ds_config(base, ["train_micro_batch_size_per_gpu.x=1"], tmp_path / "o.json")
