@@ -139,6 +139,19 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    # Live alignment-tax meter (semgrpo/tax_meter.py): every this many GRPO steps, OOD token NLL and
+    # KL(reference || policy) on fixed passages, logged as tax/*. 0 = off.
+    every_steps: int = 0
+    # CMRC/SQuAD JSON (contexts), JSONL with a text/context field, or a text file (a passage per line).
+    # Empty with `demo: true` = the demo's plain Chinese CLDR text.
+    ood_passages: str = ""
+    ood_samples: int = 32
+    ood_max_tokens: int = 128
+    batch_size: int = 8
+
+
+@dataclass
 class Config:
     output_dir: str = "runs/grpo"
     # auto = continue from the newest complete checkpoint in output_dir if any; or a checkpoint path; or "".
@@ -152,6 +165,7 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -243,6 +257,11 @@ def validate(cfg: Config) -> None:
     _positive("reward.tau_samples", r.tau_samples)
     _positive("train.keep_last", t.keep_last)
     _positive("train.save_every", t.save_every)
+    _positive("eval.ood_samples", cfg.eval.ood_samples)
+    _positive("eval.ood_max_tokens", cfg.eval.ood_max_tokens, minimum=2)
+    _positive("eval.batch_size", cfg.eval.batch_size)
+    if cfg.eval.every_steps < 0:
+        raise ConfigError(f"eval.every_steps must be >= 0 (0 = off), got {cfg.eval.every_steps}")
     if not 0.0 < g.temperature:
         raise ConfigError(f"grpo.temperature must be > 0, got {g.temperature}")
     if not 0.0 < g.top_p <= 1.0:

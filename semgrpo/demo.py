@@ -21,7 +21,7 @@ from pathlib import Path
 
 import regex
 
-DEMO_VERSION = 3
+DEMO_VERSION = 4
 EOS_TOKEN = "<|endoftext|>"
 MARKER_NAME = "demo_complete.json"
 
@@ -50,6 +50,7 @@ class DemoAssets:
         tokenizer_path: ``PreTrainedTokenizerFast`` directory.
         policy_path: ``Qwen3ForCausalLM`` directory (tokenizer saved beside it too).
         encoder_path: sentence-transformers directory of the reward encoder.
+        ood_path: Plain Chinese text, a passage per line, for the alignment-tax meter.
     """
 
     root: Path
@@ -58,6 +59,7 @@ class DemoAssets:
     tokenizer_path: Path
     policy_path: Path
     encoder_path: Path
+    ood_path: Path
 
     @classmethod
     def at(cls, root: Path) -> DemoAssets:
@@ -70,6 +72,7 @@ class DemoAssets:
             tokenizer_path=root / "tokenizer",
             policy_path=root / "policy",
             encoder_path=root / "encoder",
+            ood_path=root / "ood.txt",
         )
 
 
@@ -155,6 +158,19 @@ def cldr_pairs() -> list[dict]:
             "at least 250 (install a recent babel)"
         )
     return pairs
+
+
+def cldr_chinese_passages(*, names_per_passage: int = 16) -> list[str]:
+    """Plain Chinese text for the demo's alignment-tax meter: every CLDR Chinese name, joined into lines.
+
+    No instruction format and no Tibetan: the dominant-language behaviour of the base model that the
+    MT fine-tuning should leave alone (the demo's stand-in for the paper's CMRC passages).
+    """
+    names = []
+    for _, _, zh_map in _cldr_sources():
+        names += [v.strip() for _, v in sorted(zh_map.items(), key=lambda kv: str(kv[0])) if _is_chinese_term(v)]
+    names = list(dict.fromkeys(names))
+    return ["、".join(names[i:i + names_per_passage]) + "。" for i in range(0, len(names), names_per_passage)]
 
 
 def split_pairs(pairs: list[dict], *, seed: int, dev_fraction: float = 0.1) -> tuple[list[dict], list[dict]]:
@@ -267,6 +283,7 @@ def _build_into(work: Path, *, seed: int, encoder_epochs: int, log: Callable[[st
     _write_jsonl(assets.train_path, train)
     _write_jsonl(assets.dev_path, dev)
     log(f"demo: {len(pairs)} CLDR bo/zh pairs -> {len(train)} train, {len(dev)} dev")
+    assets.ood_path.write_text("\n".join(cldr_chinese_passages()) + "\n", encoding="utf-8")
 
     corpus = [r["bo"] for r in train] + [r["zh"] for r in train]
     tokenizer = build_tokenizer(corpus, assets.tokenizer_path)

@@ -76,6 +76,7 @@ def apply_demo(cfg: Config) -> None:
     cfg.data.train = cfg.data.train or str(assets.train_path)
     cfg.data.dev = cfg.data.dev or str(assets.dev_path)
     cfg.reward.encoder = cfg.reward.encoder or str(assets.encoder_path)
+    cfg.eval.ood_passages = cfg.eval.ood_passages or str(assets.ood_path)
 
 
 def prepare(cfg: Config, *, need_encoder: bool) -> RunSetup:

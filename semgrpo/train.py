@@ -24,6 +24,7 @@ from semgrpo.rewards import build_reward_functions, score
 from semgrpo.rollout import Rollout, completion_logits, generate
 from semgrpo.session import RunSetup, eos_ids, init_distributed, prepare, save_resolved_config, seed_everything
 from semgrpo.tau import measure_tau
+from semgrpo.tax_meter import TaxMeter
 from semgrpo.tracking import RunTracker, escape_markdown
 
 
@@ -36,6 +37,7 @@ class GRPORun:
     engine: object
     rewards: dict
     eos: list[int]
+    tax_meter: TaxMeter | None = None
 
     @property
     def g(self) -> GRPOConfig:
@@ -178,6 +180,7 @@ def _nanstd(t: torch.Tensor) -> float:
 def build_grpo_run(cfg: Config) -> tuple[GRPORun, PromptOrder, int]:
     setup = prepare(cfg, need_encoder=True)
     prompts_per_rank = check_group_fit(setup.plan, cfg.grpo.group_size, cfg.train.deepspeed)
+    tax_meter = TaxMeter(cfg, setup.tokenizer) if cfg.eval.every_steps > 0 else None
     if cfg.grpo.beta > 0 and not cfg.model.lora.enabled:
         raise ConfigError("grpo.beta > 0 needs model.lora.enabled: the reference is the policy with its adapter disabled")
     order = PromptOrder(len(setup.train), prompts_per_step=prompts_per_rank * setup.plan.world_size, seed=cfg.seed)
@@ -190,7 +193,8 @@ def build_grpo_run(cfg: Config) -> tuple[GRPORun, PromptOrder, int]:
     encoder = load_reward_encoder(cfg.reward.encoder, device=engine.device) if "semantic" in cfg.reward.functions else None
     script = cfg.reward.script or setup.task.target_script
     rewards = build_reward_functions(cfg.reward, encoder=encoder, script=script)
-    run = GRPORun(cfg=cfg, setup=setup, engine=engine, rewards=rewards, eos=eos_ids(setup.tokenizer))
+    run = GRPORun(cfg=cfg, setup=setup, engine=engine, rewards=rewards, eos=eos_ids(setup.tokenizer),
+                  tax_meter=tax_meter)
     save_resolved_config(cfg)
     return run, order, total_steps
 
@@ -218,7 +222,10 @@ def train_grpo(cfg: Config) -> dict:
     for step in range(state["step"], total_steps):
         ids = order.indices(step, rank=dist.rank(), world_size=dist.world_size())
         metrics, samples = grpo_step(run, [run.setup.train[i] for i in ids])
-        if (step + 1) % cfg.train.log_every == 0 or step + 1 == total_steps:
+        measure_tax = run.tax_meter is not None and (step + 1) % cfg.eval.every_steps == 0
+        if measure_tax:
+            metrics.update(run.tax_meter.measure(run.engine))
+        if measure_tax or (step + 1) % cfg.train.log_every == 0 or step + 1 == total_steps:
             tracker.log(step + 1, metrics)
         if cfg.train.sample_every and (step + 1) % cfg.train.sample_every == 0:
             tracker.log_text(step + 1, "samples", _samples_markdown(samples), escape=False)
