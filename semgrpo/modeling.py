@@ -1,6 +1,7 @@
 """Load the policy (+LoRA), its tokenizer and the frozen reward encoder; wrap the policy in DeepSpeed."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -66,8 +67,54 @@ def find_adapter_dir(init_from: str) -> Path:
     )
 
 
+def run_config(source: str | Path) -> dict | None:
+    """The resolved config.json of the run that `source` (a run dir, a checkpoint or its adapter) belongs to."""
+    path = Path(source)
+    for run_dir in (path, path.parent, path.parent.parent, path.parent.parent.parent):
+        cfg_file = run_dir / "config.json"
+        if (run_dir / "checkpoints").is_dir() and cfg_file.is_file():
+            try:
+                cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+            except ValueError:
+                raise ConfigError(f"{cfg_file} is not valid JSON") from None
+            return cfg if isinstance(cfg, dict) and isinstance(cfg.get("model"), dict) else None
+    return None
+
+
+def adapter_chain(init_from: str) -> list[Path]:
+    """Every adapter to apply, in order, to rebuild the policy saved under `init_from`.
+
+    A run started from another run (`model.init_from`, recorded in its config.json) trained its adapter
+    on top of that run's merged policy, so GRPO after a cold start is base + SFT adapter + GRPO adapter.
+    """
+    chain: list[Path] = []
+    source = init_from
+    while source:
+        adapter = find_adapter_dir(source)
+        if adapter.resolve() in {a.resolve() for a in chain}:
+            raise ConfigError(f"model.init_from chain loops back to {adapter}")
+        chain.insert(0, adapter)
+        cfg = run_config(source)
+        parent = cfg["model"].get("init_from", "") if cfg else ""
+        source = _locate(parent, near=source) if parent else ""
+    return chain
+
+
+def _locate(recorded: str, *, near: str | Path) -> str:
+    """A path recorded in a run's config.json; a relative one may be relative to any ancestor of the run
+    (the directory the run was launched from), so evaluation works from another working directory."""
+    if Path(recorded).exists() or Path(recorded).is_absolute():
+        if not Path(recorded).exists():
+            raise ConfigError(f"{str(near)!r} was trained from model.init_from {recorded!r}, which no longer exists")
+        return recorded
+    for ancestor in Path(near).resolve().parents:
+        if (ancestor / recorded).exists():
+            return str(ancestor / recorded)
+    raise ConfigError(f"{str(near)!r} was trained from model.init_from {recorded!r}, which no longer exists")
+
+
 def load_policy(model_cfg: ModelConfig, *, dtype: str):
-    """Base model, with the stage-1 adapter merged in when `init_from` is set, plus a fresh LoRA.
+    """Base model, with the stage-1 adapter chain merged in when `init_from` is set, plus a fresh LoRA.
 
     Merging the cold-start adapter makes "adapter disabled" equal the cold-start policy, which is the
     GRPO reference, without a second copy of the model in memory.
@@ -79,8 +126,8 @@ def load_policy(model_cfg: ModelConfig, *, dtype: str):
     if model_cfg.init_from:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(find_adapter_dir(model_cfg.init_from)))
-        model = model.merge_and_unload()
+        for adapter in adapter_chain(model_cfg.init_from):
+            model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     model.config.use_cache = True
     if model_cfg.lora.enabled:
         model = add_lora(model, model_cfg.lora)
