@@ -37,6 +37,27 @@ def main() -> None:
         ids = order.indices(step, rank=dist.rank(), world_size=dist.world_size())
         metrics.append(grpo_step(run, [run.setup.train[i] for i in ids])[0])
     after = gathered_state(run.engine)
+    # The live tax meter (windows split over ranks) vs every rank measuring all windows itself.
+    from semgrpo.metrics import summarize
+    from semgrpo.ood import drift_per_token, encode_windows, load_passages
+
+    tax = run.tax_meter.measure(run.engine)
+    model = run.engine.module
+    model.eval()
+    windows = encode_windows(run.setup.tokenizer, load_passages(cfg.eval.ood_passages, limit=cfg.eval.ood_samples),
+                             max_tokens=cfg.eval.ood_max_tokens)
+
+    def logits(ids, mask):
+        return model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+
+    def ref_logits(ids, mask):
+        with model.disable_adapter():
+            return logits(ids, mask)
+
+    whole = drift_per_token(logits, ref_logits, windows, pad_id=run.setup.tokenizer.pad_token_id,
+                            device=run.engine.device)
+    tax_direct = {"tax/nll_mean": summarize(whole["nll_adapted"])["mean"], "tax/kl_p90": summarize(whole["kl"])["p90"],
+                  "tax/kl_mean": float(whole["kl"].mean())}
     changed = {n: bool((before[n] - after[n]).abs().max() > 0) for n in before}
     opt = run.engine.optimizer
     partition = [int(t.numel()) for t in getattr(opt, "fp32_partitioned_groups_flat", [])]
@@ -49,6 +70,7 @@ def main() -> None:
         "trainable_numel": sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel()
                                for p in run.engine.module.parameters() if p.requires_grad),
         "partition_numel": partition, "optimizer_state_numel": state_numel, "metrics": metrics,
+        "tax": tax, "tax_direct": tax_direct,
     }
     with open(f"{out_path}.rank{dist.rank()}", "w") as f:
         json.dump(report, f)

@@ -13,6 +13,7 @@ def test_two_rank_zero3_grpo_updates_lora_only_and_partitions_the_optimizer(demo
     out = tmp_path / "probe.json"
     proc = run_cli(
         "../tests/_grpo_probe.py", str(out), "grpo.max_completion_length=8", "model.lora.r=4",
+        "eval.ood_samples=5", "eval.ood_max_tokens=16",
         launcher=["deepspeed", "--num_gpus", "2", "--master_port", "29731"],
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
@@ -39,3 +40,10 @@ def test_two_rank_zero3_grpo_updates_lora_only_and_partitions_the_optimizer(demo
     assert reports[0]["metrics"] == reports[1]["metrics"] or all(
         {k: v for k, v in a.items() if not k.startswith("perf/")} == {k: v for k, v in b.items() if not k.startswith("perf/")}
         for a, b in zip(reports[0]["metrics"], reports[1]["metrics"]))
+    # Live alignment-tax meter: 5 passages split 3 + 2 (one repeat masked out), gathered, equal on both
+    # ranks and equal to measuring all passages at once; the updated LoRA has drifted from the reference.
+    assert reports[0]["tax"] == reports[1]["tax"]
+    for key, value in rep["tax_direct"].items():
+        assert rep["tax"][key] == pytest.approx(value, rel=1e-4), key
+    assert rep["tax"]["tax/kl_mean"] > 0
+

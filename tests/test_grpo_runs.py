@@ -15,6 +15,8 @@ from _helpers import REPO, run_cli, user_env
 QUICK = ["sft.before_grpo=false", "grpo.max_completion_length=8", "model.lora.r=4", "model.lora.alpha=8",
          "reward.tau_samples=8", "train.sample_every=1"]
 
+TAX_KEYS = ["tax/delta_nll_mean", "tax/kl_mean", "tax/kl_p90", "tax/nll_mean", "tax/nll_p90"]
+
 
 def _metrics(out_dir):
     rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
@@ -22,7 +24,8 @@ def _metrics(out_dir):
 
 
 def test_kill_and_resume_equals_an_uninterrupted_run(demo_assets, tmp_path):
-    args = QUICK + ["train.max_steps=4", "train.save_every=2"]
+    args = QUICK + ["train.max_steps=4", "train.save_every=2", "eval.every_steps=2", "eval.ood_samples=4",
+                    "eval.ood_max_tokens=16"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     proc = run_cli("train_grpo.py", f"output_dir={straight}", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -47,6 +50,9 @@ def test_kill_and_resume_equals_an_uninterrupted_run(demo_assets, tmp_path):
         assert ra.keys() == rb.keys()
         for key in ra:
             assert ra[key] == pytest.approx(rb[key], rel=1e-5, abs=1e-7, nan_ok=True), (ra["step"], key)
+    # The live alignment-tax meter logged at steps 2 and 4 (and resumed identically, compared above).
+    assert [sorted(k for k in r if k.startswith("tax/")) for r in a] == [[], TAX_KEYS, [], TAX_KEYS]
+    assert a[3]["tax/kl_mean"] > 0
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (straight, resumed))
     assert sa["tau"] == sb["tau"] and sa["steps"] == sb["steps"] == 4
     # Only the newest `keep_last` complete checkpoints remain, and no half-written one.
