@@ -47,7 +47,7 @@ class CheckpointError(ValueError):
 # ----------------------------------------------------------------------------------------------- files
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+def write_json_atomic(path: str | os.PathLike, obj: Any, *, sort_keys: bool = True) -> Path:
     """Write `obj` as JSON to `path` so readers see the old file or the new one, never a partial one.
 
     Writes a sibling temporary file, fsyncs it, then `os.replace`s it over `path`. Non-finite floats
@@ -56,6 +56,7 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     Args:
         path: destination file; its parent directory must exist.
         obj: anything `json.dumps` accepts.
+        sort_keys: sorted keys (stable diffs); False keeps insertion order where it carries meaning.
 
     Returns:
         `path` as a Path.
@@ -63,7 +64,7 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     path = Path(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot write {str(path)!r}: directory {str(path.parent)!r} does not exist")
-    text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    text = json.dumps(obj, indent=2, sort_keys=sort_keys, allow_nan=False) + "\n"
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
     try:
         with open(tmp, "w", encoding="utf-8") as f:

@@ -200,7 +200,7 @@ def _headline(entry: dict) -> str:
 
 
 def _write(out: Path, result: dict, outputs: dict, examples, tokens: dict) -> None:
-    write_json_atomic(out / "eval.json", result)
+    write_json_atomic(out / "eval.json", result, sort_keys=False)  # model order = table row order
     with open(out / "outputs.jsonl", "w", encoding="utf-8") as f:
         for i, ex in enumerate(examples):
             row = {"id": ex.id, "reference": ex.reference, **{name: texts[i] for name, texts in outputs.items()}}

@@ -12,29 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from _helpers import fake_run_stage as _fake_stage
 from _helpers import run_cli
-
-
-def _fake_stage(run_dir, base_path, tokenizer_path, data_path, encoder, init_from, seed, ood=""):
-    """A run directory as training leaves it: config.json + one complete checkpoint with a random LoRA."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_path),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
-    for name, p in model.named_parameters():
-        if "lora_B" in name:  # PEFT starts B at 0 (a no-op adapter); make this one change the model
-            p.data.normal_(0, 0.05)
-    ckpt = run_dir / "checkpoints" / "step-00000001"
-    model.save_pretrained(ckpt / "adapter")
-    (ckpt / "COMPLETE").write_text(json.dumps({"step": 1, "time": 0, "world_size": 1}))
-    cfg = {"model": {"path": str(base_path), "tokenizer": str(tokenizer_path), "init_from": init_from},
-           "data": {"task": "mt_zh_bo", "dev": str(data_path), "train": str(data_path)},
-           "reward": {"encoder": str(encoder)}, "grpo": {"max_completion_length": 8},
-           "eval": {"ood_passages": ood}}
-    (run_dir / "config.json").write_text(json.dumps(cfg))
-    return ckpt / "adapter"
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,11 @@
+#!/usr/bin/env python
+"""Entry point: see `python bin/transfer.py --help` and the README."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from semgrpo.transfer import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())
