@@ -128,3 +128,22 @@ def test_evaluate_user_errors(two_stage_run, args, match):
     assert lines[-1].startswith("evaluate.py: error: ") and match in lines[-1], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert not (out / "eval.json").exists()
+
+
+def test_evaluate_full_model_directory_against_base(demo_assets, tmp_path):
+    """A full-weight model directory is loaded as its own copy; the base itself as one: KL 0, same outputs."""
+    out = tmp_path / "full"
+    proc = run_cli("evaluate.py", "--base", str(demo_assets.policy_path), "--tokenizer",
+                   str(demo_assets.tokenizer_path), "--model", f"copy={demo_assets.policy_path}", "--data",
+                   str(demo_assets.dev_path), "--task", "mt_zh_bo", "--limit", "3", "--max-new-tokens", "6",
+                   "--ood", str(demo_assets.ood_path), "--ood-samples", "3", "--ood-max-tokens", "16",
+                   "--output", str(out), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "eval.json").read_text())
+    assert list(result["models"]) == ["base", "copy"] and result["judge"] is None
+    copy = result["models"]["copy"]
+    assert copy["adapters"] == [] and copy["task"]["similarity"] is None  # no encoder without a run
+    assert copy["ood"]["kl"]["p90"] == pytest.approx(0.0, abs=1e-6)
+    assert copy["ood"]["nll"] == pytest.approx(result["models"]["base"]["ood"]["nll"], rel=1e-6)
+    rows = [json.loads(line) for line in (out / "outputs.jsonl").read_text().splitlines()]
+    assert all(r["base"] == r["copy"] for r in rows) and len(rows) == 3
