@@ -45,7 +45,7 @@ def _task(task: str | TaskSpec) -> TaskSpec:
 # ----------------------------------------------------------------------------- reading
 
 
-def _iter_json_lines(path: Path, name: str) -> Iterator[tuple[str, Any]]:
+def iter_json_lines(path: Path, name: str) -> Iterator[tuple[str, Any]]:
     """Yield (location, parsed value) per non-blank line; a JSON array file yields its items."""
     with path.open("rb") as fh:
         raw_lines = fh.read().split(b"\n")
@@ -125,7 +125,7 @@ def _open_source(source: str | Path, split: str) -> tuple[str, Iterator[tuple[st
         raise DataError(f"{name}: file not found")
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
-        return name, _iter_json_lines(path, name)
+        return name, iter_json_lines(path, name)
     if suffix == ".parquet":
         return name, _read_parquet(path, name)
     raise DataError(

@@ -117,11 +117,12 @@ def main(argv=None) -> int:
     try:
         from semgrpo.evaluate import run_evaluation
 
-        result = run_evaluation(settings_from_args(args))
+        settings = settings_from_args(args)
+        result = run_evaluation(settings)
     except (ConfigError, DataError, OODError, JudgeError, ValueError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    out = Path(args.output or (Path(args.run) / "eval" if args.run else "eval"))
+    out = Path(settings.output)
     print(json.dumps({name: m["task"] | {"cmrc": m["cmrc"]} for name, m in result["models"].items()},
                      indent=2, default=str))
     print(f"{PROG}: wrote {out / 'eval.json'}, {out / 'eval.md'}", file=sys.stderr)

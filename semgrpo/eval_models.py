@@ -70,6 +70,11 @@ def _summary(run_dir: str) -> dict:
         return {}
 
 
+def logits_fn(model):
+    """``fn(input_ids, attention_mask) -> logits [B, T, V]`` of `model` (the form `ood.drift_per_token` takes)."""
+    return lambda ids, mask: model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+
+
 class ModelBench:
     """The base model on `device`; `use(spec)` yields the evaluated model and a base-logits function."""
 
@@ -87,10 +92,10 @@ class ModelBench:
 
             model = AutoModelForCausalLM.from_pretrained(spec.full_path, dtype=TORCH_DTYPES[self.dtype])
             model.to(self.device).eval()
-            yield model, self._logits(self.base)
+            yield model, logits_fn(self.base)
             del model
         elif not spec.adapters:
-            yield self.base, self._logits(self.base)
+            yield self.base, logits_fn(self.base)
         else:
             from peft import PeftModel
 
@@ -103,12 +108,8 @@ class ModelBench:
 
             def base_logits(ids, mask):
                 with model.disable_adapter():
-                    return model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+                    return logits_fn(model)(ids, mask)
             try:
                 yield model, base_logits
             finally:
                 self.base = model.unload()  # the LoRA layers out again: the pristine base for the next model
-
-    @staticmethod
-    def _logits(model):
-        return lambda ids, mask: model(input_ids=ids, attention_mask=mask, use_cache=False).logits

@@ -21,7 +21,7 @@ from semgrpo.checkpoint import write_json_atomic
 from semgrpo.config import ConfigError
 from semgrpo.data import build_examples, load_records
 from semgrpo.eval_generation import cmrc_prompt_ids, cmrc_questions, first_answer_line, generate_texts
-from semgrpo.eval_models import ModelBench, ModelSpec
+from semgrpo.eval_models import ModelBench, ModelSpec, logits_fn
 from semgrpo.eval_report import write_report
 from semgrpo.metrics import bleu, chrf, cmrc_scores, nll_kl_summary, rouge_l, similarity_stats
 from semgrpo.ood import drift_per_token, encode_windows, load_passages
@@ -98,6 +98,7 @@ def run_evaluation(s: EvalSettings) -> dict:
             raise ConfigError(f"--cmrc {s.cmrc!r} does not exist")
         cmrc_data = json.loads(Path(s.cmrc).read_text(encoding="utf-8"))
         questions = cmrc_questions(cmrc_data, limit=s.cmrc_limit)
+        cmrc_data = _asked_only(cmrc_data, {q["id"] for q in questions})  # score only what was asked
     ood_source = s.ood or s.cmrc
     windows = encode_windows(tok, load_passages(ood_source, limit=s.ood_samples), max_tokens=s.ood_max_tokens) \
         if ood_source else []
@@ -124,8 +125,7 @@ def run_evaluation(s: EvalSettings) -> dict:
             entry["cmrc"] = _cmrc(model, tok, questions, cmrc_data, s, eos, device, spec.name) if questions else None
             entry["ood"] = None
             if windows:
-                adapted = lambda ids, mask: model(input_ids=ids, attention_mask=mask, use_cache=False).logits  # noqa: E731
-                per_token = drift_per_token(adapted, base_logits, windows, pad_id=tok.pad_token_id,
+                per_token = drift_per_token(logits_fn(model), base_logits, windows, pad_id=tok.pad_token_id,
                                             batch_size=s.batch_size, device=device,
                                             progress=_progress(f"{spec.name}: OOD"))
                 summary = nll_kl_summary(per_token)
@@ -166,11 +166,14 @@ def _cmrc(model, tok, questions, dataset, s: EvalSettings, eos, device, name) ->
     answers = generate_texts(model, tok, prompts, eos_ids=eos, max_new_tokens=s.cmrc_max_new_tokens,
                              batch_size=s.batch_size, device=device, progress=_progress(f"{name}: CMRC"))
     predictions = {q["id"]: first_answer_line(a) for q, a in zip(questions, answers)}
-    asked = {q["id"] for q in questions}
-    subset = {"data": [{"paragraphs": [{"context": p["context"], "qas": [qa for qa in p["qas"]
-                                                                          if str(qa["id"]).strip() in asked]}
-                                       for p in art["paragraphs"]]} for art in dataset["data"]]}
-    return cmrc_scores(subset, predictions)
+    return cmrc_scores(dataset, predictions)
+
+
+def _asked_only(dataset: dict, asked: set[str]) -> dict:
+    """The CMRC dataset restricted to the questions in `asked` (with --cmrc-limit)."""
+    return {"data": [{"paragraphs": [{"context": p["context"],
+                                      "qas": [qa for qa in p["qas"] if str(qa["id"]).strip() in asked]}
+                                     for p in art["paragraphs"]]} for art in dataset["data"]]}
 
 
 def _judge(client, s: EvalSettings, task_name: str, sources, examples, outputs) -> dict:

@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from semgrpo.data import DataError, iter_json_lines
 from semgrpo.metrics import token_nll_kl
 
 __all__ = ["OODError", "load_passages", "encode_windows", "pad_windows", "drift_per_token"]
@@ -54,17 +55,14 @@ def load_passages(source: str | Path, *, limit: int = 0) -> list[str]:
             raise OODError(f"{path}: expected SQuAD/CMRC JSON with data[].paragraphs[].context") from None
     elif path.suffix == ".jsonl":
         texts = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise OODError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            text = record.get("text", record.get("context")) if isinstance(record, dict) else None
-            if not isinstance(text, str):
-                raise OODError(f"{path}:{lineno}: expected an object with a string 'text' or 'context' field")
-            texts.append(text)
+        try:
+            for where, record in iter_json_lines(path, str(path)):
+                text = record.get("text", record.get("context")) if isinstance(record, dict) else None
+                if not isinstance(text, str):
+                    raise OODError(f"{where}: expected an object with a string 'text' or 'context' field")
+                texts.append(text)
+        except DataError as exc:  # the shared JSONL reader names file and line; keep one error type here
+            raise OODError(str(exc)) from None
     else:
         texts = path.read_text(encoding="utf-8").splitlines()
     passages = list(dict.fromkeys(t.strip() for t in texts if isinstance(t, str) and t.strip()))

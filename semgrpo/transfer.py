@@ -47,29 +47,31 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _parse_sources(items: list[str]) -> list[tuple[str, str]]:
+def _parse_sources(items: list[str]) -> list[tuple[str, str, dict]]:
+    """(name, run dir, the run's resolved `model` config) per --from."""
     sources = []
     for item in items:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
             raise ConfigError(f"--from {item!r} is not of the form NAME=RUN_DIR")
-        if run_config(path) is None:
+        cfg = run_config(path)
+        if cfg is None:
             raise ConfigError(f"--from {name}={path!r} is not a training run (config.json and checkpoints/)")
-        sources.append((name, path))
+        sources.append((name, path, cfg["model"]))
     if not sources:
         raise ConfigError("no source: pass --from NAME=RUN_DIR at least once")
-    if len({n for n, _ in sources}) != len(sources) or "base" in {n for n, _ in sources}:
-        raise ConfigError(f"source names must be unique and not 'base', got {[n for n, _ in sources]}")
+    names = [n for n, _, _ in sources]
+    if len(set(names)) != len(names) or "base" in names:
+        raise ConfigError(f"source names must be unique and not 'base', got {names}")
     return sources
 
 
-def fine_tune(name: str, source: str, args, out: Path) -> Path:
+def fine_tune(name: str, source: str, src: dict, args, out: Path) -> Path:
     """Run bin/train_sft.py for one source; returns its output_dir."""
     run_dir = out / name
     if (run_dir / "summary.json").is_file():
         print(f"{PROG}: {name}: reusing the finished fine-tune in {run_dir}", file=sys.stderr)
         return run_dir
-    src = run_config(source)["model"]
     overrides = [f"output_dir={run_dir}", "demo=false", "data.task=hg_bo", f"model.path={src['path']}",
                  f"model.tokenizer={src.get('tokenizer') or src['path']}", f"model.init_from={source}",
                  f"sft.samples={args.samples}", "sft.before_grpo=false", "resume=auto"]
@@ -101,8 +103,8 @@ def main(argv=None) -> int:
         if not dev:
             raise ConfigError("no HG test data: pass --dev PATH or set data.dev in --config")
         out = Path(args.output)
-        tuned = [(name, fine_tune(name, path, args, out)) for name, path in sources]
-        base_cfg = run_config(sources[0][1])["model"]
+        tuned = [(name, fine_tune(name, path, model, args, out)) for name, path, model in sources]
+        base_cfg = sources[0][2]
         specs = [ModelSpec(name="base", source=base_cfg["path"])]
         specs += [resolve_model(f"{name}+hg", str(run_dir)) for name, run_dir in tuned]
         settings = EvalSettings(
