@@ -2,8 +2,10 @@
 
 Under ZeRO-3 every forward gathers each layer's shards; doing that for every generated token is what
 makes naive generation 10-100x slower (TRL #3858). We gather the full parameter set once per rollout
-(DeepSpeed's `unwrap_model_for_generation`) and generate with plain HF `generate` and its KV cache. When
-the model does not fit on one device, `gather=False` falls back to `synced_gpus` generation.
+(DeepSpeed's `unwrap_model_for_generation`, which also takes ZeRO's per-module hooks off) and keep it
+gathered for the step's other no-grad passes (reward, old and reference log-probs), then sample with the
+lean KV-cache loop of decode.py. When the model does not fit on one device, `gather=False` falls back to
+HF `generate` with `synced_gpus`, which gathers layer by layer and keeps ranks in lockstep.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from semgrpo.data import collate_left_padded
+from semgrpo.decode import sample_completions
 
 
 @dataclass
@@ -42,7 +45,7 @@ class Rollout:
 
 @contextlib.contextmanager
 def generation_model(engine, *, gather: bool):
-    """The module to call `generate` on: parameters gathered once under ZeRO-3 when `gather`."""
+    """The module to sample and score with (eval mode): parameters gathered once under ZeRO-3 when `gather`."""
     stage = engine.zero_optimization_stage()
     was_training = engine.module.training
     engine.module.eval()
@@ -58,6 +61,11 @@ def generation_model(engine, *, gather: bool):
         engine.module.train(was_training)
 
 
+def needs_synced_generation(engine, *, gather: bool) -> bool:
+    """ZeRO-3 without the gather: every rank must run the same number of forwards (HF `synced_gpus`)."""
+    return engine.zero_optimization_stage() == 3 and not gather and torch.distributed.get_world_size() > 1
+
+
 def cut_after_eos(tokens: torch.Tensor, eos_ids: list[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask everything after the first eos (the eos itself is kept: the policy learns to stop)."""
     is_eos = torch.isin(tokens, torch.tensor(eos_ids, device=tokens.device))
@@ -67,28 +75,33 @@ def cut_after_eos(tokens: torch.Tensor, eos_ids: list[int], pad_id: int) -> tupl
 
 
 @torch.no_grad()
-def generate(engine, prompts: list[list[int]], *, pad_id: int, eos_ids: list[int], max_new_tokens: int,
+def generate(model, prompts: list[list[int]], *, device, pad_id: int, eos_ids: list[int], max_new_tokens: int,
              temperature: float, top_p: float, greedy: bool = False, batch_size: int = 0,
-             gather: bool = True) -> Rollout:
+             synced_gpus: bool = False) -> Rollout:
     """Sample one completion per prompt (repeat prompts G times beforehand for a GRPO group).
+
+    Args:
+        model: the module `generation_model` yields.
+        synced_gpus: `needs_synced_generation(...)`; then HF `generate` keeps the ranks in lockstep.
 
     Shape:
         prompts: N lists of token ids -> Rollout with N rows
     """
-    prompt_ids, prompt_mask = (t.to(engine.device) for t in collate_left_padded(prompts, pad_token_id=pad_id))
-    sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature,
-                                                          top_p=top_p, top_k=0)
-    synced = engine.zero_optimization_stage() == 3 and not gather and torch.distributed.get_world_size() > 1
+    prompt_ids, prompt_mask = (t.to(device) for t in collate_left_padded(prompts, pad_token_id=pad_id))
     pieces = []
     batch_size = batch_size or len(prompts)
-    with generation_model(engine, gather=gather) as model:
-        for start in range(0, len(prompts), batch_size):
-            ids, mask = prompt_ids[start:start + batch_size], prompt_mask[start:start + batch_size]
-            out = model.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, eos_token_id=eos_ids,
-                pad_token_id=pad_id, use_cache=True, synced_gpus=synced, **sampling,
-            )
+    for start in range(0, len(prompts), batch_size):
+        ids, mask = prompt_ids[start:start + batch_size], prompt_mask[start:start + batch_size]
+        if synced_gpus:
+            sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature,
+                                                                  top_p=top_p, top_k=0)
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                 eos_token_id=eos_ids, pad_token_id=pad_id, use_cache=True, synced_gpus=True,
+                                 **sampling)
             pieces.append(out[:, ids.shape[1]:])
+        else:
+            pieces.append(sample_completions(model, ids, mask, max_new_tokens=max_new_tokens, eos_ids=eos_ids,
+                                             pad_id=pad_id, temperature=temperature, top_p=top_p, greedy=greedy))
     width = max(p.shape[1] for p in pieces)
     completions = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1]), value=pad_id) for p in pieces])
     completion_ids, completion_mask = cut_after_eos(completions, eos_ids, pad_id)

@@ -9,7 +9,7 @@ import torch
 
 from semgrpo import dist
 from semgrpo.collectives import sum_across
-from semgrpo.rollout import generate
+from semgrpo.rollout import generate, generation_model, needs_synced_generation
 
 
 def measure_tau(run, cfg) -> float:
@@ -21,9 +21,12 @@ def measure_tau(run, cfg) -> float:
     mine = mine or examples[:1]
     mine = mine + [mine[-1]] * (per_rank - len(mine))
     tok = run.setup.tokenizer
-    rollout = generate(run.engine, [ex.prompt_ids for ex in mine], pad_id=tok.pad_token_id, eos_ids=run.eos,
-                       max_new_tokens=cfg.grpo.max_completion_length, temperature=1.0, top_p=1.0, greedy=True,
-                       batch_size=cfg.grpo.generation_batch_size, gather=cfg.grpo.gather_for_generation)
+    gather = cfg.grpo.gather_for_generation
+    with generation_model(run.engine, gather=gather) as model:
+        rollout = generate(model, [ex.prompt_ids for ex in mine], device=run.engine.device, pad_id=tok.pad_token_id,
+                           eos_ids=run.eos, max_new_tokens=cfg.grpo.max_completion_length, temperature=1.0,
+                           top_p=1.0, greedy=True, batch_size=cfg.grpo.generation_batch_size,
+                           synced_gpus=needs_synced_generation(run.engine, gather=gather))
     completions = tok.batch_decode(rollout.completion_ids, skip_special_tokens=True)
     sim = run.rewards["semantic"].similarity(completions, [ex.reference for ex in mine])[:weight]
     total = sum_across(torch.tensor([sim.sum().item(), float(weight)], dtype=torch.float64))

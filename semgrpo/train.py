@@ -21,7 +21,7 @@ from semgrpo.data import Example
 from semgrpo.modeling import build_engine, load_policy, load_reward_encoder
 from semgrpo.ops import group_advantages, grpo_loss, token_logprobs, zero_std_groups
 from semgrpo.rewards import build_reward_functions, score
-from semgrpo.rollout import Rollout, completion_logits, generate
+from semgrpo.rollout import Rollout, completion_logits, generate, generation_model, needs_synced_generation
 from semgrpo.session import RunSetup, eos_ids, init_distributed, prepare, save_resolved_config, seed_everything
 from semgrpo.tau import measure_tau
 from semgrpo.tax_meter import TaxMeter
@@ -69,32 +69,38 @@ def grpo_step(run: GRPORun, batch: list[Example]) -> tuple[dict[str, float], lis
     # 1. Every prompt G times, groups contiguous.
     group = [ex for ex in batch for _ in range(g.group_size)]
 
-    # 2. Sample completions with the parameters gathered once for the whole rollout.
-    rollout = generate(engine, [ex.prompt_ids for ex in group], pad_id=tok.pad_token_id, eos_ids=run.eos,
-                       max_new_tokens=g.max_completion_length, temperature=g.temperature, top_p=g.top_p,
-                       batch_size=g.generation_batch_size, gather=g.gather_for_generation)
-    timer.lap("generation")
+    # 2. Sample completions. Under ZeRO-3 the parameters are gathered once here and stay gathered, hooks
+    #    off, through the no-grad passes of steps 3-5: one gather per step, not one per forward.
+    with generation_model(engine, gather=g.gather_for_generation) as model:
+        rollout = generate(model, [ex.prompt_ids for ex in group], device=engine.device, pad_id=tok.pad_token_id,
+                           eos_ids=run.eos, max_new_tokens=g.max_completion_length, temperature=g.temperature,
+                           top_p=g.top_p, batch_size=g.generation_batch_size,
+                           synced_gpus=needs_synced_generation(engine, gather=g.gather_for_generation))
+        timer.lap("generation")
 
-    # 3. Decode and score: weighted sum of the reward components (None -> NaN).
-    completions = tok.batch_decode(rollout.completion_ids, skip_special_tokens=True)
-    references = [ex.reference for ex in group]
-    rewards, per_fn = score(run.rewards, run.cfg.reward.weights, [ex.prompt for ex in group], completions,
-                            references, device=engine.device)
-    timer.lap("reward")
+        # 3. Decode and score: weighted sum of the reward components (None -> NaN).
+        completions = tok.batch_decode(rollout.completion_ids, skip_special_tokens=True)
+        references = [ex.reference for ex in group]
+        rewards, per_fn = score(run.rewards, run.cfg.reward.weights, [ex.prompt for ex in group], completions,
+                                references, device=engine.device)
+        timer.lap("reward")
 
-    # 4. Group-relative advantages; groups whose rewards are all equal carry no signal and are skipped.
-    advantages, group_std = group_advantages(rewards, g.group_size, scale=g.scale_rewards,
-                                             eps=1e-4, return_group_std=True)
-    informative = ~zero_std_groups(rewards, g.group_size)
-    keep = informative.repeat_interleave(g.group_size).nonzero().flatten().cpu()
-    micro_batches = [torch.as_tensor(c, dtype=torch.long) for c in np.array_split(keep.numpy(), run.plan.grad_accum)]
-    counts = sum_across(torch.tensor([len(keep), rollout.completion_mask[keep].sum().item()], dtype=torch.float64))
-    kept_global, tokens_global = int(counts[0]), float(counts[1])
+        # 4. Group-relative advantages; groups whose rewards are all equal carry no signal and are skipped.
+        advantages, group_std = group_advantages(rewards, g.group_size, scale=g.scale_rewards,
+                                                 eps=1e-4, return_group_std=True)
+        informative = ~zero_std_groups(rewards, g.group_size)
+        keep = informative.repeat_interleave(g.group_size).nonzero().flatten().cpu()
+        micro_batches = [torch.as_tensor(c, dtype=torch.long)
+                         for c in np.array_split(keep.numpy(), run.plan.grad_accum)]
+        counts = sum_across(torch.tensor([len(keep), rollout.completion_mask[keep].sum().item()],
+                                         dtype=torch.float64))
+        kept_global, tokens_global = int(counts[0]), float(counts[1])
 
-    # 5. Old log-probs (only when mu > 1) and reference log-probs (only when beta > 0), no grad.
-    old_logps = _logps_per_micro_batch(run, rollout, micro_batches) if g.num_iterations > 1 else None
-    ref_logps = _logps_per_micro_batch(run, rollout, micro_batches, reference=True) if g.beta > 0 else None
-    timer.lap("logprobs")
+        # 5. Old log-probs (only when mu > 1) and reference log-probs (only when beta > 0), no grad.
+        old_logps = _logps_per_micro_batch(model, g, rollout, micro_batches) if g.num_iterations > 1 else None
+        ref_logps = (_logps_per_micro_batch(model, g, rollout, micro_batches, reference=True)
+                     if g.beta > 0 else None)
+        timer.lap("logprobs")
 
     # 6. Policy forward/backward in micro-batches through the fused loss; optimizer step at the
     #    accumulation boundary. Ranks run the same number of micro-batches (ZeRO-3 collectives), so an
@@ -151,16 +157,14 @@ def grpo_step(run: GRPORun, batch: list[Example]) -> tuple[dict[str, float], lis
 
 
 @torch.no_grad()
-def _logps_per_micro_batch(run: GRPORun, rollout: Rollout, micro_batches, *, reference: bool = False):
+def _logps_per_micro_batch(model, g: GRPOConfig, rollout: Rollout, micro_batches, *, reference: bool = False):
     """Per-token log-probs of the completions under the current (or, adapter disabled, reference) policy."""
-    model = run.engine.module
     ctx = model.disable_adapter() if reference else contextlib.nullcontext()
     out = []
     with ctx:
         for rows in micro_batches:
             mb = rollout.select(rows if len(rows) else torch.tensor([0]))
-            out.append(token_logprobs(completion_logits(model, mb), mb.completion_ids,
-                                      temperature=run.g.temperature))
+            out.append(token_logprobs(completion_logits(model, mb), mb.completion_ids, temperature=g.temperature))
     return out
 
 
