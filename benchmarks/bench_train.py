@@ -87,7 +87,7 @@ def run_once(provider: str, *, steps: int, warmup: int, threads: int, seed: int,
     cmd = [sys.executable, str(ROOT / "benchmarks" / "train_runners.py"), "--provider", provider,
            "--steps", str(steps), "--warmup", str(warmup), "--threads", str(threads), "--seed", str(seed),
            "--out", str(out)]
-    for item in overrides if provider == "semgrpo" else ():
+    for item in overrides:
         cmd += ["--override", item]
     env = {k: v for k, v in os.environ.items() if k not in RUNNER_ENV_DROP}
     env.setdefault("HF_HUB_OFFLINE", "1")
@@ -151,11 +151,13 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads in every run (same for both)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--override", action="append", default=[],
-                    help="semgrpo config key=value for experiments (the committed CSV uses none)")
+                    help="config key=value for both runs (grpo.*, train.deepspeed; TRL takes the micro batch "
+                         "and accumulation from the DeepSpeed JSON)")
     ap.add_argument("--ds-base", type=Path, default=None,
-                    help="DeepSpeed JSON for our run (experiments; default: the demo's ds_configs/zero3.json)")
+                    help="DeepSpeed JSON for our run; TRL mirrors its micro batch and accumulation "
+                         "(default: the demo's ds_configs/zero3.json)")
     ap.add_argument("--ds-set", action="append", default=[],
-                    help="dotted key=value changed in --ds-base for our run (experiments)")
+                    help="dotted key=value changed in --ds-base (e.g. train_micro_batch_size_per_gpu=16)")
     ap.add_argument("--csv", type=Path, default=ROOT / "benchmarks" / "results" / "bench_train_cpu.csv")
     a = ap.parse_args(argv)
     for name in ("reps", "steps", "threads"):

@@ -6,8 +6,10 @@
 
 Both runs use the same work: the demo's tiny Qwen3 policy and tokenizer (`semgrpo.demo.build_demo`,
 default cache), the demo's zh->bo prompts (`mt_zh_bo`), one shared reward object (`BenchReward`), group
-size 8, 2 prompts x 8 completions per optimizer step, at most 16 completion tokens, LoRA r/alpha/targets,
-lr, beta, temperature and top-p from `configs/demo.yaml`. The JSON holds one record per measured step:
+size 8, 2 prompts x 8 completions per optimizer step split into micro-batches as the DeepSpeed JSON says
+(TRL: per_device_train_batch_size and gradient_accumulation_steps set to the same), at most 16 completion
+tokens, LoRA r/alpha/targets, lr, beta, temperature and top-p from `configs/demo.yaml`. The JSON holds one
+record per measured step:
 
     generation, reward, logprobs, policy (forward+backward), optimizer, other, step  (seconds)
     tokens (completion tokens generated, eos included), samples (completions)
@@ -144,16 +146,21 @@ def run_trl(steps: int, seed: int, overrides: list[str] = ()) -> tuple[list[dict
     from peft import LoraConfig
     from transformers import TrainerCallback
 
+    from semgrpo.batching import load_ds_config
     from semgrpo.data import build_examples, load_records
     from semgrpo.modeling import load_tokenizer
     from semgrpo.prompts import get_task
     from semgrpo.session import apply_demo
 
     with tempfile.TemporaryDirectory() as tmp:
-        if overrides:
-            raise ValueError(f"config overrides {overrides} apply to the semgrpo run only")
-        cfg = load_cfg(tmp, steps)
+        # Our overrides apply here too (grpo.* and the DeepSpeed JSON's micro batch and accumulation), so
+        # both trainers do the same work; the JSON's ZeRO settings have no TRL counterpart (no DeepSpeed).
+        cfg = load_cfg(tmp, steps, overrides)
         apply_demo(cfg)
+        _, plan = load_ds_config(cfg.train.deepspeed, dtype=cfg.model.dtype, world_size=1)
+        if plan.per_rank != PROMPTS_PER_STEP * cfg.grpo.group_size:
+            raise RuntimeError(f"{cfg.train.deepspeed} gives {plan.per_rank} completions per step, expected "
+                               f"{PROMPTS_PER_STEP * cfg.grpo.group_size}")
         task = get_task(cfg.data.task)
         tok = load_tokenizer(cfg.model)
         train = build_examples(load_records(cfg.data.train, task=task, split="train"), task=task, tokenizer=tok,
@@ -165,8 +172,8 @@ def run_trl(steps: int, seed: int, overrides: list[str] = ()) -> tuple[list[dict
         g = cfg.grpo
         lora = cfg.model.lora
         args = trl.GRPOConfig(
-            output_dir=tmp, per_device_train_batch_size=PROMPTS_PER_STEP * g.group_size,
-            gradient_accumulation_steps=1, num_generations=g.group_size, max_completion_length=g.max_completion_length,
+            output_dir=tmp, per_device_train_batch_size=plan.micro_batch,
+            gradient_accumulation_steps=plan.grad_accum, num_generations=g.group_size, max_completion_length=g.max_completion_length,
             learning_rate=cfg.train.lr, lr_scheduler_type="constant", weight_decay=cfg.train.weight_decay,
             max_grad_norm=1.0, beta=g.beta, epsilon=g.eps_low, epsilon_high=g.eps_high, temperature=g.temperature,
             top_p=g.top_p, top_k=0, loss_type=g.loss_type, scale_rewards=g.scale_rewards,
