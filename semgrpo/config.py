@@ -118,6 +118,9 @@ class GRPOConfig:
     # Gather the full parameter set once per rollout under ZeRO-3 (fast). false = synced_gpus
     # generation that gathers layer by layer (for models that do not fit on one device).
     gather_for_generation: bool = True
+    # Sample with the LoRA adapter merged into a temporary copy of the base weights (adapter_merge.py):
+    # faster decoding for one extra copy of the targeted weights during the rollout.
+    merge_adapter_for_generation: bool = False
 
 
 @dataclass
@@ -278,6 +281,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"reward.tau must be 'auto' or a number in [-1, 1), got {r.tau!r}")
     if not 0 < r.length_ratio_min <= r.length_ratio_max:
         raise ConfigError("reward.length_ratio_min must be > 0 and <= reward.length_ratio_max")
+    if g.merge_adapter_for_generation and not cfg.model.lora.enabled:
+        raise ConfigError("grpo.merge_adapter_for_generation needs model.lora.enabled (there is no adapter to merge)")
     if t.max_steps == 0 or (t.max_steps < 0 and t.epochs <= 0):
         raise ConfigError("train.max_steps must be > 0, or -1 with train.epochs > 0")
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from semgrpo import dist
+from semgrpo.adapter_merge import merged_adapter
 from semgrpo.batching import BatchPlan, PromptOrder, check_group_fit
 from semgrpo.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from semgrpo.collectives import gather_cat, sum_across
@@ -72,10 +73,11 @@ def grpo_step(run: GRPORun, batch: list[Example]) -> tuple[dict[str, float], lis
     # 2. Sample completions. Under ZeRO-3 the parameters are gathered once here and stay gathered, hooks
     #    off, through the no-grad passes of steps 3-5: one gather per step, not one per forward.
     with generation_model(engine, gather=g.gather_for_generation) as model:
-        rollout = generate(model, [ex.prompt_ids for ex in group], device=engine.device, pad_id=tok.pad_token_id,
-                           eos_ids=run.eos, max_new_tokens=g.max_completion_length, temperature=g.temperature,
-                           top_p=g.top_p, batch_size=g.generation_batch_size,
-                           synced_gpus=needs_synced_generation(engine, gather=g.gather_for_generation))
+        with merged_adapter(model, enabled=g.merge_adapter_for_generation) as sampler:
+            rollout = generate(sampler, [ex.prompt_ids for ex in group], device=engine.device,
+                               pad_id=tok.pad_token_id, eos_ids=run.eos, max_new_tokens=g.max_completion_length,
+                               temperature=g.temperature, top_p=g.top_p, batch_size=g.generation_batch_size,
+                               synced_gpus=needs_synced_generation(engine, gather=g.gather_for_generation))
         timer.lap("generation")
 
         # 3. Decode and score: weighted sum of the reward components (None -> NaN).
@@ -187,6 +189,10 @@ def build_grpo_run(cfg: Config) -> tuple[GRPORun, PromptOrder, int]:
     tax_meter = TaxMeter(cfg, setup.tokenizer) if cfg.eval.every_steps > 0 else None
     if cfg.grpo.beta > 0 and not cfg.model.lora.enabled:
         raise ConfigError("grpo.beta > 0 needs model.lora.enabled: the reference is the policy with its adapter disabled")
+    if (cfg.grpo.merge_adapter_for_generation and not cfg.grpo.gather_for_generation
+            and setup.ds_config.get("zero_optimization", {}).get("stage", 0) == 3):
+        raise ConfigError("grpo.merge_adapter_for_generation needs grpo.gather_for_generation under ZeRO-3 "
+                          "(the weights to merge must be whole on each rank)")
     order = PromptOrder(len(setup.train), prompts_per_step=prompts_per_rank * setup.plan.world_size, seed=cfg.seed)
     total_steps = order.total_steps(epochs=cfg.train.epochs, max_steps=cfg.train.max_steps)
     seed_everything(cfg.seed)

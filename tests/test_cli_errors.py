@@ -91,3 +91,15 @@ def test_resume_from_a_path_that_is_not_a_checkpoint(demo_assets, out_dir):
 def test_sft_entry_point_reports_errors_the_same_way(demo_assets, out_dir):
     proc = run_cli("train_sft.py", f"output_dir={out_dir}", "sft.lr=fast")
     _assert_user_error(proc, "sft.lr must be a number", out_dir=out_dir)
+
+
+def test_merged_generation_needs_an_adapter(demo_assets, out_dir):
+    proc = run_cli("train_grpo.py", f"output_dir={out_dir}", "grpo.merge_adapter_for_generation=true",
+                   "model.lora.enabled=false", "grpo.beta=0", *FAST)
+    _assert_user_error(proc, "grpo.merge_adapter_for_generation needs model.lora.enabled", out_dir=out_dir)
+
+
+def test_merged_generation_needs_gathered_weights_under_zero3(demo_assets, out_dir):
+    proc = run_cli("train_grpo.py", f"output_dir={out_dir}", "grpo.merge_adapter_for_generation=true",
+                   "grpo.gather_for_generation=false", *FAST)
+    _assert_user_error(proc, "needs grpo.gather_for_generation under ZeRO-3", out_dir=out_dir)
