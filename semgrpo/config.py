@@ -121,6 +121,10 @@ class GRPOConfig:
     # Sample with the LoRA adapter merged into a temporary copy of the base weights (adapter_merge.py):
     # faster decoding for one extra copy of the targeted weights during the rollout.
     merge_adapter_for_generation: bool = False
+    # Under ZeRO-3 with gather_for_generation: run the step's first policy forward/backward on the
+    # parameters still gathered for generation (ZeRO hooks off) instead of fetching layer by layer again.
+    # Holds the full parameters through that backward; false if that does not fit.
+    gathered_policy_pass: bool = True
 
 
 @dataclass

@@ -71,8 +71,12 @@ def grpo_step(run: GRPORun, batch: list[Example]) -> tuple[dict[str, float], lis
     group = [ex for ex in batch for _ in range(g.group_size)]
 
     # 2. Sample completions. Under ZeRO-3 the parameters are gathered once here and stay gathered, hooks
-    #    off, through the no-grad passes of steps 3-5: one gather per step, not one per forward.
-    with generation_model(engine, gather=g.gather_for_generation) as model:
+    #    off, through the no-grad passes of steps 3-5 and (grpo.gathered_policy_pass) the first policy
+    #    pass of step 6: one gather per step, not one per forward. They are handed back to ZeRO before
+    #    the optimizer updates them.
+    gathered = contextlib.ExitStack()
+    model = gathered.enter_context(generation_model(engine, gather=g.gather_for_generation))
+    with gathered:
         with merged_adapter(model, enabled=g.merge_adapter_for_generation) as sampler:
             rollout = generate(sampler, [ex.prompt_ids for ex in group], device=engine.device,
                                pad_id=tok.pad_token_id, eos_ids=run.eos, max_new_tokens=g.max_completion_length,
@@ -104,31 +108,36 @@ def grpo_step(run: GRPORun, batch: list[Example]) -> tuple[dict[str, float], lis
                      if g.beta > 0 else None)
         timer.lap("logprobs")
 
-    # 6. Policy forward/backward in micro-batches through the fused loss; optimizer step at the
-    #    accumulation boundary. Ranks run the same number of micro-batches (ZeRO-3 collectives), so an
-    #    empty one is a zero-weighted dummy. Nothing to learn anywhere -> no update at all.
-    loss_stats = []
-    if kept_global > 0:
-        scale = run.plan.grad_accum * run.plan.world_size if g.loss_type == "dapo" else 1.0
-        for _ in range(g.num_iterations):
-            for i, rows in enumerate(micro_batches):
-                empty = len(rows) == 0
-                rows = rows if not empty else torch.tensor([0])
-                mb = rollout.select(rows)
-                logits = completion_logits(engine, mb)
-                loss, stats = grpo_loss(
-                    logits, mb.completion_ids, mb.completion_mask, advantages[rows],
-                    old_logps=None if old_logps is None else old_logps[i],
-                    ref_logps=None if ref_logps is None else ref_logps[i],
-                    temperature=g.temperature, eps_low=g.eps_low, eps_high=g.eps_high, beta=g.beta,
-                    loss_type=g.loss_type, max_completion_length=g.max_completion_length,
-                    num_items_in_batch=tokens_global)
-                engine.backward(loss * (0.0 if empty else scale))
-                engine.step()
-                if not empty:
-                    loss_stats.append(torch.stack([loss.detach().float(), *(stats[k].float() for k in
-                                                   ("kl", "clip_ratio_low", "clip_ratio_high", "clip_ratio_region"))]))
-    timer.lap("policy")
+        # 6. Policy forward/backward in micro-batches through the fused loss; optimizer step at the
+        #    accumulation boundary. Ranks run the same number of micro-batches (ZeRO-3 collectives), so an
+        #    empty one is a zero-weighted dummy. Nothing to learn anywhere -> no update at all.
+        if not g.gathered_policy_pass:
+            gathered.close()
+        engine.module.train()
+        loss_stats = []
+        if kept_global > 0:
+            scale = run.plan.grad_accum * run.plan.world_size if g.loss_type == "dapo" else 1.0
+            for _ in range(g.num_iterations):
+                for i, rows in enumerate(micro_batches):
+                    empty = len(rows) == 0
+                    rows = rows if not empty else torch.tensor([0])
+                    mb = rollout.select(rows)
+                    logits = completion_logits(engine, mb)
+                    loss, stats = grpo_loss(
+                        logits, mb.completion_ids, mb.completion_mask, advantages[rows],
+                        old_logps=None if old_logps is None else old_logps[i],
+                        ref_logps=None if ref_logps is None else ref_logps[i],
+                        temperature=g.temperature, eps_low=g.eps_low, eps_high=g.eps_high, beta=g.beta,
+                        loss_type=g.loss_type, max_completion_length=g.max_completion_length,
+                        num_items_in_batch=tokens_global)
+                    engine.backward(loss * (0.0 if empty else scale))
+                    if engine.is_gradient_accumulation_boundary():
+                        gathered.close()  # partition again before the optimizer writes the new weights
+                    engine.step()
+                    if not empty:
+                        loss_stats.append(torch.stack([loss.detach().float(), *(stats[k].float() for k in (
+                            "kl", "clip_ratio_low", "clip_ratio_high", "clip_ratio_region"))]))
+        timer.lap("policy")
 
     # 7. Metrics over all ranks.
     all_rewards = gather_cat(rewards)

@@ -2,7 +2,8 @@
 
 Builds the real GRPO run (demo config + overrides), snapshots the full (gathered) parameters, runs two
 real grpo_step calls, snapshots again, and writes per-rank facts the test asserts on: which parameters
-changed, and how much of the optimizer state this rank holds.
+changed, and how much of the optimizer state this rank holds; the updated LoRA tensors go to
+OUT.json.rank<r>.lora.pt.
 """
 import json
 import sys
@@ -74,6 +75,7 @@ def main() -> None:
     }
     with open(f"{out_path}.rank{dist.rank()}", "w") as f:
         json.dump(report, f)
+    torch.save({n: t for n, t in after.items() if "lora_" in n}, f"{out_path}.rank{dist.rank()}.lora.pt")
 
 
 if __name__ == "__main__":
