@@ -6,14 +6,14 @@ repetitions) so that drift in the machine's load hits both alike. The work (mode
 reward, batch, sampling, LoRA, optimizer settings) is described in train_runners.py.
 
     python benchmarks/bench_train.py [--reps 3] [--steps 12] [--warmup 2] [--csv PATH]
-    python benchmarks/bench_train.py --ds-base ds_configs/zero3.json \
-        --ds-set zero_optimization.memory_efficient_linear=false --csv ...   # experiments on our side
+    python benchmarks/bench_train.py --size gpu --csv benchmarks/results/bench_train_<gpu>.csv   # on a GPU
+    python benchmarks/bench_train.py --ds-base ds_configs/zero2.json --csv ...   # other DeepSpeed configs
 
 Writes CSV rows `op,provider,mode,metric,unit,shape,p50,p20,p80,device,git_sha,timestamp` (default
 `benchmarks/results/bench_train_cpu.csv`): per provider the seconds per step of each phase, the step,
-samples/s, completion tokens/s, mean completion length and peak RSS, with quantiles over all measured
-steps of all repetitions (peak RSS: over runs); then provider `semgrpo/trl` rows with the ratio of the
-p50s. Prints the rows and one summary line.
+samples/s, completion tokens/s, mean completion length, peak RSS and (on a GPU) peak GPU memory, with
+quantiles over all measured steps of all repetitions (memory: over runs); then provider `semgrpo/trl`
+rows with the ratio of the p50s. Prints the rows and one summary line.
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import CSV_COLUMNS, CsvWriter, quantiles  # noqa: E402
 
 PROVIDERS = ("semgrpo", "trl")
+GPU_COMPLETION_TOKENS = 128
 # (metric, unit, per-step value from one record); phases first, in the order of a step.
 STEP_METRICS = (
     ("generation_seconds", "s/step", lambda r: r["generation"]),
@@ -121,11 +122,15 @@ def aggregate(results: list[dict], writer: CsvWriter, *, mode: str) -> dict[str,
             q = quantiles([float(fn(rec)) for rec in records])
             writer.add("grpo_step", provider, mode, metric, unit, shape, *q)
             p50[provider][metric] = q[0]
-        q = quantiles([float(r["peak_rss_mib"]) for r in runs])
-        writer.add("grpo_step", provider, mode, "peak_rss", "MiB", shape, *q)
-        p50[provider]["peak_rss"] = q[0]
+        memory = [("peak_rss", "peak_rss_mib")]
+        if all(r.get("peak_gpu_mib") is not None for r in results):
+            memory.append(("peak_gpu_memory", "peak_gpu_mib"))
+        for metric, key in memory:
+            q = quantiles([float(r[key]) for r in runs])
+            writer.add("grpo_step", provider, mode, metric, "MiB", shape, *q)
+            p50[provider][metric] = q[0]
     p50["ratio"] = {}
-    for metric, unit in [(m, u) for m, u, _ in STEP_METRICS] + [("peak_rss", "MiB")]:
+    for metric, unit in [(m, u) for m, u, _ in STEP_METRICS] + [(m, "MiB") for m, _ in memory]:
         a, b = p50["semgrpo"][metric], p50["trl"][metric]
         ratio = a / b if b else float("nan")
         writer.add("grpo_step", "semgrpo/trl", mode, metric, "x", shape, ratio)
@@ -140,7 +145,10 @@ def summary_line(p50: dict, *, device: str) -> str:
     return (f"bench_train {device}: semgrpo {ours['samples_per_second']:.1f} samples/s vs TRL "
             f"{trl['samples_per_second']:.1f} (ours/TRL {ratio['samples_per_second']:.2f}x); "
             f"tokens/s {ours['completion_tokens_per_second']:.0f} vs {trl['completion_tokens_per_second']:.0f}; "
-            f"peak RSS {ours['peak_rss']:.0f} vs {trl['peak_rss']:.0f} MiB; per step ours/TRL: {phases}")
+            f"peak RSS {ours['peak_rss']:.0f} vs {trl['peak_rss']:.0f} MiB; "
+            + (f"peak GPU memory {ours['peak_gpu_memory']:.0f} vs {trl['peak_gpu_memory']:.0f} MiB; "
+               if "peak_gpu_memory" in ours else "")
+            + f"per step ours/TRL: {phases}")
 
 
 def main(argv=None) -> int:
@@ -150,6 +158,9 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=2, help="steps per run before measuring")
     ap.add_argument("--threads", type=int, default=2, help="torch threads in every run (same for both)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--size", choices=("cpu", "gpu"), default="cpu",
+                    help="cpu: the demo's tiny policy in fp32; gpu: a random Qwen3-0.6B-shaped policy in bf16 "
+                         f"with {GPU_COMPLETION_TOKENS}-token completions (needs a GPU to finish in minutes)")
     ap.add_argument("--override", action="append", default=[],
                     help="config key=value for both runs (grpo.*, train.deepspeed; TRL takes the micro batch "
                          "and accumulation from the DeepSpeed JSON)")
@@ -165,11 +176,22 @@ def main(argv=None) -> int:
             ap.error(f"--{name} must be >= 1, got {getattr(a, name)}")
     if a.warmup < 0:
         ap.error(f"--warmup must be >= 0, got {a.warmup}")
+    import torch
+
     writer = CsvWriter(a.csv)
-    writer.device = f"cpu {platform.processor() or platform.machine()} {os.cpu_count()} cores"
+    writer.device = (torch.cuda.get_device_name() if torch.cuda.is_available()
+                     else f"cpu {platform.processor() or platform.machine()} {os.cpu_count()} cores")
     results, variant = [], list(a.override)
     with tempfile.TemporaryDirectory() as tmp:
-        overrides = list(a.override)
+        overrides = []
+        if a.size == "gpu":
+            from train_runners import build_random_qwen3_06b
+
+            model_dir = build_random_qwen3_06b(Path(tmp) / "qwen3-0.6b-random", seed=a.seed)
+            overrides += [f"model.path={model_dir}", "model.dtype=bf16",
+                          f"grpo.max_completion_length={GPU_COMPLETION_TOKENS}"]
+            variant.insert(0, "size=gpu")
+        overrides += list(a.override)
         if a.ds_base or a.ds_set:
             base = a.ds_base or ROOT / "ds_configs" / "zero3.json"
             path = derived_ds_config(base, a.ds_set, Path(tmp) / "ds_variant.json")

@@ -77,6 +77,29 @@ class BenchReward:
         return out
 
 
+# The GPU size of the benchmark: Qwen3-0.6B's shape (config of Qwen/Qwen3-0.6B) with random weights.
+QWEN3_06B_SHAPE = dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+                       num_attention_heads=16, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
+                       rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True)
+
+
+def build_random_qwen3_06b(out_dir: str | Path, *, seed: int = 0) -> Path:
+    """Save a randomly initialised bf16 Qwen3-0.6B-shaped model to `out_dir` (once) and return the folder.
+
+    It keeps the demo tokenizer (764 tokens): ids beyond it decode to nothing, which is fine for timing.
+    """
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    out_dir = Path(out_dir)
+    if (out_dir / "config.json").is_file():
+        return out_dir
+    torch.manual_seed(seed)
+    cfg = Qwen3Config(**QWEN3_06B_SHAPE, bos_token_id=None, eos_token_id=0, pad_token_id=0)
+    Qwen3ForCausalLM(cfg).to(torch.bfloat16).save_pretrained(out_dir)
+    return out_dir
+
+
 def load_cfg(out_dir: str, steps: int, extra: list[str] = ()):
     """configs/demo.yaml without the SFT stage, the benchmark reward only, `steps` GRPO steps, then `extra`."""
     from semgrpo.config import load_config
@@ -178,8 +201,9 @@ def run_trl(steps: int, seed: int, overrides: list[str] = ()) -> tuple[list[dict
             max_grad_norm=1.0, beta=g.beta, epsilon=g.eps_low, epsilon_high=g.eps_high, temperature=g.temperature,
             top_p=g.top_p, top_k=0, loss_type=g.loss_type, scale_rewards=g.scale_rewards,
             num_iterations=g.num_iterations, use_bias_correction_kl=False, use_vllm=False, report_to=[],
-            use_cpu=True, bf16=False, save_strategy="no", logging_steps=1, disable_tqdm=True, seed=seed,
-            max_steps=steps, model_init_kwargs={"dtype": torch.float32},
+            use_cpu=not torch.cuda.is_available(), bf16=cfg.model.dtype == "bf16", save_strategy="no",
+            logging_steps=1, disable_tqdm=True, seed=seed, max_steps=steps,
+            model_init_kwargs={"dtype": torch.bfloat16 if cfg.model.dtype == "bf16" else torch.float32},
         )
         peft_cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                               target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
@@ -281,6 +305,7 @@ def main(argv=None) -> int:
         "wall_seconds": time.perf_counter() - t0, "threads": torch.get_num_threads(),
         # Linux reports ru_maxrss in KiB: the peak resident set of this whole process.
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
     }
     Path(a.out).write_text(json.dumps(result), encoding="utf-8")
     return 0

@@ -115,3 +115,28 @@ def test_derived_ds_config(tmp_path):
         bench_train.derived_ds_config(base, ["stage"], tmp_path / "o.json")
     with pytest.raises(ValueError, match="'train_micro_batch_size_per_gpu' is not a section"):
         bench_train.derived_ds_config(base, ["train_micro_batch_size_per_gpu.x=1"], tmp_path / "o.json")
+
+
+def test_gpu_size_is_qwen3_06b_shaped():
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from train_runners import QWEN3_06B_SHAPE
+
+    with torch.device("meta"):
+        model = Qwen3ForCausalLM(Qwen3Config(**QWEN3_06B_SHAPE))
+    n = sum(p.numel() for p in model.parameters())
+    assert 0.55e9 < n < 0.65e9, n  # Qwen3-0.6B: 0.6B parameters with tied embeddings
+
+
+def test_aggregate_reports_gpu_memory_when_every_run_has_it(tmp_path):
+    runs = [_result("semgrpo", [1.0], 100.0), _result("trl", [2.0], 200.0)]
+    for r, gpu in zip(runs, (3000.0, 4000.0)):
+        r["peak_gpu_mib"] = gpu
+    w = CsvWriter(tmp_path / "x.csv")
+    p50 = bench_train.aggregate(runs, w, mode="train")
+    assert p50["semgrpo"]["peak_gpu_memory"] == pytest.approx(3000.0)
+    assert p50["ratio"]["peak_gpu_memory"] == pytest.approx(0.75)
+    assert "peak GPU memory 3000 vs 4000 MiB" in bench_train.summary_line(p50, device="gpu")
+    runs[1]["peak_gpu_mib"] = None  # a CPU run: no GPU rows at all
+    assert "peak_gpu_memory" not in bench_train.aggregate(runs, CsvWriter(tmp_path / "y.csv"), mode="train")["ratio"]
