@@ -111,6 +111,9 @@ def aggregate(results: list[dict], writer: CsvWriter, *, mode: str) -> dict[str,
         provider -> metric -> p50 (and ``"ratio"`` -> metric -> ours / TRL).
     """
     p50 = {}
+    memory = [("peak_rss", "peak_rss_mib")]  # (metric, result key); GPU memory only when every run has it
+    if all(r.get("peak_gpu_mib") is not None for r in results):
+        memory.append(("peak_gpu_memory", "peak_gpu_mib"))
     for provider in PROVIDERS:
         runs = [r for r in results if r["provider"] == provider]
         if not runs or not all(r["records"] for r in runs):
@@ -122,9 +125,6 @@ def aggregate(results: list[dict], writer: CsvWriter, *, mode: str) -> dict[str,
             q = quantiles([float(fn(rec)) for rec in records])
             writer.add("grpo_step", provider, mode, metric, unit, shape, *q)
             p50[provider][metric] = q[0]
-        memory = [("peak_rss", "peak_rss_mib")]
-        if all(r.get("peak_gpu_mib") is not None for r in results):
-            memory.append(("peak_gpu_memory", "peak_gpu_mib"))
         for metric, key in memory:
             q = quantiles([float(r[key]) for r in runs])
             writer.add("grpo_step", provider, mode, metric, "MiB", shape, *q)

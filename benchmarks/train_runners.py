@@ -171,7 +171,7 @@ def run_trl(steps: int, seed: int, overrides: list[str] = ()) -> tuple[list[dict
 
     from semgrpo.batching import load_ds_config
     from semgrpo.data import build_examples, load_records
-    from semgrpo.modeling import load_tokenizer
+    from semgrpo.modeling import load_tokenizer, resolve_dtype
     from semgrpo.prompts import get_task
     from semgrpo.session import apply_demo
 
@@ -180,7 +180,8 @@ def run_trl(steps: int, seed: int, overrides: list[str] = ()) -> tuple[list[dict
         # both trainers do the same work; the JSON's ZeRO settings have no TRL counterpart (no DeepSpeed).
         cfg = load_cfg(tmp, steps, overrides)
         apply_demo(cfg)
-        _, plan = load_ds_config(cfg.train.deepspeed, dtype=cfg.model.dtype, world_size=1)
+        dtype = resolve_dtype(cfg.model.dtype)
+        _, plan = load_ds_config(cfg.train.deepspeed, dtype=dtype, world_size=1)
         if plan.per_rank != PROMPTS_PER_STEP * cfg.grpo.group_size:
             raise RuntimeError(f"{cfg.train.deepspeed} gives {plan.per_rank} completions per step, expected "
                                f"{PROMPTS_PER_STEP * cfg.grpo.group_size}")
@@ -195,15 +196,15 @@ def run_trl(steps: int, seed: int, overrides: list[str] = ()) -> tuple[list[dict
         g = cfg.grpo
         lora = cfg.model.lora
         args = trl.GRPOConfig(
-            output_dir=tmp, per_device_train_batch_size=plan.micro_batch,
-            gradient_accumulation_steps=plan.grad_accum, num_generations=g.group_size, max_completion_length=g.max_completion_length,
+            output_dir=tmp, per_device_train_batch_size=plan.micro_batch, gradient_accumulation_steps=plan.grad_accum,
+            num_generations=g.group_size, max_completion_length=g.max_completion_length,
             learning_rate=cfg.train.lr, lr_scheduler_type="constant", weight_decay=cfg.train.weight_decay,
             max_grad_norm=1.0, beta=g.beta, epsilon=g.eps_low, epsilon_high=g.eps_high, temperature=g.temperature,
             top_p=g.top_p, top_k=0, loss_type=g.loss_type, scale_rewards=g.scale_rewards,
             num_iterations=g.num_iterations, use_bias_correction_kl=False, use_vllm=False, report_to=[],
-            use_cpu=not torch.cuda.is_available(), bf16=cfg.model.dtype == "bf16", save_strategy="no",
+            use_cpu=not torch.cuda.is_available(), bf16=dtype == "bf16", fp16=dtype == "fp16", save_strategy="no",
             logging_steps=1, disable_tqdm=True, seed=seed, max_steps=steps,
-            model_init_kwargs={"dtype": torch.bfloat16 if cfg.model.dtype == "bf16" else torch.float32},
+            model_init_kwargs={"dtype": {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype, torch.float32)},
         )
         peft_cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                               target_modules=list(lora.target_modules), task_type="CAUSAL_LM")

@@ -17,6 +17,14 @@ from transformers import DynamicCache
 STOP_CHECK_EVERY_CUDA = 8
 
 
+def check_sampling(temperature: float, top_p: float) -> None:
+    """Raises ValueError naming the setting when temperature <= 0 or top_p is outside (0, 1]."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 for sampling, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+
 def next_token_probs(logits: torch.Tensor, *, temperature: float, top_p: float) -> torch.Tensor:
     """Sampling distribution of the next token: softmax(logits / T) restricted to the top-p nucleus.
 
@@ -26,10 +34,7 @@ def next_token_probs(logits: torch.Tensor, *, temperature: float, top_p: float) 
     Shape:
         logits: [N, V] -> [N, V] float32
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0 for sampling, got {temperature}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    check_sampling(temperature, top_p)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     if top_p >= 1.0:
         return probs
@@ -55,7 +60,7 @@ def sample_completions(model, input_ids: torch.Tensor, attention_mask: torch.Ten
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if not greedy:
-        next_token_probs(input_ids.new_zeros((1, 1), dtype=torch.float32), temperature=temperature, top_p=top_p)
+        check_sampling(temperature, top_p)  # before the prefill, not after it
     device = input_ids.device
     eos = torch.tensor(eos_ids, device=device)
     check_every = STOP_CHECK_EVERY_CUDA if device.type == "cuda" else 1

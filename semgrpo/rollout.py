@@ -88,13 +88,13 @@ def generate(model, prompts: list[list[int]], *, device, pad_id: int, eos_ids: l
         prompts: N lists of token ids -> Rollout with N rows
     """
     prompt_ids, prompt_mask = (t.to(device) for t in collate_left_padded(prompts, pad_token_id=pad_id))
+    sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature,
+                                                          top_p=top_p, top_k=0)
     pieces = []
     batch_size = batch_size or len(prompts)
     for start in range(0, len(prompts), batch_size):
         ids, mask = prompt_ids[start:start + batch_size], prompt_mask[start:start + batch_size]
         if synced_gpus:
-            sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature,
-                                                                  top_p=top_p, top_k=0)
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                  eos_token_id=eos_ids, pad_token_id=pad_id, use_cache=True, synced_gpus=True,
                                  **sampling)
