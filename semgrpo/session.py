@@ -50,9 +50,25 @@ def init_distributed() -> None:
 
     ds_logger.setLevel(logging.WARNING)
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        # NCCL has no CPU backend; the step's counts and metrics are CPU tensors (collectives.py).
+        deepspeed.init_distributed(dist_backend=DIST_BACKEND_CUDA if torch.cuda.is_available() else "gloo")
+    check_cpu_backend()
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+
+
+DIST_BACKEND_CUDA = "cpu:gloo,cuda:nccl"
+
+
+def check_cpu_backend() -> None:
+    """A process group initialised before us (by another launcher) must also serve CPU tensors."""
+    config = torch.distributed.get_backend_config()
+    if "cpu" not in {part.split(":")[0] for part in config.split(",")} and ":" in config:
+        raise ConfigError(
+            f"torch.distributed was initialised with backend {config!r}, which has no CPU backend; "
+            f"semgrpo's step reduces CPU tensors: initialise it with backend={DIST_BACKEND_CUDA!r}, "
+            "or leave the initialisation to semgrpo"
+        )
 
 
 def seed_everything(seed: int) -> None:
