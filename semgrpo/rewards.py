@@ -36,8 +36,15 @@ class SemanticSimilarity:
                                    normalize_embeddings=False, show_progress_bar=False)
 
     def similarity(self, completions: Sequence[str], references: Sequence[str]) -> torch.Tensor:
-        """Raw cosine s per sample; an empty completion has similarity 0 (it says nothing)."""
-        c, r = self.embed(completions), self.embed(references)
+        """Raw cosine s per sample; an empty completion has similarity 0 (it says nothing).
+
+        A GRPO group repeats its reference G times, so each distinct reference is encoded once and its
+        embedding reused for every row that has it.
+        """
+        distinct = list(dict.fromkeys(references))
+        row_of = {text: i for i, text in enumerate(distinct)}
+        c, r = self.embed(completions), self.embed(distinct)
+        r = r[torch.tensor([row_of[text] for text in references], dtype=torch.long, device=r.device)]
         no_lang = torch.zeros(len(completions), device=c.device)
         _, sim = semantic_reward(c, r, no_lang, tau=0.0, w_sim=1.0, w_lang=0.0)
         empty = torch.tensor([not s.strip() for s in completions], device=sim.device)

@@ -30,6 +30,28 @@ def measure_tau(run, cfg) -> float:
     completions = tok.batch_decode(rollout.completion_ids, skip_special_tokens=True)
     sim = run.rewards["semantic"].similarity(completions, [ex.reference for ex in mine])[:weight]
     total = sum_across(torch.tensor([sim.sum().item(), float(weight)], dtype=torch.float64))
-    tau = float(total[0] / total[1])
-    # tau must stay below 1 for the rescale (s - tau) / (1 - tau); a policy already at 1 has nothing to learn.
-    return min(tau, 0.99)
+    return clamp_tau(float(total[0] / total[1]))
+
+
+# Upper cap: a policy already at similarity 1 has nothing left to learn, and (s - tau) / (1 - tau) grows by
+# 1 / (1 - tau), so 0.99 bounds that factor at 100.
+TAU_MAX = 0.99
+
+
+def clamp_tau(mean_similarity: float) -> float:
+    """tau from the measured mean cosine, clamped to [0, TAU_MAX].
+
+    tau must lie in [0, 1). Below 1, because R_sim = (s - tau) / (1 - tau) divides by 1 - tau (zero at 1, and
+    past 1 it would flip the reward's sign). At least 0, because a cosine at or below 0 means the output says
+    nothing of the reference (or the opposite); a negative mean (possible when the cold-start policy is poor)
+    would reward such outputs. At tau = 0, R_sim is simply the positive part of the cosine.
+
+    Raises:
+        ValueError: on NaN, which means no similarity was measured (no samples, or NaN embeddings).
+    """
+    import math
+
+    if math.isnan(mean_similarity):
+        raise ValueError("tau=auto: the mean similarity is NaN, so no similarity was measured (no samples, or the "
+                         "encoder gave NaN embeddings); set reward.tau to a number or check reward.tau_samples")
+    return min(max(mean_similarity, 0.0), TAU_MAX)

@@ -102,3 +102,48 @@ def test_near_equal_rewards_are_not_inflated():
     # exactly equal values must give exactly 0, never (r - mean) / (1e-8 + eps) blow-ups.
     r = torch.full((8,), 0.1, dtype=torch.float32) * 3
     assert group_advantages(r, 8).abs().max().item() == 0.0
+
+
+class CountingEncoder:
+    """Wraps an encoder and records every list of texts it is asked to encode."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, []
+
+    def encode(self, texts, **kw):
+        self.calls.append(list(texts))
+        return self.inner.encode(texts, **kw)
+
+
+def _cosine(a, b) -> float:
+    a, b = torch.tensor(a), torch.tensor(b)
+    return float(a @ b / (a.norm() * b.norm()))
+
+
+def test_semantic_encodes_each_distinct_reference_once():
+    # Two GRPO groups of G = 4: each reference repeats 4 times, and a group's completions may repeat too.
+    refs = ["ref"] * 4 + ["sixty"] * 4
+    comps = ["same", "orth", "sixty", "", "ninety", "ref", "ninety", "same"]
+    enc = CountingEncoder(ENC)
+    out = SemanticSimilarity(enc, tau=0.25)(["p"] * 8, comps, refs)
+    encoded = [t for call in enc.calls for t in call]
+    assert sorted(encoded) == sorted(comps + ["ref", "sixty"]), f"{len(encoded)} texts encoded: {encoded}"
+    # Same values as encoding every reference on its own row (the former behaviour), by hand.
+    s = [0.0 if not c else _cosine(ENC.table[c], ENC.table[r]) for c, r in zip(comps, refs)]
+    assert out == pytest.approx([max(0.0, (x - 0.25) / 0.75) for x in s], abs=1e-6)
+
+
+def test_semantic_dedup_keeps_a_real_encoder_results(demo_assets):
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(demo_assets.encoder_path), device="cpu", local_files_only=True)
+    refs = [r for r in ("བོད་ཡིག་ནི་ཡག་པོ་རེད།", "ཁ་ལག", "ཆུ་") for _ in range(4)]
+    comps = ["བོད་ཡིག་", "ཁ་ལག", "", "ཆུ་", "བོད་ཡིག་ནི་ཡག་པོ་རེད།", "ཁ", "ལག", "ཆུ་", "ཁ་ལག", "ཆུ", "བོད", "ཁ་ལག་"]
+    enc = CountingEncoder(st)
+    got = SemanticSimilarity(enc, batch_size=5).similarity(comps, refs)
+    assert sum(len(call) for call in enc.calls) == len(comps) + 3
+    # The former behaviour: one row per sample, references repeated.
+    c = st.encode(comps, batch_size=5, convert_to_tensor=True)
+    r = st.encode(refs, batch_size=5, convert_to_tensor=True)
+    want = torch.nn.functional.cosine_similarity(c, r, dim=-1).masked_fill(torch.tensor([not x for x in comps]), 0.0)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
