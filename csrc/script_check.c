@@ -4,7 +4,9 @@
  * The Python side (semgrpo/script.py) owns the definition of the classes: it passes a flat
  * table of 0x110000 bytes (class index of every code point, built by semgrpo/script_tables.py
  * from the same `regex` sets its pure-Python path uses), so both paths agree by construction
- * and a new script needs no change here.
+ * and a new script needs no change here. The same holds for what counts as a letter: the rule of
+ * issue #11 (only letters and combining marks of a script's set are that script; tsheg, shad,
+ * head marks, digits and other punctuation are neutral classes) lives in the table, not here.
  *
  * profile(texts, table, nclasses, out)
  *     texts     list or tuple of str (anything else in it: TypeError naming index and type)

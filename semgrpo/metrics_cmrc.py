@@ -8,19 +8,24 @@ The rules (``../shared/data/README.md``; squad-style-data/cmrc2018_evaluate.py, 
   matches: a lone or doubled "…" is *not* removed. We reproduce this quirk.
 - Segmentation: each CJK character in U+4E00-U+9FA5 is one token (and so would be each listed
   punctuation mark, but F1 removes them first); runs of any other characters are split into words by
-  NLTK's Treebank word tokenizer (pure regex, no data download).
+  ``nltk.word_tokenize(run, preserve_line=True)``, i.e. NLTK's current word tokenizer
+  (`nltk.tokenize.NLTKWordTokenizer`, the improved Treebank rules: "——" -> ["—", "—"],
+  "«a»" -> ["«", "a", "»"], "'a' b" -> ["'", "a", "'", "b"]). It is pure regex: no data download.
 - F1 of one prediction against one gold answer uses the longest common *contiguous* run of tokens:
   precision = run / len(prediction tokens), recall = run / len(answer tokens); the best over the gold
   answers counts. EM is 1 when the punctuation-free strings of prediction and some answer are equal.
 - Both are averaged over every question of the dataset (a question without a prediction scores 0) and
   reported x100; Avg = (EM + F1) / 2.
 
-Differences from the official script, on purpose: it calls ``nltk.word_tokenize`` (Punkt sentence split,
-which needs a data download, then NLTK's improved Treebank tokenizer); we use
-``nltk.tokenize.TreebankWordTokenizer`` on the whole run, which needs no download. The two differ only
-on non-CJK runs with several sentences or rare quote/ellipsis patterns. The official script reports
-unanswered questions as "skip"; we report them as ``unanswered`` and use ``skipped`` for predictions
-whose id is not in the dataset (not scored).
+Differences from the official script, on purpose: it calls ``nltk.word_tokenize(run)``, which first
+splits the run into sentences with Punkt (a data download) and then applies the same word tokenizer to
+each sentence; we pass ``preserve_line=True`` and so skip the sentence split. The tokens differ only
+inside a non-CJK run that holds several sentences: a period in the middle of such a run stays attached
+to its word here ("went. he" -> ["went.", "he"]), where Punkt would end a sentence there. (Releases of
+this module before issue #11 used the old ``TreebankWordTokenizer``, which kept "——", "«a»" and a
+leading "'" attached and so disagreed with the official script on current NLTK.) The official script
+reports unanswered questions as "skip"; we report them as ``unanswered`` and use ``skipped`` for
+predictions whose id is not in the dataset (not scored).
 """
 from __future__ import annotations
 
@@ -37,18 +42,19 @@ CMRC_PUNCTUATION: tuple[str, ...] = (
 )
 _PUNCT = frozenset(CMRC_PUNCTUATION)  # a one-character string can only match one-character entries
 
-_TREEBANK = None
+_NLTK_WORD_TOKENIZE = None
 
 
 def _word_tokenize(text: str) -> list[str]:
-    global _TREEBANK
-    if _TREEBANK is None:
+    """``nltk.word_tokenize(text, preserve_line=True)``: the official script's tokenizer minus Punkt."""
+    global _NLTK_WORD_TOKENIZE
+    if _NLTK_WORD_TOKENIZE is None:
         try:
-            from nltk.tokenize import TreebankWordTokenizer
+            from nltk.tokenize import word_tokenize
         except ImportError as e:  # pragma: no cover - depends on the environment
             raise ImportError("cmrc_scores needs nltk (pip install nltk); no data download is needed") from e
-        _TREEBANK = TreebankWordTokenizer()
-    return _TREEBANK.tokenize(text)
+        _NLTK_WORD_TOKENIZE = word_tokenize
+    return _NLTK_WORD_TOKENIZE(text, preserve_line=True)
 
 
 def _is_cjk(char: str) -> bool:
@@ -56,7 +62,7 @@ def _is_cjk(char: str) -> bool:
 
 
 def cmrc_segment(text: str, *, remove_punctuation: bool = False) -> list[str]:
-    """Split text into CMRC tokens: one per CJK character or listed mark, Treebank words elsewhere.
+    """Split text into CMRC tokens: one per CJK character or listed mark, NLTK words elsewhere.
 
     Args:
         text: Any string; lower-cased and stripped first.

@@ -11,9 +11,18 @@ The default is ``"c"`` when the extension is built and ``"regex"`` otherwise (wi
 once). The environment variable ``SEMGRPO_SCRIPT_BACKEND=c|regex`` or the keyword ``backend=``
 (which wins) forces one; forcing ``"c"`` without the extension raises ImportError.
 
+What counts (issue #11; details and code point lists in `semgrpo.script_tables`): only letters
+decide. A letter of a script is a code point of that script's set whose general category is L*
+or M*: for Tibetan, the consonants, the om syllable, the vowel signs and the subjoined consonants
+of U+0F00-0FFF. Tsheg, shad, the head marks and the other Tibetan punctuation, Tibetan digits,
+symbols, spaces, ASCII digits and punctuation are neutral: they never make a text consistent and
+never make it inconsistent. A text with no letter of the target script (empty, only marks, only
+digits...) is never consistent.
+
 Defined answers for unusual input (never a crash): lone surrogates, NUL and other controls,
-unassigned code points and combining marks without a base are counted as ``other`` (neutral),
-except marks inside the Tibetan block, which are ``tibetan``. Strings of any length are counted
+unassigned code points and combining marks outside a script class are counted as ``other``
+(neutral); a combining mark of a script class (a Tibetan vowel sign) counts for that script even
+without a base letter. Strings of any length are counted
 (counts are int64). Anything that is not a str (None, bytes, numbers...) raises TypeError naming
 the index and the type; str subclasses are accepted as str.
 """
@@ -147,11 +156,15 @@ def script_consistent(
     """Decide, per text, whether it is written in ``script`` and not mixed (R_lang).
 
     A text is consistent when all three hold, counting letters only (the classes in
-    ``LETTER_CLASSES``: the scripts of `SCRIPTS` and ``other_letter``; spaces, digits,
-    punctuation and symbols are neutral; the whole Tibetan block, tsheg and shad included,
-    counts as Tibetan):
+    ``LETTER_CLASSES``: the scripts of `SCRIPTS` and ``other_letter``). Spaces, digits,
+    punctuation and symbols are neutral, those of the Tibetan block included (tsheg, shad, head
+    marks such as ``༄༅``, Tibetan digits), and so are combining marks outside a script class:
+    they count neither for nor against.
+    Tibetan letters are its consonants, vowel signs and subjoined consonants (general category
+    L* or M* inside U+0F00-0FFF; see `semgrpo.script_tables`).
 
-    - it has at least one letter of ``script`` (empty or letter-free text is not consistent);
+    - it has at least one letter of ``script`` (empty or letter-free text, e.g. ``"་།"`` or
+      ``"༄༅ ༡༢"``, is not consistent);
     - ``target / letters >= min_ratio``;
     - ``letters - target <= max_foreign`` (letters of any other script).
 

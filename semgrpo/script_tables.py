@@ -9,26 +9,42 @@ construction on every code point and the tests check that they agree on every st
 
 To add a low-resource script, add one entry to `SCRIPTS` (for example
 ``"mongolian": r"\\u1800-\\u18AF\\U00011660-\\U0001167F"``); it becomes a letter class and a valid
-``script=`` for `semgrpo.script.script_consistent`. Nothing else changes, the C extension included.
+``script=`` for `semgrpo.script.script_consistent`. Nothing else changes, the C extension included:
+the set may name whole blocks, because only its letters and combining marks enter the class.
+
+The rule (issue #11): only *letters* decide whether a text is in a script. The letters of script S are
+the code points of ``SCRIPTS[S]`` whose Unicode general category is L* (letter) or M* (combining mark:
+vowel signs, subjoined consonants and the like), as the installed `regex` module knows them (its
+Unicode version; both backends read the same table). Everything else in the set (punctuation, digits, symbols, unassigned positions)
+is neutral: it falls through to the classes below like any other such code point. A text made only
+of neutral code points has no letter of any script, so it is consistent with none.
 
 Classes, in priority order:
 
-- one class per entry of `SCRIPTS` (letters of that script):
-  - ``tibetan``: the whole Tibetan block U+0F00-U+0FFF, i.e. letters, subjoined letters, vowel
-    signs, digits, marks and the Tibetan punctuation (tsheg U+0F0B, shad U+0F0D, ...). Tibetan
-    punctuation counts as Tibetan, never as foreign.
-  - ``han``: the CJK Unified Ideographs block, its extensions A-J and the CJK Compatibility
-    Ideographs blocks (whole blocks, unassigned positions included).
-  - ``latin``: Unicode ``Script=Latin`` (as known to the installed `regex` module).
+- one class per entry of `SCRIPTS` (the letters of that script, as defined above):
+  - ``tibetan``: the letters of the Tibetan block U+0F00-U+0FFF. Category L*: U+0F00 (the om
+    syllable), U+0F40-0F47, 0F49-0F6C (consonants), U+0F88-0F8C (head letters). Category M*: the
+    vowel signs and other syllable signs U+0F71-0F84, the subjoined consonants U+0F8D-0F97 and
+    0F99-0FBC, and the combining signs U+0F18-0F19, 0F35, 0F37, 0F39, 0F3E-0F3F, 0F86-0F87, 0FC6.
+    Neutral, hence never Tibetan and never foreign: the head marks U+0F01-0F17 (U+0F04-0F05 among
+    them), tsheg U+0F0B, shad U+0F0D and the rest of the punctuation (``punct``), the digits
+    U+0F20-0F29 (``digit``), the half digits U+0F2A-0F33, the symbols, and unassigned positions
+    such as U+0F48 (``other``).
+  - ``han``: the ideographs (all of category Lo) of the CJK Unified Ideographs block, its extensions
+    A-J and the CJK Compatibility Ideographs blocks; their unassigned positions are ``other``.
+  - ``latin``: letters and marks of Unicode ``Script=Latin``; the Roman numerals U+2160-2188
+    (category Nl) are ``other``.
 - ``other_letter``: any other letter (``\\p{L}``): Cyrillic, kana, Hangul, Arabic...
-- ``digit``: decimal digits (``\\p{Nd}``).
+- ``digit``: decimal digits (``\\p{Nd}``), ASCII, Tibetan and others.
 - ``space``: white space (``\\p{White_Space}``).
-- ``punct``: punctuation (``\\p{P}``), e.g. ``, . ! ， 。 「」``.
-- ``other``: everything else: symbols, combining marks outside the script classes, controls
-  (NUL included), format characters, private use, unassigned code points and lone surrogates.
+- ``punct``: punctuation (``\\p{P}``), e.g. ``, . ! ， 。 「」`` and tsheg/shad/head marks.
+- ``other``: everything else: symbols, numbers other than decimal digits, combining marks outside
+  the script classes, controls (NUL included), format characters, private use, unassigned code
+  points and lone surrogates.
 
 The letter classes (the scripts plus ``other_letter``) are the ones that decide consistency; the
-rest are neutral.
+rest are neutral. Combining marks count as letters only inside a script class (a Tibetan vowel sign
+is Tibetan); elsewhere (U+0301, a Devanagari vowel sign) they are ``other``, neutral.
 """
 from __future__ import annotations
 
@@ -38,7 +54,8 @@ import numpy as np
 import regex
 
 # Script letter classes: name -> contents of a regex V1 character set (what goes between [ ]).
-# Edit this table to add a script; keep the names lower-case identifiers.
+# Edit this table to add a script; keep the names lower-case identifiers. Only the letters and
+# combining marks of each set (`_SCRIPT_LETTERS`) enter its class; the rest of it is neutral.
 SCRIPTS: dict[str, str] = {
     "tibetan": r"\u0F00-\u0FFF",
     "han": (
@@ -62,6 +79,9 @@ _TRAILING: dict[str, str | None] = {
     "other": None,
 }
 
+# What a script class keeps of its set: letters (L*) and combining marks (M*).
+_SCRIPT_LETTERS = r"[\p{L}\p{M}]"
+
 SCRIPT_CLASSES: tuple[str, ...] = tuple(SCRIPTS) + tuple(_TRAILING)
 """Class names, in the column order of `semgrpo.script.script_profile`."""
 
@@ -75,12 +95,14 @@ def _class_sets() -> list[str]:
     """Regex V1 set expressions, one per class except ``other``, made disjoint by priority."""
     sets = []
     earlier: list[str] = []
-    for body in [*SCRIPTS.values(), *(v for v in _TRAILING.values() if v is not None)]:
-        expr = f"[{body}]"
+    bodies = [f"[[{body}]&&{_SCRIPT_LETTERS}]" for body in SCRIPTS.values()]
+    bodies += [f"[{body}]" for body in _TRAILING.values() if body is not None]
+    for body in bodies:
+        expr = body
         if earlier:
             expr = "[" + expr + "--[" + "".join(earlier) + "]]"
         sets.append(expr)
-        earlier.append(f"[{body}]")
+        earlier.append(body)
     return sets
 
 

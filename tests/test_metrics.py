@@ -43,11 +43,11 @@ CASES = [
     # several golds: vs 村雨城 run 3, P=3/5, R=1 -> 0.75; vs 任天堂游戏谜之村雨城 run 5, P=1, R=1/2 -> 2/3
     ("multi", ["村雨城", "任天堂游戏谜之村雨城"], "谜之村雨城", 0.0, 0.75),
     # "……" is a two-character entry of the official list and never removed: EM 0;
-    # gold [等 等 ……] (Treebank keeps "……" as one word), pred [等 等]: run 2, P=1, R=2/3 -> 0.8
+    # gold [等 等 ……] (NLTK keeps "……" as one word), pred [等 等]: run 2, P=1, R=2/3 -> 0.8
     ("ellipsis", ["等等……"], "等等", 0.0, 0.8),
     # lower-case and strip
     ("case", ["NBA"], "  nba ", 1.0, 1.0),
-    # Treebank words: gold [do n't stop .], pred [do stop]: run 1, P=1/2, R=1/4 -> 1/3
+    # NLTK words: gold [do n't stop .], pred [do stop]: run 1, P=1/2, R=1/4 -> 1/3
     ("treebank", ["don't stop."], "do stop", 0.0, 1 / 3),
     # '-' and '：' removed for EM: "光荣和ωforce" both sides
     ("dash", ["光荣和ω-force"], "光荣和ωforce：", 1.0, 1.0),

@@ -25,8 +25,10 @@ def counts(**kw):
 # (text, expected counts) computed by hand, code point by code point.
 HAND = [
     ("", counts()),
-    ("བོད་ཡིག།", counts(tibetan=8)),  # ba, o, da, tsheg, ya, i, ga, shad
-    ("༡༢༣ ཀ", counts(tibetan=4, space=1)),  # Tibetan digits are in the Tibetan block
+    ("བོད་ཡིག།", counts(tibetan=6, punct=2)),  # ba, o, da, ya, i, ga; tsheg and shad are punctuation
+    ("༡༢༣ ཀ", counts(digit=3, tibetan=1, space=1)),  # Tibetan digits are digits (neutral)
+    ("༄༅། །ཀྲ", counts(punct=4, space=1, tibetan=2)),  # head marks + shad; ka + subjoined ra
+    ("ༀ༁༪\u0f48ཱ༘", counts(tibetan=3, other=3)),  # tibetan: om (Lo), vowel sign aa, 0F18 (Mn); other: So, No, unassigned
     ("中文，abc 123!", counts(han=2, punct=2, latin=3, space=1, digit=3)),
     ("㐀\U00020000\U0003134a\uf900", counts(han=4)),  # Ext A, Ext B, Ext G, compatibility
     ("Привет, мир", counts(other_letter=9, punct=1, space=1)),
@@ -82,14 +84,14 @@ def test_consistent_rules(backend):
         "བོད་ཡིག中",  # 2 one Han letter
         "",  # 3 empty
         "123 ,.!",  # 4 letter-free
-        "་།",  # 5 only Tibetan punctuation: Tibetan block counts as Tibetan
+        "་།",  # 5 only Tibetan punctuation: neutral, so letter-free
         "中文",  # 6 pure Han
         "abc",  # 7 Latin
         "བོད a b",  # 8 2 foreign among 5 letters
     ]
     got = script_consistent(texts, script="tibetan", backend=backend)
     assert got.dtype == np.bool_ and got.shape == (len(texts),)
-    assert got.tolist() == [True, True, False, False, False, True, False, False, False]
+    assert got.tolist() == [True, True, False, False, False, False, False, False, False]
     assert script_consistent(texts, script="han", backend=backend).tolist() == [
         False, False, False, False, False, False, True, False, False,
     ]
@@ -174,6 +176,109 @@ def test_class_table_matches_patterns_in_chunks():
     want = np.stack([np.bincount(table[s : s + 64], minlength=len(SCRIPT_CLASSES)) for s in range(0, 0x110000, 64)])
     np.testing.assert_array_equal(got, want)
     # spot checks against the documented definition
-    assert table[0x0F0B] == K["tibetan"] and table[0x0F0D] == K["tibetan"] and table[0x0F48] == K["tibetan"]
+    assert table[0x0F40] == K["tibetan"] and table[0x0F72] == K["tibetan"] and table[0x0F90] == K["tibetan"]
+    assert table[0x0F0B] == K["punct"] and table[0x0F0D] == K["punct"] and table[0x0F04] == K["punct"]
+    assert table[0x0F20] == K["digit"] and table[0x0F2A] == K["other"] and table[0x0F48] == K["other"]
     assert table[0x9FFF] == K["han"] and table[0x3400] == K["han"] and table[0x2F800] == K["han"]
+    assert table[0xFA6E] == K["other"] and table[0x2160] == K["other"]  # unassigned Han position, Roman numeral
     assert table[0xD800] == K["other"] and table[0] == K["other"] and table[0x300] == K["other"]
+
+
+# ---------------------------------------------------------------- issue #11: letter-free text never passes
+# Strings with no letter of any script: marks, punctuation, digits, symbols, spaces, unassigned code
+# points. Each must be inconsistent for every script, on every backend (before the fix the whole
+# Tibetan block counted as Tibetan letters, so the Tibetan ones earned R_lang = 1).
+NEUTRAL_ONLY = [
+    "",
+    "་",  # tsheg U+0F0B
+    "།",  # shad U+0F0D
+    "༄༅",  # head marks U+0F04 U+0F05
+    "༄༅། །",  # the usual opening of a text, without a word
+    "་་་།།།",
+    "༼༽༺༻",  # brackets, ang khang
+    "༡༢༣༠",  # Tibetan digits U+0F20-0F29
+    "༪༳",  # Tibetan half digits (No)
+    "༁༂༃༕༗",  # Tibetan symbols (So)
+    "\u0f48\u0f6d\u0ffe",  # unassigned positions of the Tibetan block
+    "0123456789",
+    " ",
+    "\t\n \u3000",
+    "་ ། ༡ 1 ，。",
+    "，。、「」！？",  # CJK punctuation
+    "\ufa6e\U0002b81e",  # unassigned positions of Han blocks
+    "ⅫⅠⅱ",  # Roman numerals: Script=Latin but numbers (Nl)
+    "€+😀\u0301",  # symbols and a combining mark without a base
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("script", ["tibetan", "han", "latin"])
+def test_neutral_only_text_is_not_consistent(backend, script):
+    got = script_consistent(NEUTRAL_ONLY, script=script, backend=backend)
+    passing = [t for t, ok in zip(NEUTRAL_ONLY, got) if ok]
+    assert passing == [], f"letter-free texts judged consistent with {script}: {passing!r}"
+    # the most lenient options do not open the hole either
+    got = script_consistent(NEUTRAL_ONLY, script=script, min_ratio=0.0, max_foreign=100, backend=backend)
+    assert not got.any()
+    prof = script_profile(NEUTRAL_ONLY, backend=backend)
+    from semgrpo.script_tables import LETTER_CLASSES
+
+    assert prof[:, : len(LETTER_CLASSES)].sum() == 0, "a neutral code point landed in a letter class"
+
+
+# (text, consistent with tibetan): Tibetan with its marks stays consistent; marks never save a text.
+TIBETAN_CASES = [
+    ("བོད་ཡིག།", True),
+    ("༄༅། །བོད་ཡིག་ལ་ཕན་ཐོགས་ཆེན་པོ་ཡོད།", True),
+    ("ཀ", True),
+    ("ༀ", True),  # the om syllable U+0F00 is a letter (Lo)
+    ("བསྒྲུབས", True),  # subjoined letters and vowel signs with letters
+    ("ཀ ༡༢༣ 123 ། ，", True),  # one letter, the rest neutral
+    ("༄༅། །中", False),  # a Han letter and Tibetan marks only
+    ("་།a", False),  # a Latin letter and Tibetan marks only
+    ("བོད་ཡིག a", False),  # one foreign letter, max_foreign=0
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tibetan_marks_neutral(backend):
+    texts = [t for t, _ in TIBETAN_CASES]
+    got = script_consistent(texts, backend=backend).tolist()
+    assert got == [want for _, want in TIBETAN_CASES], list(zip(texts, got))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_marks_do_not_count_in_the_ratio(backend):
+    """"བོད་ཡིག a": 6 Tibetan letters (tsheg is not one) and 1 Latin letter, ratio 6/7."""
+    t = ["བོད་ཡིག a"]
+    assert script_consistent(t, min_ratio=6 / 7, max_foreign=1, backend=backend)[0]
+    assert not script_consistent(t, min_ratio=6 / 7 + 1e-9, max_foreign=1, backend=backend)[0]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_other_scripts_need_a_letter_too(backend):
+    assert script_consistent(["中文，。", "中"], script="han", backend=backend).tolist() == [True, True]
+    assert script_consistent(["Ⅻ", "Ⅻ a"], script="latin", backend=backend).tolist() == [False, True]
+    assert script_consistent(["\ufa6e", "\ufa6e中"], script="han", backend=backend).tolist() == [False, True]
+
+
+def test_script_classes_are_the_letters_and_marks_of_their_sets():
+    """The documented rule, code point by code point: a script class holds exactly the code points of
+    its `SCRIPTS` set whose general category is L* or M* (per the installed `regex` module)."""
+    import regex
+
+    from semgrpo.script_tables import SCRIPTS, class_table
+
+    table = class_table()
+    everything = "".join(map(chr, range(0x110000)))
+    for name, body in SCRIPTS.items():
+        want = np.zeros(0x110000, dtype=bool)
+        for m in regex.finditer(rf"[[{body}]&&[\p{{L}}\p{{M}}]]+", everything, flags=regex.V1):
+            want[m.start() : m.end()] = True
+        np.testing.assert_array_equal(table == K[name], want, err_msg=name)
+    # the Tibetan letters, spelled out (Unicode 17 general categories)
+    tib = {cp for cp in range(0x0F00, 0x1000) if table[cp] == K["tibetan"]}
+    spelled = {0x0F00, *range(0x0F40, 0x0F48), *range(0x0F49, 0x0F6D), *range(0x0F88, 0x0F8D),  # Lo
+               0x0F18, 0x0F19, 0x0F35, 0x0F37, 0x0F39, 0x0F3E, 0x0F3F, *range(0x0F71, 0x0F85),  # Mn/Mc
+               0x0F86, 0x0F87, *range(0x0F8D, 0x0F98), *range(0x0F99, 0x0FBD), 0x0FC6}
+    assert tib == spelled
