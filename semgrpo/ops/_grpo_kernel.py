@@ -1,11 +1,23 @@
-"""Triton kernel and autograd wrapper behind :func:`semgrpo.ops.grpo_loss`.
+"""Triton kernels and autograd wrapper behind :func:`semgrpo.ops.grpo_loss`.
 
-One program per token row (or a persistent grid, see ``_launch_config``). Sweep 1 streams the row's
-V logits with an online logsumexp in fp32; the per-token loss and ``d loss / d logp`` follow from the
-scalar ``logp``. Sweep 2 re-reads the row backwards (most recently read blocks first, so they may still
-be in L2) and writes ``d loss / d logits = g * (onehot - softmax) / temperature``. Nothing [N, V] in
-fp32 exists. Measured on H100 with V=151936 the re-read mostly misses L2 (a 297 KB row times the
-rows in flight exceeds it), so traffic is ~2 reads + 1 write of the logits, see benchmarks/results.
+Forward: one program per token row (or a persistent grid, see ``_launch_config``) streams the row's V
+logits once with an online logsumexp in fp32; the per-token loss and ``d loss / d logp`` follow from the
+scalar ``logp``. Per row it keeps two fp32 scalars, ``lse`` and ``coef = w * dl/dlogp / temperature``;
+nothing [N, V] is written.
+
+Backward: a second kernel re-reads the logits and writes
+``d loss / d logits = grad_output * coef * (onehot - softmax)``, computed in fp32 and rounded once to the
+logits' dtype, into a fresh buffer or, with ``inplace_grad``, into the logits buffer itself. Applying
+``grad_output`` (DeepSpeed's loss scale, 1/accumulation) before that rounding keeps fp16 entries around
+``w * p / T`` (below fp16's 6e-8 subnormal floor before scaling) from flushing to zero, and the backward
+neither syncs the host nor allocates a second [N, V] tensor. By construction it moves 2 reads + 1 write
+of the logits.
+
+An earlier layout wrote the gradient in the forward (a second, reversed sweep meant to re-read the row
+from L2) and multiplied it by ``grad_output`` in the backward (one more read and write when it was not 1).
+On H100 with V=151936 that re-read mostly missed L2 (a 297 KB row times the rows in flight exceeds it),
+so its traffic was also ~2 reads + 1 write, see benchmarks/results. The split layout here has not been
+timed on a GPU yet.
 """
 
 from __future__ import annotations
@@ -23,17 +35,15 @@ if triton is not None:
 
     @triton.jit
     def _grpo_loss_fwd_kernel(
-        x_ptr, g_ptr, ids_ptr, m_ptr, w_ptr, adv_ptr, old_ptr, ref_ptr, out_ptr,
+        x_ptr, ids_ptr, m_ptr, w_ptr, adv_ptr, old_ptr, ref_ptr, out_ptr,
         N, T, V,
-        s_xb, s_xt, s_xv, s_gb, s_gt, s_gv, s_ib, s_it, s_ab, s_at,
+        s_xb, s_xt, s_xv, s_ib, s_it, s_ab, s_at,
         inv_temp, lo, hi, beta,
-        HAS_OLD: tl.constexpr, HAS_REF: tl.constexpr, USE_KL: tl.constexpr,
-        WRITE_GRAD: tl.constexpr, BLOCK_V: tl.constexpr,
+        HAS_OLD: tl.constexpr, HAS_REF: tl.constexpr, USE_KL: tl.constexpr, BLOCK_V: tl.constexpr,
     ):
-        # Persistent: program p handles rows p, p + P, p + 2P, ... so that only ~P rows are in flight
-        # and sweep 2 (run backwards, most recently read blocks first) finds the row in L2.
+        # out holds 6 planes of N fp32: w*loss, kl, clipped-low, clipped-high, lse, coef (0 when masked).
+        # Persistent: program p handles rows p, p + P, p + 2P, ...
         cols = tl.arange(0, BLOCK_V)
-        n_blk = tl.cdiv(V, BLOCK_V)
         pid = tl.program_id(0).to(tl.int64)
         nprog = tl.num_programs(0).to(tl.int64)
         for it in range(0, tl.cdiv(N - tl.program_id(0), tl.num_programs(0))):
@@ -41,19 +51,14 @@ if triton is not None:
             b = row // T
             t = row % T
             xb = x_ptr + b * s_xb + t * s_xt
-            gb = g_ptr + b * s_gb + t * s_gt
             on = tl.load(m_ptr + row).to(tl.float32) != 0.0
             if on:
-                # sweep 1: lse = logsumexp(x / temp), online per lane (no cross-warp reduction in the loop)
+                # lse = logsumexp(x / temp), online per lane (no cross-warp reduction in the loop)
                 mx = tl.full([BLOCK_V], float("-inf"), tl.float32)
                 se = tl.zeros([BLOCK_V], tl.float32)
-                for i in range(0, n_blk):
-                    v = i * BLOCK_V + cols
-                    if WRITE_GRAD:  # keep the row in L2 for sweep 2
-                        x = tl.load(xb + v * s_xv, mask=v < V, other=float("-inf"),
-                                    eviction_policy="evict_last").to(tl.float32) * inv_temp
-                    else:
-                        x = tl.load(xb + v * s_xv, mask=v < V, other=float("-inf")).to(tl.float32) * inv_temp
+                for v0 in range(0, V, BLOCK_V):
+                    v = v0 + cols
+                    x = tl.load(xb + v * s_xv, mask=v < V, other=float("-inf")).to(tl.float32) * inv_temp
                     m_new = tl.maximum(mx, x)
                     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
                     se = se * tl.exp(mx - m_safe) + tl.exp(x - m_safe)
@@ -91,39 +96,64 @@ if triton is not None:
                 tl.store(out_ptr + N + row, kl)
                 tl.store(out_ptr + 2 * N + row, ((ratio < lo) & (A < 0.0)).to(tl.float32))
                 tl.store(out_ptr + 3 * N + row, ((ratio > hi) & (A > 0.0)).to(tl.float32))
-                if WRITE_GRAD:
-                    # sweep 2, last block first: d loss / d x_v = w * dlogp * (onehot_v - softmax_v) / temp
-                    coef = w * dlogp * inv_temp
-                    for j in range(0, n_blk):
-                        v = (n_blk - 1 - j) * BLOCK_V + cols
-                        x = tl.load(xb + v * s_xv, mask=v < V, other=float("-inf"),
-                                    eviction_policy="evict_first").to(tl.float32) * inv_temp
-                        p = tl.exp(x - lse)
-                        g = coef * (tl.where(v == tok, 1.0, 0.0) - p)
-                        tl.store(gb + v * s_gv, g.to(g_ptr.dtype.element_ty), mask=v < V,
-                                 eviction_policy="evict_first")
+                tl.store(out_ptr + 4 * N + row, lse)
+                tl.store(out_ptr + 5 * N + row, w * dlogp * inv_temp)
             else:
-                tl.store(out_ptr + row, 0.0)
-                tl.store(out_ptr + N + row, 0.0)
-                tl.store(out_ptr + 2 * N + row, 0.0)
-                tl.store(out_ptr + 3 * N + row, 0.0)
-                if WRITE_GRAD:
-                    zero = tl.zeros([BLOCK_V], tl.float32)
-                    for i in range(0, n_blk):
-                        v = i * BLOCK_V + cols
-                        tl.store(gb + v * s_gv, zero.to(g_ptr.dtype.element_ty), mask=v < V)
+                for k in range(0, 6):
+                    tl.store(out_ptr + k * N + row, 0.0)
+
+    @triton.jit
+    def _grpo_loss_bwd_kernel(
+        x_ptr, g_ptr, ids_ptr, lse_ptr, coef_ptr, gout_ptr,
+        N, T, V,
+        s_xb, s_xt, s_xv, s_gb, s_gt, s_gv, s_ib, s_it,
+        inv_temp,
+        BLOCK_V: tl.constexpr,
+    ):
+        # g = grad_output * coef * (onehot - softmax(x / temp)), in fp32 up to the one cast to g's dtype.
+        # g may alias x (inplace_grad): each block is read before the same addresses are written.
+        cols = tl.arange(0, BLOCK_V)
+        gout = tl.load(gout_ptr).to(tl.float32)
+        pid = tl.program_id(0).to(tl.int64)
+        nprog = tl.num_programs(0).to(tl.int64)
+        for it in range(0, tl.cdiv(N - tl.program_id(0), tl.num_programs(0))):
+            row = pid + it * nprog
+            b = row // T
+            t = row % T
+            xb = x_ptr + b * s_xb + t * s_xt
+            gb = g_ptr + b * s_gb + t * s_gt
+            coef = tl.load(coef_ptr + row) * gout
+            if coef != 0.0:  # NaN (bad id) passes and spreads over the row, as in torch
+                lse = tl.load(lse_ptr + row)
+                tok = tl.load(ids_ptr + b * s_ib + t * s_it).to(tl.int64)
+                tok = tl.where((tok >= 0) & (tok < V), tok, 0)
+                for v0 in range(0, V, BLOCK_V):
+                    v = v0 + cols
+                    x = tl.load(xb + v * s_xv, mask=v < V, other=float("-inf"),
+                                eviction_policy="evict_first").to(tl.float32) * inv_temp
+                    g = coef * (tl.where(v == tok, 1.0, 0.0) - tl.exp(x - lse))
+                    tl.store(gb + v * s_gv, g.to(g_ptr.dtype.element_ty), mask=v < V,
+                             eviction_policy="evict_first")
+            else:  # masked, clipped without KL, or grad_output 0: no need to read the logits
+                zero = tl.zeros([BLOCK_V], tl.float32).to(g_ptr.dtype.element_ty)
+                for v0 in range(0, V, BLOCK_V):
+                    v = v0 + cols
+                    tl.store(gb + v * s_gv, zero, mask=v < V)
 
 
-# (BLOCK_V, num_warps, programs per SM, 0 = one program per row); benchmarks set it to tune.
+# (BLOCK_V, num_warps, programs per SM, 0 = one program per row) for both kernels; benchmarks and tests
+# set it (tests force a small BLOCK_V so that the interpreter runs many vocabulary blocks).
 LAUNCH_OVERRIDE: tuple[int, int, int] | None = None
 
 
-def _launch_config(N: int, V: int, device: torch.device, *, write_grad: bool = True) -> tuple[int, int, int]:
+def _launch_config(N: int, V: int, device: torch.device, *, backward: bool = False) -> tuple[int, int, int]:
     """(BLOCK_V, num_warps, grid size) for N rows of V logits."""
-    # Measured on H100 (N=16384, V=151936, bf16, fwd+bwd): (2048, 16, one program per row) was the
-    # best of 36 configs; persistent grids (1-3 programs/SM) did not make sweep 2 hit L2.
-    # Forward only (no grad): (2048, 8) measured 2.13 ms (70% of peak) at the shape above, (4096, 8) 2.69 ms.
-    default = (2048, 16, 0) if write_grad else (2048, 8, 0)
+    # Measured on H100 at N=16384, V=151936, bf16, with the earlier layout (module docstring):
+    # its forward-only variant, the same single sweep as this forward, took 2.13 ms (70% of peak) with
+    # (2048, 8, one program per row) and 2.69 ms with (4096, 8); for its fused forward + gradient sweep
+    # (2048, 16, one program per row) was the best of 36 configs (persistent grids, 1-3 programs/SM, did
+    # not make the re-read hit L2). The split backward kernel reuses that config; it is not re-tuned.
+    default = (2048, 16, 0) if backward else (2048, 8, 0)
     block, warps, per_sm = LAUNCH_OVERRIDE or default
     block = min(block, triton.next_power_of_2(V))
     warps = min(warps, max(1, block // 64))
@@ -140,53 +170,66 @@ class _GRPOLossFunction(torch.autograd.Function):
     def forward(ctx, logits, ids, m, w, adv, old, ref, temperature, eps_low, eps_high, beta, inplace_grad):
         B, T, V = logits.shape
         N = B * T
-        write_grad = logits.requires_grad
         x = logits.detach()
-        if not write_grad:
-            g = x  # never written
-        elif inplace_grad:
-            g = x
-        else:
-            g = torch.empty((B, T, V), dtype=logits.dtype, device=logits.device)
-        out = torch.empty(4 * N, dtype=torch.float32, device=logits.device)
+        out = torch.empty(6 * N, dtype=torch.float32, device=logits.device)
         adv2 = adv.float()
         s_ab, s_at = (adv2.stride(0), 0) if adv2.dim() == 1 else (adv2.stride(0), adv2.stride(1))
         old_c = old.float().contiguous() if old is not None else out
         ref_c = ref.float().contiguous() if ref is not None else out
         if N > 0:
-            block, warps, grid = _launch_config(N, V, logits.device, write_grad=write_grad)
+            block, warps, grid = _launch_config(N, V, logits.device)
             _grpo_loss_fwd_kernel[(grid,)](
-                x, g, ids, m, w, adv2, old_c, ref_c, out,
+                x, ids, m, w, adv2, old_c, ref_c, out,
                 N, T, V,
-                x.stride(0), x.stride(1), x.stride(2), g.stride(0), g.stride(1), g.stride(2),
-                ids.stride(0), ids.stride(1), s_ab, s_at,
+                x.stride(0), x.stride(1), x.stride(2), ids.stride(0), ids.stride(1), s_ab, s_at,
                 1.0 / temperature, 1.0 - eps_low, 1.0 + eps_high, beta,
                 HAS_OLD=old is not None, HAS_REF=ref is not None, USE_KL=(ref is not None and beta != 0.0),
-                WRITE_GRAD=write_grad, BLOCK_V=block, num_warps=warps,
+                BLOCK_V=block, num_warps=warps,
             )
-        parts = out.view(4, N)
+        parts = out.view(6, N)
         loss = parts[0].sum()
         msum = m.sum().clamp_min(1.0)
-        stats = parts[1:].sum(dim=1) / msum  # kl, low, high (rows with mask 0 hold 0)
+        stats = parts[1:4].sum(dim=1) / msum  # kl, low, high (rows with mask 0 hold 0)
         region = (parts[2] + parts[3]).sum() / msum  # low and high are exclusive (A<0 vs A>0)
         stats = torch.cat([stats, region[None]])
-        if write_grad:
-            ctx.save_for_backward(g)
+        if logits.requires_grad:
+            # the logits themselves (version-checked), not a gradient: the backward recomputes softmax
+            ctx.save_for_backward(logits, ids, parts[4:])
+        ctx.temperature, ctx.inplace_grad = temperature, inplace_grad
         ctx.mark_non_differentiable(stats)
         return loss, stats
 
     @staticmethod
     def backward(ctx, grad_loss, grad_stats):
-        (g,) = ctx.saved_tensors
-        # the loss is a sum, so the gradient scales with grad_loss; skip the pass when it is 1
-        if not bool(torch.all(grad_loss == 1.0)):
-            g = g * grad_loss.to(g.dtype)
-        return g, None, None, None, None, None, None, None, None, None, None, None
+        nones = (None,) * 11
+        if not ctx.needs_input_grad[0]:
+            return (None, *nones)
+        logits, ids, rows = ctx.saved_tensors
+        x = logits.detach()
+        B, T, V = x.shape
+        N = B * T
+        # inplace_grad: the gradient overwrites the logits, so no second [B, T, V] buffer exists
+        g = x if ctx.inplace_grad else torch.empty((B, T, V), dtype=x.dtype, device=x.device)
+        if N > 0:
+            block, warps, grid = _launch_config(N, V, x.device, backward=True)
+            _grpo_loss_bwd_kernel[(grid,)](
+                x, g, ids, rows[0], rows[1], grad_loss.detach().float().contiguous(),
+                N, T, V,
+                x.stride(0), x.stride(1), x.stride(2), g.stride(0), g.stride(1), g.stride(2),
+                ids.stride(0), ids.stride(1),
+                1.0 / ctx.temperature,
+                BLOCK_V=block, num_warps=warps,
+            )
+        if ctx.inplace_grad:
+            # the kernel wrote behind autograd's back: bump the version so that a second backward
+            # (retain_graph) or any other node that saved these logits raises instead of reading gradients
+            torch.autograd.graph.increment_version(x)
+        return (g, *nones)
 
 
 def grpo_loss_triton(logits, ids, mask, w, adv, old, ref, *, temperature, eps_low, eps_high, beta,
                      inplace_grad):
-    """Launch the fused kernel; inputs already validated by :func:`grpo_loss`.
+    """Run the loss kernels (gradient in the backward); inputs already validated by :func:`grpo_loss`.
 
     Shape:
         logits: [B, T, V], ids/mask/w/old/ref: [B, T], adv: [B] or [B, T] -> loss: []

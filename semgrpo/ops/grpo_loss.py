@@ -11,7 +11,8 @@ Semantics follow TRL/Liger number for number (DESIGN section 5)::
     dapo   : sum m*l_t / num_items_in_batch (falls back to sum m)
 
 Every aggregation is linear in ``l_t``: ``loss = sum_bt w_bt * l_t`` with a weight ``w`` known
-before the kernel runs, so the Triton kernel writes ``d loss / d logits`` in the forward pass.
+before the kernel runs, so the Triton forward reduces each row to two scalars (its logsumexp and
+``w * dl/dlogp``) from which the backward writes ``d loss / d logits`` in one pass.
 """
 
 from __future__ import annotations
@@ -182,8 +183,9 @@ def grpo_loss(
         loss_type: ``"grpo"``, ``"bnpo"``, ``"dr_grpo"`` or ``"dapo"``.
         max_completion_length: dr_grpo denominator length (default T).
         num_items_in_batch: dapo denominator (global token count); default the mask sum.
-        inplace_grad: Triton path only: write the gradient into the logits buffer (saves one
-            [B, T, V] allocation; the logits values are destroyed).
+        inplace_grad: Triton path only: the backward writes the gradient into the logits buffer
+            (saves one [B, T, V] allocation; the logits values are destroyed then, so a second
+            backward through the same graph, ``retain_graph=True``, raises).
         backend: ``"auto"``/``"triton"``/``"torch"``; default from ``SEMGRPO_OPS``.
 
     Returns:
