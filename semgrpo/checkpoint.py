@@ -6,6 +6,7 @@ Layout under `<output_dir>/checkpoints/`:
         state/                engine.save_checkpoint(tag="state"): ZeRO shards, optimizer, scheduler, client_state
         rng_rank{r}.pt        python `random`, numpy, torch CPU (and CUDA) RNG state of rank r
         adapter/              PEFT adapter (PeftModel.from_pretrained) when the module is a PeftModel
+        config.json           the run's configuration this checkpoint was trained with (when given)
         COMPLETE              json {"step", "time", "world_size"}; written last
     .tmp-step-00000020/       a save in progress, or one that was killed: ignored, removed by the next save
 
@@ -35,6 +36,7 @@ CHECKPOINTS_DIR = "checkpoints"
 ENGINE_TAG = "state"
 ADAPTER_DIR = "adapter"
 COMPLETE_FILE = "COMPLETE"
+CONFIG_FILE = "config.json"
 TMP_PREFIX = ".tmp-"
 _CLIENT_KEY = "semgrpo_client_state"  # our state under one key: DeepSpeed mixes its own keys in
 _STEP_RE = re.compile(r"^step-(\d+)$")
@@ -237,7 +239,7 @@ def _remove_checkpoint(path: Path) -> None:
 
 
 def save_checkpoint(engine, output_dir: str | os.PathLike, *, step: int, client_state: dict,
-                    keep_last: int) -> Path:
+                    keep_last: int, config: dict | None = None) -> Path:
     """Collective (every rank calls it): save the engine, RNG, adapter and `client_state` atomically.
 
     Writes `<output_dir>/checkpoints/.tmp-step-NNNNNNNN`, then rank 0 writes COMPLETE into it and
@@ -252,6 +254,8 @@ def save_checkpoint(engine, output_dir: str | os.PathLike, *, step: int, client_
         client_state: picklable trainer state (data position, counters, tau...), returned as is
             by `load_checkpoint`.
         keep_last: how many complete checkpoints to keep (>= 1).
+        config: the run's resolved configuration (`config.to_dict`), stored as the checkpoint's
+            `config.json`: resume and evaluation read the settings of the checkpoint itself.
 
     Returns:
         The path of the complete checkpoint.
@@ -278,6 +282,8 @@ def save_checkpoint(engine, output_dir: str | os.PathLike, *, step: int, client_
     dist.barrier()
 
     if dist.is_main():
+        if config is not None:
+            write_json_atomic(tmp / CONFIG_FILE, config)
         write_json_atomic(tmp / COMPLETE_FILE, {"step": step, "time": time.time(), "world_size": dist.world_size()})
         if final.exists():
             _remove_checkpoint(final)
@@ -292,6 +298,17 @@ def save_checkpoint(engine, output_dir: str | os.PathLike, *, step: int, client_
             if path not in keep:
                 _remove_checkpoint(path)
     return final
+
+
+def checkpoint_config(path: str | os.PathLike) -> dict | None:
+    """The configuration a checkpoint was trained with, or None for checkpoints saved without one."""
+    file = Path(path) / CONFIG_FILE
+    if not file.is_file():
+        return None
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{file}: unreadable checkpoint config ({exc})") from None
 
 
 def load_checkpoint(engine, path: str | os.PathLike) -> dict:

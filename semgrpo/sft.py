@@ -13,7 +13,7 @@ from semgrpo import dist
 from semgrpo.batching import PromptOrder
 from semgrpo.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from semgrpo.collectives import sum_across
-from semgrpo.config import Config
+from semgrpo.config import Config, to_dict
 from semgrpo.data import collate_sft, sft_tensors
 from semgrpo.modeling import build_engine, load_policy
 from semgrpo.session import init_distributed, prepare, save_resolved_config, seed_everything
@@ -62,7 +62,7 @@ def train_sft(cfg: Config) -> dict:
         tracker.log(step + 1, {"sft/loss": float(totals[0] / totals[1].clamp(min=1)), "lr": engine.get_lr()[0]})
         if (step + 1) % cfg.train.save_every == 0 or step + 1 == total_steps:
             save_checkpoint(engine, cfg.output_dir, step=step + 1, keep_last=cfg.train.keep_last,
-                            client_state={"step": step + 1})
+                            client_state={"step": step + 1}, config=to_dict(cfg))
     summary = tracker.summary(stage="sft", samples=len(features), epochs=cfg.sft.epochs)
     tracker.close()
     return summary
