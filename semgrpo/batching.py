@@ -1,4 +1,5 @@
-"""Batch sizes from the DeepSpeed JSON, cross-checked against GRPO's group size, and the prompt order.
+"""Batch sizes from the DeepSpeed JSON, cross-checked against GRPO's group size; the prompt order; and each
+micro-batch's share of the global batch's loss.
 
 In GRPO the DeepSpeed micro batch counts *completions*: one optimizer step consumes
 `micro * grad_accum * world` completions, i.e. that many / G prompts. Each rank owns whole groups, so
@@ -106,3 +107,37 @@ class PromptOrder:
         batch = perm[offset * self.prompts_per_step : (offset + 1) * self.prompts_per_step]
         per_rank = self.prompts_per_step // world_size
         return batch[rank * per_rank : (rank + 1) * per_rank].tolist()
+
+
+# What a GRPO step reports from its loss, by name (loss first, then grpo_loss's stats).
+LOSS_STATS = ("loss", "kl", "clip_ratio_low", "clip_ratio_high", "clip_ratio_region")
+
+
+@dataclass(frozen=True)
+class LossNormalizer:
+    """Each micro-batch's weight in the loss of the global batch, so that a step's update is TRL's loss formula
+    applied once to every rank's in-loss completions together, whatever the world size, accumulation and
+    micro-batch sizes (and however unevenly skipped groups left the micro-batches).
+
+    The global loss per `loss_type`, over the in-loss completions b and their tokens t:
+      grpo    : (1 / sequences) * sum_b mean_t l_bt
+      bnpo    : sum_bt l_bt / tokens
+      dr_grpo : sum_bt l_bt / (sequences * max_completion_length)
+      dapo    : sum_bt l_bt / tokens  (grpo_loss divides by num_items_in_batch = tokens)
+    `grpo_loss` returns the micro-batch's own version of that formula; `share` rescales it to its part of the
+    global one. DeepSpeed then divides every backward by the accumulation steps and averages over ranks,
+    which `ranks_times_accumulation` undoes.
+    """
+
+    loss_type: str
+    sequences: int  # in-loss completions over all ranks
+    tokens: float  # their completion tokens
+    ranks_times_accumulation: int
+
+    def share(self, *, rows: int, tokens: float) -> float:
+        """Weight of a micro-batch of `rows` completions holding `tokens` completion tokens."""
+        if self.loss_type in ("grpo", "dr_grpo"):  # means over the micro-batch's sequences
+            return rows / self.sequences
+        if self.loss_type == "bnpo":  # the micro-batch's token mean
+            return tokens / self.tokens
+        return 1.0  # dapo: already divided by the global token count

@@ -14,10 +14,10 @@ import torch
 
 from semgrpo import dist
 from semgrpo.adapter_merge import merged_adapter
-from semgrpo.batching import BatchPlan, PromptOrder, check_group_fit
+from semgrpo.batching import LOSS_STATS, BatchPlan, LossNormalizer, PromptOrder, check_group_fit
 from semgrpo.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from semgrpo.collectives import gather_cat, sum_across
-from semgrpo.config import Config, ConfigError, GRPOConfig
+from semgrpo.config import Config, ConfigError, GRPOConfig, to_dict
 from semgrpo.data import Example
 from semgrpo.modeling import build_engine, load_policy, load_reward_encoder
 from semgrpo.ops import group_advantages, grpo_loss, token_logprobs, zero_std_groups
@@ -91,16 +91,27 @@ def grpo_step(run: GRPORun, batch: list[Example]) -> tuple[dict[str, float], lis
                                 references, device=engine.device)
         timer.lap("reward")
 
-        # 4. Group-relative advantages; groups whose rewards are all equal carry no signal and are skipped.
-        advantages, group_std = group_advantages(rewards, g.group_size, scale=g.scale_rewards,
-                                                 eps=1e-4, return_group_std=True)
-        informative = ~zero_std_groups(rewards, g.group_size)
-        keep = informative.repeat_interleave(g.group_size).nonzero().flatten().cpu()
-        micro_batches = [torch.as_tensor(c, dtype=torch.long)
-                         for c in np.array_split(keep.numpy(), run.plan.grad_accum)]
-        counts = sum_across(torch.tensor([len(keep), rollout.completion_mask[keep].sum().item()],
-                                         dtype=torch.float64))
-        kept_global, tokens_global = int(counts[0]), float(counts[1])
+        # 4. Advantages over the global batch: every rank's rewards are gathered first, as TRL does, so that
+        #    scale_rewards="batch" divides by the global std at any world size.
+        n, rank = len(group), dist.rank()
+        lengths = rollout.completion_mask.sum(1).float()
+        gathered_rl = gather_cat(torch.stack([rewards.float(), lengths.to(rewards.device)], dim=1)).cpu()
+        all_rewards, all_lengths = gathered_rl[:, 0], gathered_rl[:, 1]
+        all_advantages, group_std = group_advantages(all_rewards, g.group_size, scale=g.scale_rewards,
+                                                     eps=1e-4, return_group_std=True)
+        advantages = all_advantages[rank * n:(rank + 1) * n].to(engine.device)
+        # Which completions the loss covers. A zero-variance group has advantage 0: with beta == 0 it adds no
+        # gradient and is skipped (it would only dilute the others); with beta > 0 its KL still pulls, so
+        # every completion stays in, as in TRL.
+        informative = ~zero_std_groups(all_rewards, g.group_size)
+        in_loss = informative.repeat_interleave(g.group_size)
+        if g.beta > 0:
+            in_loss = torch.ones_like(in_loss)
+        norm = LossNormalizer(g.loss_type, sequences=int(in_loss.sum()), tokens=float(all_lengths[in_loss].sum()),
+                              ranks_times_accumulation=run.plan.world_size * run.plan.grad_accum)
+        my_lengths = all_lengths[rank * n:(rank + 1) * n]
+        keep = in_loss[rank * n:(rank + 1) * n].nonzero().flatten()
+        micro_batches = [torch.as_tensor(c, dtype=torch.long) for c in np.array_split(keep.numpy(), run.plan.grad_accum)]
 
         # 5. Old log-probs (only when mu > 1) and reference log-probs (only when beta > 0), no grad.
         old_logps = _logps_per_micro_batch(model, g, rollout, micro_batches) if g.num_iterations > 1 else None
@@ -109,59 +120,56 @@ def grpo_step(run: GRPORun, batch: list[Example]) -> tuple[dict[str, float], lis
         timer.lap("logprobs")
 
         # 6. Policy forward/backward in micro-batches through the fused loss; optimizer step at the
-        #    accumulation boundary. Ranks run the same number of micro-batches (ZeRO-3 collectives), so an
-        #    empty one is a zero-weighted dummy. Nothing to learn anywhere -> no update at all.
+        #    accumulation boundary. Each micro-batch's loss is weighted by its share of the global batch's loss
+        #    (LossNormalizer), so the update does not depend on how the batch was cut. Ranks run the same number
+        #    of micro-batches (ZeRO-3 collectives), so an empty one is a zero-weighted dummy; with nothing to
+        #    learn anywhere the optimizer still steps, as TRL's does, so the LR schedule stays in place.
         if not g.gathered_policy_pass:
             gathered.close()
-        engine.module.train()
-        loss_stats = []
-        if kept_global > 0:
-            scale = run.plan.grad_accum * run.plan.world_size if g.loss_type == "dapo" else 1.0
-            for _ in range(g.num_iterations):
-                for i, rows in enumerate(micro_batches):
-                    empty = len(rows) == 0
-                    rows = rows if not empty else torch.tensor([0])
-                    mb = rollout.select(rows)
-                    logits = completion_logits(engine, mb)
-                    loss, stats = grpo_loss(
-                        logits, mb.completion_ids, mb.completion_mask, advantages[rows],
-                        old_logps=None if old_logps is None else old_logps[i],
-                        ref_logps=None if ref_logps is None else ref_logps[i],
-                        temperature=g.temperature, eps_low=g.eps_low, eps_high=g.eps_high, beta=g.beta,
-                        loss_type=g.loss_type, max_completion_length=g.max_completion_length,
-                        num_items_in_batch=tokens_global)
-                    engine.backward(loss * (0.0 if empty else scale))
-                    if engine.is_gradient_accumulation_boundary():
-                        gathered.close()  # partition again before the optimizer writes the new weights
-                    engine.step()
-                    if not empty:
-                        loss_stats.append(torch.stack([loss.detach().float(), *(stats[k].float() for k in (
-                            "kl", "clip_ratio_low", "clip_ratio_high", "clip_ratio_region"))]))
+        totals = {name: torch.zeros((), dtype=torch.float64, device=engine.device) for name in LOSS_STATS}
+        for _ in range(g.num_iterations):
+            for i, rows in enumerate(micro_batches):
+                empty = len(rows) == 0
+                rows = rows if not empty else torch.tensor([0])
+                share = 0.0 if empty else norm.share(rows=len(rows), tokens=float(my_lengths[rows].sum()))
+                mb = rollout.select(rows)
+                engine.module.train()  # every policy pass trains (dropout, checkpointing), whatever closing the gather restored
+                logits = completion_logits(engine, mb)
+                loss, stats = grpo_loss(
+                    logits, mb.completion_ids, mb.completion_mask, advantages[rows.to(advantages.device)],
+                    old_logps=None if old_logps is None else old_logps[i],
+                    ref_logps=None if ref_logps is None else ref_logps[i],
+                    temperature=g.temperature, eps_low=g.eps_low, eps_high=g.eps_high, beta=g.beta,
+                    loss_type=g.loss_type, max_completion_length=g.max_completion_length,
+                    num_items_in_batch=norm.tokens or None)
+                engine.backward(loss * (share * norm.ranks_times_accumulation))
+                if engine.is_gradient_accumulation_boundary():
+                    gathered.close()  # partition again before the optimizer writes the new weights
+                engine.step()
+                totals["loss"] += loss.detach().double() * share
+                for name in LOSS_STATS[1:]:  # token-weighted over the global batch
+                    totals[name] += stats[name].double() * (0.0 if empty else float(my_lengths[rows].sum()))
         timer.lap("policy")
 
     # 7. Metrics over all ranks.
-    all_rewards = gather_cat(rewards)
-    n_stats = torch.tensor(float(len(loss_stats)), dtype=torch.float64)
-    stat_sum = torch.stack(loss_stats).sum(0).double() if loss_stats else torch.zeros(5, dtype=torch.float64)
-    reduced = sum_across(torch.cat([stat_sum.cpu(), n_stats.view(1)]))
-    means = (reduced[:5] / reduced[5].clamp(min=1)).tolist()
-    lengths = gather_cat(rollout.completion_mask.sum(1).float())
-    zero_std = gather_cat((~informative).float())
+    reduced = sum_across(torch.stack(list(totals.values())).cpu())
+    loss_stats = {name: float(v) / g.num_iterations / (1.0 if name == "loss" else max(norm.tokens, 1.0))
+                  for name, v in zip(LOSS_STATS, reduced.tolist())}
     metrics = {
         "reward/mean": _nanmean(all_rewards), "reward/std": _nanstd(all_rewards),
         **{f"reward/{name}": _nanmean(gather_cat(v)) for name, v in per_fn.items()},
-        "reward/frac_zero_std_groups": zero_std.mean().item(),
-        "reward/group_std_mean": _nanmean(gather_cat(group_std.float())),
-        "loss": means[0], "kl": means[1], "clip_ratio/low": means[2], "clip_ratio/high": means[3],
-        "clip_ratio/region": means[4],
-        "completion/mean_length": lengths.mean().item(), "completion/max_length": lengths.max().item(),
-        "completion/trained_fraction": kept_global / max(1, len(all_rewards)),
+        "reward/frac_zero_std_groups": (~informative).float().mean().item(),
+        "reward/group_std_mean": _nanmean(group_std.float()),
+        "loss": loss_stats["loss"], "kl": loss_stats["kl"], "clip_ratio/low": loss_stats["clip_ratio_low"],
+        "clip_ratio/high": loss_stats["clip_ratio_high"], "clip_ratio/region": loss_stats["clip_ratio_region"],
+        "completion/mean_length": all_lengths.mean().item(), "completion/max_length": all_lengths.max().item(),
+        "completion/trained_fraction": norm.sequences / len(all_rewards),
         "lr": engine.get_lr()[0],
         **{f"perf/{k}_seconds": v for k, v in timer.seconds.items()},
     }
     step_seconds = sum(timer.seconds.values())
     metrics["perf/step_seconds"] = step_seconds
-    metrics["perf/tokens_per_second"] = lengths.sum().item() / max(step_seconds, 1e-9)
+    metrics["perf/tokens_per_second"] = all_lengths.sum().item() / max(step_seconds, 1e-9)
     samples = [{"prompt": ex.prompt, "completion": c, "reference": ex.reference, "reward": float(r)}
                for ex, c, r in zip(group[: g.group_size], completions, rewards.tolist())]
     return metrics, samples
@@ -250,7 +258,7 @@ def train_grpo(cfg: Config) -> dict:
             tracker.log_text(step + 1, "samples", _samples_markdown(samples), escape=False)
         if (step + 1) % cfg.train.save_every == 0 or step + 1 == total_steps:
             save_checkpoint(run.engine, cfg.output_dir, step=step + 1, keep_last=cfg.train.keep_last,
-                            client_state={"step": step + 1, "tau": state["tau"]})
+                            client_state={"step": step + 1, "tau": state["tau"]}, config=to_dict(cfg))
     summary = tracker.summary(tau=state["tau"], total_steps=total_steps)
     if dist.is_main():
         tracker.plot_reward_curve(f"{cfg.output_dir}/reward_curve.png")
