@@ -7,6 +7,7 @@ DeepSpeed: batch sizes are read from it and cross-checked against the group size
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,6 +164,9 @@ class Config:
     output_dir: str = "runs/grpo"
     # auto = continue from the newest complete checkpoint in output_dir if any; or a checkpoint path; or "".
     resume: str = "auto"
+    # A fresh start (resume: "") into an output_dir that holds checkpoints is refused unless this is
+    # true; then the old run's checkpoints and logs are deleted first (semgrpo/run_folder.py).
+    overwrite: bool = False
     seed: int = 0
     # Build the offline demo (CLDR pairs, tiny tokenizer/policy/encoder) and fill the paths from it.
     demo: bool = False
@@ -250,45 +254,122 @@ def set_key(cfg: Config, dotted: str, value: Any, *, origin: str = "") -> None:
 
 
 def validate(cfg: Config) -> None:
-    """Range and choice checks that need no files."""
+    """Range and choice checks that need no files: every numeric and choice key (tables below), then the
+    rules that tie several keys together. Each error names the key, the value and what is expected."""
+    for key, (ok, expected) in _RANGES.items():
+        value = get_key(cfg, key)
+        if not ok(value):
+            raise ConfigError(f"{key} must be {expected}, got {value!r}")
+    for key, choices in _choices().items():
+        _choice(key, get_key(cfg, key), choices)
     g, t, r = cfg.grpo, cfg.train, cfg.reward
-    _choice("grpo.loss_type", g.loss_type, LOSS_TYPES)
-    _choice("grpo.scale_rewards", g.scale_rewards, SCALE_REWARDS)
-    _choice("model.dtype", cfg.model.dtype, ("auto", "bf16", "fp16", "fp32"))
-    _choice("train.scheduler", t.scheduler, ("constant", "cosine", "linear"))
-    _choice("sft.scheduler", cfg.sft.scheduler, ("constant", "cosine", "linear"))
-    _positive("grpo.group_size", g.group_size, minimum=2)
-    _positive("grpo.max_completion_length", g.max_completion_length)
-    _positive("grpo.num_iterations", g.num_iterations)
-    _positive("data.max_prompt_length", cfg.data.max_prompt_length)
-    _positive("reward.tau_samples", r.tau_samples)
-    _positive("train.keep_last", t.keep_last)
-    _positive("train.save_every", t.save_every)
-    _positive("eval.ood_samples", cfg.eval.ood_samples)
-    _positive("eval.ood_max_tokens", cfg.eval.ood_max_tokens, minimum=2)
-    _positive("eval.batch_size", cfg.eval.batch_size)
-    if cfg.eval.every_steps < 0:
-        raise ConfigError(f"eval.every_steps must be >= 0 (0 = off), got {cfg.eval.every_steps}")
-    if not 0.0 < g.temperature:
-        raise ConfigError(f"grpo.temperature must be > 0, got {g.temperature}")
-    if not 0.0 < g.top_p <= 1.0:
-        raise ConfigError(f"grpo.top_p must be in (0, 1], got {g.top_p}")
-    if g.beta < 0 or g.eps_low < 0 or g.eps_high < 0:
-        raise ConfigError("grpo.beta, grpo.eps_low and grpo.eps_high must be >= 0")
     if not r.functions:
         raise ConfigError("reward.functions is empty; choose from " + ", ".join(REWARD_FUNCTIONS))
     for name in r.functions:
         _choice("reward.functions", name, REWARD_FUNCTIONS)
-    for name in r.weights:
+    for name, weight in r.weights.items():
         _choice("reward.weights key", name, REWARD_FUNCTIONS)
-    if r.tau != "auto" and not (isinstance(r.tau, (int, float)) and -1.0 <= float(r.tau) < 1.0):
-        raise ConfigError(f"reward.tau must be 'auto' or a number in [-1, 1), got {r.tau!r}")
-    if not 0 < r.length_ratio_min <= r.length_ratio_max:
-        raise ConfigError("reward.length_ratio_min must be > 0 and <= reward.length_ratio_max")
+        if not math.isfinite(weight):
+            raise ConfigError(f"reward.weights.{name} must be a finite number, got {weight!r}")
+    if r.tau != "auto" and not (_is_number(r.tau) and 0.0 <= float(r.tau) < 1.0):
+        raise ConfigError(f"reward.tau must be 'auto' or a number in [0, 1), got {r.tau!r}")
+    if r.length_ratio_min > r.length_ratio_max:
+        raise ConfigError(f"reward.length_ratio_min {r.length_ratio_min!r} must be <= "
+                          f"reward.length_ratio_max {r.length_ratio_max!r}")
     if g.merge_adapter_for_generation and not cfg.model.lora.enabled:
         raise ConfigError("grpo.merge_adapter_for_generation needs model.lora.enabled (there is no adapter to merge)")
-    if t.max_steps == 0 or (t.max_steps < 0 and t.epochs <= 0):
-        raise ConfigError("train.max_steps must be > 0, or -1 with train.epochs > 0")
+    if t.max_steps <= 0 and t.epochs <= 0:
+        raise ConfigError(f"train.epochs must be > 0 when train.max_steps is unset (-1 or 0), got {t.epochs!r}")
+
+
+def get_key(cfg: Config, dotted: str) -> Any:
+    """The value of `a.b.c` in the tree."""
+    node = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _at_least(minimum: int, note: str = ""):
+    """An integer >= minimum."""
+    return (lambda v: v >= minimum), f">= {minimum}{note}"
+
+
+def _within(lo: float, hi: float = math.inf, *, lo_open: bool = False, hi_open: bool = False):
+    """A finite float in [lo, hi] (either end open on request); hi = inf means no upper bound."""
+    def ok(v):
+        return (math.isfinite(v) and (v > lo if lo_open else v >= lo)
+                and (v < hi if hi_open else v <= hi))
+    if hi == math.inf:
+        expected = f"a finite number {'>' if lo_open else '>='} {lo:g}"
+    else:
+        expected = f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    return ok, expected
+
+
+# Every int/float key of the tree and its valid range (tests/test_config_ranges.py checks that none is missing).
+_RANGES = {
+    "seed": _at_least(0),
+    "model.lora.r": _at_least(1),
+    "model.lora.alpha": _at_least(1),
+    "model.lora.dropout": _within(0, 1, hi_open=True),
+    "data.max_prompt_length": _at_least(1),
+    "data.max_sample_tokens": _at_least(2),
+    "sft.samples": _at_least(0, " (0 = all records)"),
+    "sft.epochs": _within(0, lo_open=True),
+    "sft.lr": _within(0, lo_open=True),
+    "sft.warmup_ratio": _within(0, 1),
+    "sft.max_length": _at_least(2),
+    "reward.tau_samples": _at_least(1),
+    "reward.min_script_ratio": _within(0, 1, lo_open=True),
+    "reward.max_foreign": _at_least(0),
+    "reward.length_ratio_min": _within(0, lo_open=True),
+    "reward.length_ratio_max": _within(0, lo_open=True),
+    "reward.encoder_batch_size": _at_least(1),
+    "grpo.group_size": _at_least(2),
+    "grpo.temperature": _within(0, lo_open=True),
+    "grpo.top_p": _within(0, 1, lo_open=True),
+    "grpo.max_completion_length": _at_least(1),
+    "grpo.beta": _within(0),
+    "grpo.eps_low": _within(0, 1, hi_open=True),
+    "grpo.eps_high": _within(0),  # DAPO-style clip-higher may exceed 1
+    "grpo.num_iterations": _at_least(1),
+    "grpo.generation_batch_size": _at_least(0, " (0 = all of this rank's completions)"),
+    "train.lr": _within(0, lo_open=True),
+    "train.warmup_ratio": _within(0, 1),
+    "train.weight_decay": _within(0),
+    "train.epochs": _within(0),
+    "train.max_steps": ((lambda v: v >= -1), ">= 1, or -1 / 0 to train for train.epochs"),
+    "train.save_every": _at_least(1),
+    "train.keep_last": _at_least(1),
+    "train.log_every": _at_least(1),
+    "train.sample_every": _at_least(0, " (0 = never)"),
+    "eval.every_steps": _at_least(0, " (0 = off)"),
+    "eval.ood_samples": _at_least(1),
+    "eval.ood_max_tokens": _at_least(2),
+    "eval.batch_size": _at_least(1),
+}
+_SCHEDULERS = ("constant", "cosine", "linear")
+
+
+def _choices() -> dict[str, tuple]:
+    """Every choice key and its values ('' where the empty string means a default)."""
+    from semgrpo.prompts import TASKS
+    from semgrpo.script_tables import SCRIPTS
+
+    return {
+        "model.dtype": ("auto", "bf16", "fp16", "fp32"),
+        "data.task": tuple(TASKS),
+        "sft.scheduler": _SCHEDULERS,
+        "reward.script": ("",) + tuple(SCRIPTS),
+        "grpo.loss_type": LOSS_TYPES,
+        "grpo.scale_rewards": SCALE_REWARDS,
+        "train.scheduler": _SCHEDULERS,
+    }
 
 
 def to_dict(cfg: Config) -> dict:
@@ -361,9 +442,5 @@ def _coerce(key: str, value: Any, hint) -> Any:
 
 def _choice(key, value, choices):
     if value not in choices:
-        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
-
-
-def _positive(key, value, minimum=1):
-    if value < minimum:
-        raise ConfigError(f"{key} must be >= {minimum}, got {value}")
+        shown = ", ".join(repr(c) if c == "" else c for c in choices)
+        raise ConfigError(f"{key} must be one of {shown}; got {value!r}")

@@ -58,6 +58,7 @@ def iter_json_lines(path: Path, name: str) -> Iterator[tuple[str, Any]]:
         if not isinstance(items, list):
             raise DataError(f"{name}: expected a JSON array or JSON lines, got {type(items).__name__}")
         for i, item in enumerate(items, 1):
+            _check_unicode(item, f"{name}: record {i}")
             yield f"{name}: record {i}", item
         return
     for lineno, raw in enumerate(raw_lines, 1):
@@ -69,9 +70,43 @@ def iter_json_lines(path: Path, name: str) -> Iterator[tuple[str, Any]]:
         if not text.strip():
             continue
         try:
-            yield where, json.loads(text)
+            value = json.loads(text)
         except json.JSONDecodeError as err:
             raise DataError(f"{where}: not valid JSON ({_json_reason(err)})") from None
+        _check_unicode(value, where)
+        yield where, value
+
+
+def _check_unicode(value: Any, where: str) -> None:
+    """json.loads accepts escapes such as "\\ud800" (half a surrogate pair), which no text can hold."""
+    bad = _lone_surrogate(value, "")
+    if bad is not None:
+        field, char = bad
+        place = f'field "{field}"' if field else "the record"
+        raise DataError(f"{where}: {place} holds a lone surrogate \\u{ord(char):04x}, not valid Unicode "
+                        "(an escape of half a UTF-16 pair)")
+
+
+def _lone_surrogate(value: Any, path: str) -> tuple[str, str] | None:
+    """(field path, offending character) of the first string, or key, with a lone surrogate."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            return path, value[err.start]
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            sub = f"{path}.{key}" if path else str(key)
+            found = _lone_surrogate(key, sub) or _lone_surrogate(item, sub)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _lone_surrogate(item, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None
 
 
 def _json_reason(err: Exception) -> str:
@@ -236,7 +271,7 @@ def build_examples(
 
     A record is dropped when its prompt is longer than `max_prompt_length` tokens, or else when
     prompt + reference is longer than `max_sample_tokens` tokens (paper: 1024). The counts are
-    reported through `log` when anything was dropped.
+    reported through `log`, in one line, when anything was dropped.
 
     Args:
         records: Records as returned by `load_records` for the same task.
@@ -292,7 +327,9 @@ def build_examples(
     if not kept:
         raise DataError(f"{source}: no examples left after filtering: {dropped}")
     if log is not None and (long_prompt or long_sample):
-        log(f"{source}: kept {len(kept)} of {dropped}")
+        log(f"{source}: kept {len(kept)} of {len(prompts)} ({long_prompt + long_sample} over max_prompt_length / "
+            f"max_sample_tokens: {long_prompt} with prompt > {max_prompt_length} tokens, {long_sample} with "
+            f"prompt + reference > {max_sample_tokens} tokens)")
     return kept
 
 

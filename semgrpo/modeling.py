@@ -24,13 +24,20 @@ def resolve_dtype(name: str) -> str:
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-def check_model_source(path: str, what: str) -> str:
-    """A local directory, or a hub id the user named explicitly; anything else is a clear error."""
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model",
+                    "spiece.model", "sentencepiece.bpe.model")
+
+
+def check_model_source(path: str, what: str, *, kind: str = "model") -> str:
+    """A local directory, or a hub id the user named explicitly; anything else is a clear error.
+
+    A local directory is checked without loading it: not empty, a config.json (kind "model") or tokenizer
+    files (kind "tokenizer"), and the header of every safetensors file readable (a truncated copy fails here).
+    """
     if not path:
         raise ConfigError(f"{what} is not set")
     if Path(path).exists():
-        if not Path(path).is_dir():
-            raise ConfigError(f"{what} {path!r} is a file; expected a model directory")
+        _check_local_dir(Path(path), what, kind)
         return path
     if _HUB_ID.match(path) and not path.startswith((".", "/")):
         if os.environ.get("HF_HUB_OFFLINE") == "1":
@@ -39,11 +46,59 @@ def check_model_source(path: str, what: str) -> str:
     raise ConfigError(f"{what} {path!r} does not exist")
 
 
+def _check_local_dir(root: Path, what: str, kind: str) -> None:
+    if not root.is_dir():
+        raise ConfigError(f"{what} {str(root)!r} is a file; expected a model directory")
+    if not any(root.iterdir()):
+        raise ConfigError(f"{what} {str(root)!r} is an empty directory")
+    if kind == "tokenizer":
+        if not any((root / name).is_file() for name in _TOKENIZER_FILES):
+            raise ConfigError(f"{what} {str(root)!r} holds no tokenizer files (looked for {', '.join(_TOKENIZER_FILES)})")
+        return
+    if not (root / "config.json").is_file():
+        raise ConfigError(f"{what} {str(root)!r} holds no config.json; expected a saved model directory")
+    from safetensors import safe_open
+
+    for weights in sorted(root.glob("*.safetensors")) + sorted(root.glob("*/*.safetensors")):
+        try:
+            with safe_open(str(weights), framework="pt"):
+                pass
+        except Exception as exc:  # SafetensorError (a plain Exception subclass), OSError
+            raise ConfigError(f"{what}: {weights} is not a readable safetensors file "
+                              f"(truncated or corrupt: {_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class _Loading:
+    """`with _Loading(what, path):` turns a loader's failure on the user's files into one ConfigError line.
+
+    Loaders raise many types for a bad file (OSError, ValueError, SafetensorError, the tokenizers library's
+    bare Exception), so this catches Exception; a ConfigError passes through unchanged.
+    """
+
+    def __init__(self, what: str, path: str):
+        self.what, self.path = what, path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc is None or isinstance(exc, ConfigError) or not isinstance(exc, Exception):
+            return False
+        raise ConfigError(f"{self.what} {self.path!r} could not be loaded ({type(exc).__name__}: "
+                          f"{_first_line(exc)})") from None
+
+
 def load_tokenizer(model_cfg: ModelConfig):
     from transformers import AutoTokenizer
 
-    path = check_model_source(model_cfg.tokenizer or model_cfg.path, "model.tokenizer")
-    tok = AutoTokenizer.from_pretrained(path)
+    path = check_model_source(model_cfg.tokenizer or model_cfg.path, "model.tokenizer", kind="tokenizer")
+    with _Loading("model.tokenizer", path):
+        tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token_id is None:
         if tok.eos_token_id is None:
             raise ConfigError(f"tokenizer {path!r} has neither a pad nor an eos token")
@@ -68,16 +123,30 @@ def find_adapter_dir(init_from: str) -> Path:
 
 
 def run_config(source: str | Path) -> dict | None:
-    """The resolved config.json of the run that `source` (a run dir, a checkpoint or its adapter) belongs to."""
+    """The resolved config of the run that `source` (a run dir, a checkpoint or its adapter) belongs to.
+
+    It is the config saved with the checkpoint that `find_adapter_dir(source)` picks (the one named, or
+    the run's newest complete one): `<run>/config.json` is rewritten by every later start of the run,
+    which may have changed it. Checkpoints saved without their own config fall back to the run's.
+    """
+    from semgrpo.checkpoint import checkpoint_config, find_latest_checkpoint, is_complete_checkpoint
+
     path = Path(source)
     for run_dir in (path, path.parent, path.parent.parent, path.parent.parent.parent):
-        cfg_file = run_dir / "config.json"
-        if (run_dir / "checkpoints").is_dir() and cfg_file.is_file():
+        if not (run_dir / "checkpoints").is_dir():
+            continue
+        ckpt = next((p for p in (path, path.parent) if p.parent == run_dir / "checkpoints"
+                     and is_complete_checkpoint(p)), None) or find_latest_checkpoint(run_dir)
+        cfg = checkpoint_config(ckpt) if ckpt is not None else None
+        if cfg is None:
+            cfg_file = run_dir / "config.json"
+            if not cfg_file.is_file():
+                continue
             try:
                 cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
             except ValueError:
                 raise ConfigError(f"{cfg_file} is not valid JSON") from None
-            return cfg if isinstance(cfg, dict) and isinstance(cfg.get("model"), dict) else None
+        return cfg if isinstance(cfg, dict) and isinstance(cfg.get("model"), dict) else None
     return None
 
 
@@ -122,7 +191,8 @@ def load_policy(model_cfg: ModelConfig, *, dtype: str):
     from transformers import AutoModelForCausalLM
 
     path = check_model_source(model_cfg.path, "model.path")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=TORCH_DTYPES[dtype])
+    with _Loading("model.path", path):
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=TORCH_DTYPES[dtype])
     if model_cfg.init_from:
         from peft import PeftModel
 
@@ -161,7 +231,8 @@ def load_reward_encoder(path: str, *, device: torch.device):
     from sentence_transformers import SentenceTransformer
 
     path = check_model_source(path, "reward.encoder")
-    enc = SentenceTransformer(path, device=str(device))
+    with _Loading("reward.encoder", path):
+        enc = SentenceTransformer(path, device=str(device))
     enc.eval()
     for p in enc.parameters():
         p.requires_grad_(False)

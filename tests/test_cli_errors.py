@@ -103,3 +103,46 @@ def test_merged_generation_needs_gathered_weights_under_zero3(demo_assets, out_d
     proc = run_cli("train_grpo.py", f"output_dir={out_dir}", "grpo.merge_adapter_for_generation=true",
                    "grpo.gather_for_generation=false", *FAST)
     _assert_user_error(proc, "needs grpo.gather_for_generation under ZeRO-3", out_dir=out_dir)
+
+
+# Issue #12.6: values that passed the config check and crashed after the model loaded (or were accepted
+# silently) are now one line, exit 2, before anything is written: output_dir is not even created.
+
+
+def _assert_rejected_early(proc, run_dir, *needles):
+    _assert_user_error(proc, *needles)
+    assert not run_dir.exists(), sorted(p.name for p in run_dir.rglob("*"))
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("train.log_every=0", "train.log_every must be >= 1, got 0"),
+    ("reward.script=klingon", "reward.script must be one of"),
+])
+def test_out_of_range_value_is_rejected_before_the_run(tmp_path, override, needle):
+    run_dir = tmp_path / "run"
+    proc = run_cli("train_grpo.py", f"output_dir={run_dir}", override, *FAST)
+    _assert_rejected_early(proc, run_dir, needle)
+
+
+def test_deepspeed_json_that_is_a_list(demo_assets, tmp_path):
+    ds, run_dir = tmp_path / "ds.json", tmp_path / "run"
+    ds.write_text("[]")
+    proc = run_cli("train_grpo.py", f"output_dir={run_dir}", f"train.deepspeed={ds}", *FAST)
+    _assert_rejected_early(proc, run_dir, "ds.json", "expected a JSON object")
+
+
+def test_truncated_model_weights(demo_assets, tmp_path):
+    import shutil
+
+    policy, run_dir = shutil.copytree(demo_assets.policy_path, tmp_path / "policy"), tmp_path / "run"
+    weights = policy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    proc = run_cli("train_grpo.py", f"output_dir={run_dir}", f"model.path={policy}", *FAST)
+    _assert_rejected_early(proc, run_dir, "model.path", "model.safetensors", "not a readable safetensors file")
+
+
+def test_lone_surrogate_in_jsonl(demo_assets, tmp_path):
+    bad, run_dir = tmp_path / "sur.jsonl", tmp_path / "run"
+    bad.write_text('{"id": 1, "bo": "བོད", "zh": "藏"}\n{"id": 2, "bo": "\\ud800", "zh": "藏"}\n', encoding="utf-8")
+    proc = run_cli("train_grpo.py", f"output_dir={run_dir}", f"data.train={bad}", *FAST)
+    _assert_rejected_early(proc, run_dir, "sur.jsonl:2", 'field "bo"', "lone surrogate")

@@ -235,7 +235,8 @@ def test_build_examples_tokens_and_filtering(tmp_path):
     assert got[1].prompt_ids == head + [v["b"], v["c"]]
     assert got[1].reference_ids == [v[w] for w in "d e f g".split()]  # no eos appended
     assert messages == [
-        "toy: kept 2 of 4 records, 1 with prompt longer than 8 tokens, 1 with prompt + reference longer than 12 tokens"
+        "toy: kept 2 of 4 (2 over max_prompt_length / max_sample_tokens: 1 with prompt > 8 tokens, "
+        "1 with prompt + reference > 12 tokens)"
     ]
     quiet = []
     build_examples(records[:1], task="mt_zh_bo", tokenizer=tok, max_prompt_length=8, log=quiet.append)
