@@ -3,21 +3,38 @@
 Layout under `<output_dir>/checkpoints/`:
 
     step-00000010/            a complete checkpoint (it holds COMPLETE)
-        state/                engine.save_checkpoint(tag="state"): ZeRO shards, optimizer, scheduler, client_state
-        rng_rank{r}.pt        python `random`, numpy, torch CPU (and CUDA) RNG state of rank r
+        state/                engine.save_checkpoint(tag="state"): ZeRO shards, optimizer, scheduler
+        rng_rank{r}.json      python `random`, numpy, torch CPU (and CUDA) RNG state of rank r (JSON)
+        client_state.json     the trainer's state (step, tau, ...), JSON
         adapter/              PEFT adapter (PeftModel.from_pretrained) when the module is a PeftModel
         config.json           the run's configuration this checkpoint was trained with (when given)
+        MANIFEST.json         every file above: {"files": {relpath: {"size", "xxh3_64"}}}
         COMPLETE              json {"step", "time", "world_size"}; written last
-    .tmp-step-00000020/       a save in progress, or one that was killed: ignored, removed by the next save
+    .tmp-step-00000020/       a save in progress, or one that was killed: ignored, removed at the next
+                              start (`resolve_resume`) and by the next save
 
 A checkpoint becomes visible only through an atomic `os.replace` of its finished `.tmp-` directory, so
 a killed save never leaves a `step-*` directory behind. The filesystem must be shared by all ranks.
+
+Integrity. `resolve_resume` checks the newest checkpoint against its manifest: every listed file must
+exist with its size and its xxh3-64 checksum. xxh3 runs at several GB/s per core (memory bandwidth), so
+hashing costs about what reading the files back costs, and a resume reads them anyway: every file is
+checksummed, always, by every rank that resolves the resume (the same deterministic check on the same
+shared files, so all ranks pick the same checkpoint; a verdict is cached for unchanged files). A
+damaged newest checkpoint is skipped with a one-line warning (resume=auto) or is a CheckpointError
+(resume=<path>). Checkpoints from before manifests are accepted unchecked.
+
+Trust. Our own files (RNG, client state, manifest) are JSON and are read without unpickling. The
+engine's files under state/ are DeepSpeed's torch pickles; `load_checkpoint` reads them with
+`torch.load(weights_only=True)` and a short allow-list of the plain types DeepSpeed stores, so a planted
+pickle fails to load instead of running. Still, resume only from folders you trust.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import pickle
 import random
 import re
 import shutil
@@ -28,6 +45,8 @@ from typing import Any
 import numpy as np
 import torch
 
+import xxhash
+
 from semgrpo import dist
 
 log = logging.getLogger(__name__)
@@ -37,6 +56,9 @@ ENGINE_TAG = "state"
 ADAPTER_DIR = "adapter"
 COMPLETE_FILE = "COMPLETE"
 CONFIG_FILE = "config.json"
+MANIFEST_FILE = "MANIFEST.json"
+CLIENT_STATE_FILE = "client_state.json"
+_HASH_CHUNK = 8 << 20
 TMP_PREFIX = ".tmp-"
 _CLIENT_KEY = "semgrpo_client_state"  # our state under one key: DeepSpeed mixes its own keys in
 _STEP_RE = re.compile(r"^step-(\d+)$")
@@ -123,12 +145,107 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
 
 
 def find_latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    """The complete checkpoint with the highest step under `<output_dir>/checkpoints`, or None.
+    """The newest intact complete checkpoint under `<output_dir>/checkpoints`, or None.
 
-    `.tmp-*` directories (killed saves) and `step-*` directories without COMPLETE are ignored.
+    `.tmp-*` directories (killed saves) and `step-*` directories without COMPLETE are ignored. A
+    checkpoint whose files do not match its manifest is skipped with a one-line warning naming it and
+    its bad file, and the next older one is tried. Not collective: every rank that calls it checks the
+    same files the same way (`verify_checkpoint`), so all ranks pick the same checkpoint.
     """
-    found = list_checkpoints(output_dir)
-    return found[-1][1] if found else None
+    for _, path in reversed(list_checkpoints(output_dir)):
+        problem = verify_checkpoint(path)
+        if problem is None:
+            return path
+        if dist.is_main() and (str(path), problem) not in _WARNED:  # once, though a start resolves twice
+            _WARNED.add((str(path), problem))
+            log.warning("checkpoint %s is damaged (%s): skipped, falling back to an older one", path, problem)
+    return None
+
+
+def _file_digest(path: Path) -> str:
+    h = xxhash.xxh3_64()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _checkpoint_files(directory: Path) -> list[str]:
+    """Relative POSIX paths of the files a manifest covers (all but the manifest and COMPLETE)."""
+    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*")
+                  if p.is_file() and p.relative_to(directory).as_posix() not in (MANIFEST_FILE, COMPLETE_FILE))
+
+
+def _write_manifest(directory: Path) -> None:
+    """Collective: size and xxh3-64 of every file in `directory`; ranks hash a share each, rank 0 writes."""
+    names = dist.broadcast_object(_checkpoint_files(directory) if dist.is_main() else None)
+    mine = {n: {"size": (directory / n).stat().st_size, "xxh3_64": _file_digest(directory / n)}
+            for n in names[dist.rank()::dist.world_size()]}
+    if dist.world_size() > 1:
+        import torch.distributed as torch_dist
+
+        parts: list = [None] * dist.world_size()
+        torch_dist.all_gather_object(parts, mine)
+        entries = {k: v for part in parts for k, v in part.items()}
+    else:
+        entries = mine
+    if dist.is_main():
+        write_json_atomic(directory / MANIFEST_FILE, {"version": 1, "hash": "xxh3_64", "files": entries})
+
+
+def verify_checkpoint(path: str | os.PathLike) -> str | None:
+    """None when `path` matches its manifest (or has none: older checkpoints), else what is wrong, in words.
+
+    Checks every listed file: present, same size, same xxh3-64 checksum. The verdict is cached per
+    process for files whose sizes and modification times have not changed, so the second check of a
+    run start (after taking the run folder's lock) reads nothing again.
+    """
+    path = Path(path)
+    manifest_file = path / MANIFEST_FILE
+    if not manifest_file.is_file():
+        return None
+    try:
+        key = (str(path.resolve()), tuple((p.relative_to(path).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
+                                          for p in sorted(path.rglob("*")) if p.is_file()))
+    except OSError:
+        key = None
+    if key is not None and key in _VERDICTS:
+        return _VERDICTS[key]
+    verdict = _verify(path, manifest_file)
+    if key is not None:
+        _VERDICTS[key] = verdict
+    return verdict
+
+
+_VERDICTS: dict[tuple, str | None] = {}
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _verify(path: Path, manifest_file: Path) -> str | None:
+    try:
+        manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+        files = manifest["files"]
+        items = [(str(name), int(meta["size"]), str(meta["xxh3_64"])) for name, meta in files.items()]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return f"{MANIFEST_FILE} is unreadable: {exc}"
+    for name, size, digest in items:
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        actual = file.stat().st_size
+        if actual != size:
+            return f"{name} has {actual} bytes, expected {size}"
+    for name, size, digest in items:
+        if _file_digest(path / name) != digest:
+            return f"{name} fails its checksum"
+    return None
+
+
+def clean_stale_tmp(output_dir: str | os.PathLike) -> None:
+    """Rank 0: remove `.tmp-*` leftovers of killed saves under `<output_dir>/checkpoints`."""
+    root = _checkpoints_root(output_dir)
+    if dist.is_main() and root.is_dir():
+        _clean_tmp_dirs(root)
 
 
 def resolve_resume(resume: str | os.PathLike | None, output_dir: str | os.PathLike) -> Path | None:
@@ -144,7 +261,11 @@ def resolve_resume(resume: str | os.PathLike | None, output_dir: str | os.PathLi
         The checkpoint directory, or None to start from scratch.
 
     Raises:
-        CheckpointError: `resume` names a path that is not a complete checkpoint.
+        CheckpointError: `resume` names a path that is not a complete checkpoint, or one whose files do
+            not match its manifest.
+
+    Not collective (callers may run it on rank 0 alone): every rank that calls it verifies the same
+    files the same way, so all reach the same verdict; a verdict is cached for unchanged files.
     """
     if resume is None:
         return None
@@ -164,6 +285,10 @@ def resolve_resume(resume: str | os.PathLike | None, output_dir: str | os.PathLi
         )
     if not (path / COMPLETE_FILE).is_file():
         raise CheckpointError(f"resume={text!r} is incomplete (no {COMPLETE_FILE} file: its save did not finish)")
+    problem = verify_checkpoint(path)
+    if problem is not None:
+        raise CheckpointError(f"resume={text!r} is damaged: {problem}; resume from an older checkpoint or "
+                              f"resume=auto (the newest intact one)")
     return path
 
 
@@ -171,27 +296,33 @@ def resolve_resume(resume: str | os.PathLike | None, output_dir: str | os.PathLi
 
 
 def _rng_state() -> dict[str, Any]:
-    """This process's RNG states, as types `torch.load(weights_only=True)` accepts."""
+    """This process's RNG states as plain JSON values (torch byte states as lists of ints)."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
     state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
-        "torch": torch.get_rng_state(),
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, keys.astype(np.int64).tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state().tolist(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
     return state
+
+
+def _bytes_tensor(values) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.uint8) if not torch.is_tensor(values) else values
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
+    keys = keys.numpy() if torch.is_tensor(keys) else np.asarray(keys, dtype=np.int64)
+    np.random.set_state((kind, keys.astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(_bytes_tensor(state["torch"]))
     if "cuda" in state and torch.cuda.is_available():
         if len(state["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(state["cuda"])
+            torch.cuda.set_rng_state_all([_bytes_tensor(s) for s in state["cuda"]])
         else:
             log.warning("checkpoint holds CUDA RNG state for %d devices, this process sees %d: not restored",
                         len(state["cuda"]), torch.cuda.device_count())
@@ -251,8 +382,8 @@ def save_checkpoint(engine, output_dir: str | os.PathLike, *, step: int, client_
         engine: a `deepspeed.DeepSpeedEngine`.
         output_dir: the run's output directory.
         step: the number of finished training steps; names the checkpoint.
-        client_state: picklable trainer state (data position, counters, tau...), returned as is
-            by `load_checkpoint`.
+        client_state: trainer state (data position, counters, tau...) made of JSON values, stored as
+            client_state.json (not a pickle) and returned by `load_checkpoint`.
         keep_last: how many complete checkpoints to keep (>= 1).
         config: the run's resolved configuration (`config.to_dict`), stored as the checkpoint's
             `config.json`: resume and evaluation read the settings of the checkpoint itself.
@@ -266,6 +397,10 @@ def save_checkpoint(engine, output_dir: str | os.PathLike, *, step: int, client_
         raise ValueError(f"keep_last={keep_last!r}; expected an int >= 1")
     if not isinstance(client_state, dict):
         raise ValueError(f"client_state has type {type(client_state).__name__}; expected a dict")
+    try:
+        json.dumps(client_state, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"client_state is not plain JSON data ({exc})") from None
 
     root = _checkpoints_root(output_dir)
     final = root / _step_name(step)
@@ -276,14 +411,18 @@ def save_checkpoint(engine, output_dir: str | os.PathLike, *, step: int, client_
         tmp.mkdir()
     dist.barrier()
 
-    engine.save_checkpoint(str(tmp), tag=ENGINE_TAG, client_state={_CLIENT_KEY: client_state})
-    torch.save(_rng_state(), tmp / f"rng_rank{dist.rank()}.pt")
+    engine.save_checkpoint(str(tmp), tag=ENGINE_TAG, client_state={})
+    write_json_atomic(tmp / f"rng_rank{dist.rank()}.json", _rng_state())
     _save_adapter(engine.module, tmp / ADAPTER_DIR)
+    if dist.is_main():
+        write_json_atomic(tmp / CLIENT_STATE_FILE, client_state)
+        if config is not None:
+            write_json_atomic(tmp / CONFIG_FILE, config)
+    dist.barrier()
+    _write_manifest(tmp)
     dist.barrier()
 
     if dist.is_main():
-        if config is not None:
-            write_json_atomic(tmp / CONFIG_FILE, config)
         write_json_atomic(tmp / COMPLETE_FILE, {"step": step, "time": time.time(), "world_size": dist.world_size()})
         if final.exists():
             _remove_checkpoint(final)
@@ -327,16 +466,80 @@ def load_checkpoint(engine, path: str | os.PathLike) -> dict:
     path = Path(path)
     if not is_complete_checkpoint(path):
         raise CheckpointError(f"{str(path)!r} is not a complete checkpoint (a step-NNNNNNNN dir holding {COMPLETE_FILE})")
-    load_path, client_state = engine.load_checkpoint(
-        str(path), tag=ENGINE_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
-    )
+    client_file = path / CLIENT_STATE_FILE
+    own_client = _read_json(client_file, path) if client_file.is_file() else None
+    if own_client is not None and not isinstance(own_client, dict):
+        raise CheckpointError(f"{path}: {CLIENT_STATE_FILE} holds a {type(own_client).__name__}, expected an object")
+    rng_state = _read_rng_state(path)
+
+    checkpoint_engine = getattr(engine, "checkpoint_engine", None)
+    patched = checkpoint_engine is not None and hasattr(checkpoint_engine, "load")
+    if patched:
+        checkpoint_engine.load = _weights_only_load  # instance attribute: shadows DeepSpeed's unpickling load
+    try:
+        load_path, ds_client = engine.load_checkpoint(
+            str(path), tag=ENGINE_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+    except (RuntimeError, EOFError, AssertionError, OSError, KeyError, ValueError, pickle.UnpicklingError) as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise CheckpointError(f"{path}: DeepSpeed state cannot be loaded ({type(exc).__name__}: {detail}); "
+                              f"the checkpoint is damaged or untrusted: resume from another one") from None
+    finally:
+        if patched:
+            del checkpoint_engine.load
     if load_path is None:
         raise CheckpointError(f"DeepSpeed found no engine state under {str(path / ENGINE_TAG)!r}")
-    rng_file = path / f"rng_rank{dist.rank()}.pt"
-    if rng_file.is_file():
-        _set_rng_state(torch.load(rng_file, weights_only=True))
-    else:
-        log.warning("%s is missing (saved with another world size?): RNG state not restored", rng_file)
-    if not client_state or _CLIENT_KEY not in client_state:
+    if rng_state is not None:
+        _set_rng_state(rng_state)
+    if own_client is not None:
+        return own_client
+    if not ds_client or _CLIENT_KEY not in ds_client:  # checkpoints saved before client_state.json
         raise CheckpointError(f"{str(path)!r} holds no semgrpo client state (not written by save_checkpoint?)")
-    return client_state[_CLIENT_KEY]
+    return ds_client[_CLIENT_KEY]
+
+
+def _read_json(file: Path, checkpoint: Path) -> Any:
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{checkpoint}: {file.name} is not valid JSON ({type(exc).__name__}); "
+                              f"the checkpoint is damaged or untrusted") from None
+
+
+def _read_rng_state(path: Path) -> dict | None:
+    """This rank's RNG state: rng_rank{r}.json, or an older checkpoint's .pt (tensors only), or None."""
+    json_file, legacy = path / f"rng_rank{dist.rank()}.json", path / f"rng_rank{dist.rank()}.pt"
+    if json_file.is_file():
+        state = _read_json(json_file, path)
+        if not isinstance(state, dict) or not {"python", "numpy", "torch"} <= set(state):
+            raise CheckpointError(f"{path}: {json_file.name} is not an RNG state")
+        return state
+    if legacy.is_file():
+        try:
+            return torch.load(legacy, weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any failure of the restricted unpickler is a bad file
+            raise CheckpointError(f"{path}: {legacy.name} cannot be loaded ({type(exc).__name__})") from None
+    log.warning("%s is missing (saved with another world size?): RNG state not restored", json_file)
+    return None
+
+
+def _deepspeed_safe_globals() -> list:
+    """The non-tensor classes DeepSpeed 0.19 pickles into its optimizer files: plain data, no code."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    safe = [ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address]
+    try:
+        from deepspeed.runtime.zero.offload_config import OffloadDeviceEnum, OffloadStateTypeEnum
+    except ImportError:
+        pass
+    else:
+        safe += [OffloadDeviceEnum, OffloadStateTypeEnum]
+    return safe
+
+
+def _weights_only_load(path: str, map_location=None):
+    """DeepSpeed's checkpoint-engine `load`, with torch's restricted unpickler instead of a full one."""
+    with torch.serialization.safe_globals(_deepspeed_safe_globals()):
+        return torch.load(path, map_location=map_location, weights_only=True)

@@ -131,7 +131,7 @@ def test_save_train_load_restores_everything(engine, tmp_path):
     assert is_complete_checkpoint(path)
     complete = json.loads((path / "COMPLETE").read_text())
     assert complete["step"] == 2 and complete["world_size"] == 1
-    assert (path / "rng_rank0.pt").is_file() and (path / "adapter" / "adapter_config.json").is_file()
+    assert (path / "rng_rank0.json").is_file() and (path / "adapter" / "adapter_config.json").is_file()
 
     params_at_save = _full_params(engine)
     optim_at_save = _optim_state(engine)
