@@ -57,11 +57,20 @@ def run_grpo_stages(cfg: Config) -> dict:
     from semgrpo.train import train_grpo
 
     if cfg.sft.before_grpo and not cfg.model.init_from:
+        from semgrpo import run_folder
+        from semgrpo.session import init_distributed
+
         sft_cfg = copy.deepcopy(cfg)
         sft_cfg.output_dir = str(Path(cfg.output_dir) / "cold_start")
-        if not (Path(sft_cfg.output_dir) / "summary.json").is_file():
-            train_sft(sft_cfg)
         cfg.model.init_from = sft_cfg.output_dir
+        # Both folders are checked before the cold start trains: a refused GRPO start costs nothing.
+        init_distributed()
+        grpo = run_folder.plan(cfg, stage="grpo")
+        run_folder.plan(sft_cfg, stage="sft")
+        # A fresh GRPO start (resume empty) redoes its cold start; otherwise a finished one is reused.
+        fresh = grpo.mode != "resume" and run_folder.explicit_fresh(cfg.resume)
+        if fresh or not (Path(sft_cfg.output_dir) / "summary.json").is_file():
+            train_sft(sft_cfg)
     return train_grpo(cfg)
 
 

@@ -1,7 +1,8 @@
 """Everything a run needs before its first step, shared by SFT and GRPO.
 
 Order matters for users: every path, key and batch size is checked before anything is written to
-`output_dir`, so a typo never damages an existing run.
+`output_dir`, so a typo never damages an existing run. The run folder itself (lock, fresh/overwrite/
+resume, what a resume may change, the recorded config) is semgrpo/run_folder.py.
 """
 from __future__ import annotations
 
@@ -21,9 +22,6 @@ from semgrpo.config import Config, ConfigError
 from semgrpo.data import Example, build_examples, load_records
 from semgrpo.modeling import check_model_source, load_tokenizer, resolve_dtype
 from semgrpo.prompts import TaskSpec, get_task
-
-log = logging.getLogger("semgrpo")
-
 
 @dataclass
 class RunSetup:
@@ -113,7 +111,8 @@ def prepare(cfg: Config, *, need_encoder: bool) -> RunSetup:
     except ValueError as exc:
         raise ConfigError(f"data.task: {exc}") from None
     tokenizer = load_tokenizer(cfg.model)
-    say = log.info if dist.is_main() else (lambda *_: None)
+    # Rank 0 says once how many records the length limits dropped (a user-facing line, like "tau = ...").
+    say = (lambda msg: print(f"semgrpo: {msg}", flush=True)) if dist.is_main() else None
     common = dict(task=task, tokenizer=tokenizer, max_prompt_length=cfg.data.max_prompt_length,
                   max_sample_tokens=cfg.data.max_sample_tokens, log=say)
     train = build_examples(load_records(cfg.data.train, task=task, split="train"), source=cfg.data.train,
@@ -123,16 +122,6 @@ def prepare(cfg: Config, *, need_encoder: bool) -> RunSetup:
         dev = build_examples(load_records(cfg.data.dev, task=task, split="dev"), source=cfg.data.dev, **common)
     return RunSetup(cfg=cfg, task=task, tokenizer=tokenizer, train=train, dev=dev, ds_config=ds_config,
                     plan=plan, dtype=dtype)
-
-
-def save_resolved_config(cfg: Config) -> None:
-    """Rank 0 writes the config as resolved (demo paths filled in) next to the run, once it validated."""
-    if dist.is_main():
-        from semgrpo.checkpoint import write_json_atomic
-        from semgrpo.config import to_dict
-
-        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-        write_json_atomic(Path(cfg.output_dir) / "config.json", to_dict(cfg))
 
 
 def eos_ids(tokenizer) -> list[int]:

@@ -9,21 +9,23 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from semgrpo import dist
+from semgrpo import dist, run_folder
 from semgrpo.batching import PromptOrder
-from semgrpo.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from semgrpo.checkpoint import clean_stale_tmp, load_checkpoint, save_checkpoint
 from semgrpo.collectives import sum_across
 from semgrpo.config import Config, to_dict
 from semgrpo.data import collate_sft, sft_tensors
+from semgrpo.interrupt import GracefulInterrupt
 from semgrpo.modeling import build_engine, load_policy
-from semgrpo.session import init_distributed, prepare, save_resolved_config, seed_everything
+from semgrpo.session import init_distributed, prepare, seed_everything
 from semgrpo.tracking import RunTracker
 
 
 def train_sft(cfg: Config) -> dict:
     """Run SFT to the end (resuming when asked); returns the summary written to summary.json."""
     init_distributed()
-    resume_from = resolve_resume(cfg.resume, cfg.output_dir)
+    folder = run_folder.plan(cfg, stage="sft")  # every output_dir/resume check; writes nothing
+    resume_from = folder.resume_from
     setup = prepare(cfg, need_encoder=False)
     tok, plan = setup.tokenizer, setup.plan
     examples = setup.train[: cfg.sft.samples] if cfg.sft.samples > 0 else setup.train
@@ -40,29 +42,35 @@ def train_sft(cfg: Config) -> dict:
     engine = build_engine(load_policy(cfg.model, dtype=setup.dtype), setup.ds_config, lr=cfg.sft.lr,
                           weight_decay=cfg.train.weight_decay, scheduler=cfg.sft.scheduler,
                           warmup_ratio=cfg.sft.warmup_ratio, total_updates=total_steps)
-    save_resolved_config(cfg)
+    folder.start(cfg)  # lock output_dir, clear an overwritten run, record the config of a fresh one
     start = load_checkpoint(engine, resume_from)["step"] if resume_from is not None else 0
     if resume_from is None:
         torch.manual_seed(cfg.seed * 1000 + dist.rank() + 1)
     tracker = RunTracker(cfg.output_dir, enabled=dist.is_main(), total_steps=total_steps, start_step=start,
                          desc="sft")
     engine.train()
-    for step in range(start, total_steps):
-        rows = order.indices(step, rank=dist.rank(), world_size=dist.world_size())
-        loss_sum, tokens = 0.0, 0
-        for chunk in np.array_split(np.asarray(rows), plan.grad_accum):
-            batch = collate_sft([features[i] for i in chunk], pad_token_id=tok.pad_token_id)
-            batch = {k: v.to(engine.device) for k, v in batch.items()}
-            loss = engine(**batch).loss
-            engine.backward(loss)
-            engine.step()
-            n = int((batch["labels"][:, 1:] != -100).sum())
-            loss_sum, tokens = loss_sum + loss.item() * n, tokens + n
-        totals = sum_across(torch.tensor([loss_sum, float(tokens)], dtype=torch.float64))
-        tracker.log(step + 1, {"sft/loss": float(totals[0] / totals[1].clamp(min=1)), "lr": engine.get_lr()[0]})
-        if (step + 1) % cfg.train.save_every == 0 or step + 1 == total_steps:
-            save_checkpoint(engine, cfg.output_dir, step=step + 1, keep_last=cfg.train.keep_last,
-                            client_state={"step": step + 1}, config=to_dict(cfg))
+    clean_stale_tmp(cfg.output_dir)  # .tmp-* of saves cut short (a second Ctrl-C, a kill); the lock is held
+    with GracefulInterrupt() as interrupt:  # Ctrl-C: finish the step, save, exit 130
+        for step in range(start, total_steps):
+            rows = order.indices(step, rank=dist.rank(), world_size=dist.world_size())
+            loss_sum, tokens = 0.0, 0
+            for chunk in np.array_split(np.asarray(rows), plan.grad_accum):
+                batch = collate_sft([features[i] for i in chunk], pad_token_id=tok.pad_token_id)
+                batch = {k: v.to(engine.device) for k, v in batch.items()}
+                loss = engine(**batch).loss
+                engine.backward(loss)
+                engine.step()
+                n = int((batch["labels"][:, 1:] != -100).sum())
+                loss_sum, tokens = loss_sum + loss.item() * n, tokens + n
+            totals = sum_across(torch.tensor([loss_sum, float(tokens)], dtype=torch.float64))
+            tracker.log(step + 1, {"sft/loss": float(totals[0] / totals[1].clamp(min=1)), "lr": engine.get_lr()[0]})
+            stop = step + 1 < total_steps and interrupt.should_stop()  # collective: every rank, every step
+            if stop or (step + 1) % cfg.train.save_every == 0 or step + 1 == total_steps:
+                saved = save_checkpoint(engine, cfg.output_dir, step=step + 1, keep_last=cfg.train.keep_last,
+                                        client_state={"step": step + 1}, config=to_dict(cfg))
+            if stop:
+                tracker.close()
+                interrupt.exit(step + 1, saved)
     summary = tracker.summary(stage="sft", samples=len(features), epochs=cfg.sft.epochs)
     tracker.close()
     return summary

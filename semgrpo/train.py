@@ -12,18 +12,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from semgrpo import dist
+from semgrpo import dist, run_folder
 from semgrpo.adapter_merge import merged_adapter
 from semgrpo.batching import LOSS_STATS, BatchPlan, LossNormalizer, PromptOrder, check_group_fit
-from semgrpo.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from semgrpo.checkpoint import clean_stale_tmp, load_checkpoint, save_checkpoint
 from semgrpo.collectives import gather_cat, sum_across
 from semgrpo.config import Config, ConfigError, GRPOConfig, to_dict
 from semgrpo.data import Example
+from semgrpo.interrupt import GracefulInterrupt
 from semgrpo.modeling import build_engine, load_policy, load_reward_encoder
 from semgrpo.ops import group_advantages, grpo_loss, token_logprobs, zero_std_groups
 from semgrpo.rewards import build_reward_functions, score
 from semgrpo.rollout import Rollout, completion_logits, generate, generation_model, needs_synced_generation
-from semgrpo.session import RunSetup, eos_ids, init_distributed, prepare, save_resolved_config, seed_everything
+from semgrpo.session import RunSetup, eos_ids, init_distributed, prepare, seed_everything
 from semgrpo.tau import measure_tau
 from semgrpo.tax_meter import TaxMeter
 from semgrpo.tracking import RunTracker, escape_markdown
@@ -222,15 +223,16 @@ def build_grpo_run(cfg: Config) -> tuple[GRPORun, PromptOrder, int]:
     rewards = build_reward_functions(cfg.reward, encoder=encoder, script=script)
     run = GRPORun(cfg=cfg, setup=setup, engine=engine, rewards=rewards, eos=eos_ids(setup.tokenizer),
                   tax_meter=tax_meter)
-    save_resolved_config(cfg)
     return run, order, total_steps
 
 
 def train_grpo(cfg: Config) -> dict:
     """Run stage 2 to the end (resuming when asked); returns the summary written to summary.json."""
     init_distributed()
-    resume_from = resolve_resume(cfg.resume, cfg.output_dir)
+    folder = run_folder.plan(cfg, stage="grpo")  # every output_dir/resume check; writes nothing
+    resume_from = folder.resume_from
     run, order, total_steps = build_grpo_run(cfg)
+    folder.start(cfg)  # lock output_dir, clear an overwritten run, record the config of a fresh one
     state = {"step": 0, "tau": None}
     if resume_from is not None:
         state.update(load_checkpoint(run.engine, resume_from))
@@ -246,19 +248,25 @@ def train_grpo(cfg: Config) -> dict:
                          start_step=state["step"], desc="grpo")
     if dist.is_main() and state["tau"] is not None:
         print(f"semgrpo: tau = {state['tau']:.4f}")
-    for step in range(state["step"], total_steps):
-        ids = order.indices(step, rank=dist.rank(), world_size=dist.world_size())
-        metrics, samples = grpo_step(run, [run.setup.train[i] for i in ids])
-        measure_tax = run.tax_meter is not None and (step + 1) % cfg.eval.every_steps == 0
-        if measure_tax:
-            metrics.update(run.tax_meter.measure(run.engine))
-        if measure_tax or (step + 1) % cfg.train.log_every == 0 or step + 1 == total_steps:
-            tracker.log(step + 1, metrics)
-        if cfg.train.sample_every and (step + 1) % cfg.train.sample_every == 0:
-            tracker.log_text(step + 1, "samples", _samples_markdown(samples), escape=False)
-        if (step + 1) % cfg.train.save_every == 0 or step + 1 == total_steps:
-            save_checkpoint(run.engine, cfg.output_dir, step=step + 1, keep_last=cfg.train.keep_last,
-                            client_state={"step": step + 1, "tau": state["tau"]}, config=to_dict(cfg))
+    clean_stale_tmp(cfg.output_dir)  # .tmp-* of saves cut short (a second Ctrl-C, a kill); the lock is held
+    with GracefulInterrupt() as interrupt:  # Ctrl-C: finish the step, save, exit 130
+        for step in range(state["step"], total_steps):
+            ids = order.indices(step, rank=dist.rank(), world_size=dist.world_size())
+            metrics, samples = grpo_step(run, [run.setup.train[i] for i in ids])
+            measure_tax = run.tax_meter is not None and (step + 1) % cfg.eval.every_steps == 0
+            if measure_tax:
+                metrics.update(run.tax_meter.measure(run.engine))
+            if measure_tax or (step + 1) % cfg.train.log_every == 0 or step + 1 == total_steps:
+                tracker.log(step + 1, metrics)
+            if cfg.train.sample_every and (step + 1) % cfg.train.sample_every == 0:
+                tracker.log_text(step + 1, "samples", _samples_markdown(samples), escape=False)
+            stop = step + 1 < total_steps and interrupt.should_stop()  # collective: every rank, every step
+            if stop or (step + 1) % cfg.train.save_every == 0 or step + 1 == total_steps:
+                saved = save_checkpoint(run.engine, cfg.output_dir, step=step + 1, keep_last=cfg.train.keep_last,
+                                        client_state={"step": step + 1, "tau": state["tau"]}, config=to_dict(cfg))
+            if stop:
+                tracker.close()
+                interrupt.exit(step + 1, saved)
     summary = tracker.summary(tau=state["tau"], total_steps=total_steps)
     if dist.is_main():
         tracker.plot_reward_curve(f"{cfg.output_dir}/reward_curve.png")

@@ -7,6 +7,7 @@ OUT.json.rank<r>.lora.pt.
 """
 import json
 import sys
+from pathlib import Path
 
 import torch
 
@@ -27,7 +28,8 @@ def main() -> None:
     from semgrpo.session import init_distributed
     from semgrpo.train import build_grpo_run, grpo_step
 
-    cfg = load_config(["configs/demo.yaml"], overrides)
+    # The demo config's output_dir is the repository's runs/demo: tests write only in their tmp folders.
+    cfg = load_config(["configs/demo.yaml"], [f"output_dir={Path(out_path).parent / 'probe_run'}", *overrides])
     init_distributed()
     run, order, _ = build_grpo_run(cfg)
     run.rewards["semantic"].tau = 0.0
