@@ -5,6 +5,9 @@
 `--run DIR` evaluates every stage of a run (base, the runs it started from, the run itself) with the
 run's own base, tokenizer, task, dev data, reward encoder and completion length; `--model NAME=PATH`
 adds (or, without --run, names) models explicitly. User errors print one line and exit with status 2.
+When the LLM judge fails (errors, timeouts, its circuit breaker opened), everything else is still
+written, eval.json records the failure under "judge"."error", one warning line goes to stderr and the
+exit status is 3.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from semgrpo.eval_models import resolve_model, specs_from_run
 from semgrpo.modeling import run_config
 
 PROG = "evaluate.py"
+JUDGE_FAILED = 3  # exit status: metrics and outputs written, the LLM judge failed
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,6 +56,10 @@ def _parser() -> argparse.ArgumentParser:
     j.add_argument("--judge-pair", action="append", default=[], metavar="A:B",
                    help="models to compare (default: the last model vs the one before it)")
     j.add_argument("--judge-samples", type=int, default=200)
+    j.add_argument("--judge-timeout", type=float, default=60.0,
+                   help="wall-clock seconds one judge request may take, reading included (default 60)")
+    j.add_argument("--judge-max-failures", type=int, default=3,
+                   help="failed judgements in a row after which the judge is not called again (default 3)")
     p.add_argument("--output", help="output folder (default: <run>/eval, else ./eval)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
@@ -91,7 +99,10 @@ def settings_from_args(args):
             raise ConfigError(f"--judge-pair {':'.join(pair)!r} must name two of the models {names}")
     if args.judge_url and not args.judge_model:
         raise ConfigError("--judge-url needs --judge-model")
-    for flag in ("limit", "cmrc_limit", "batch_size", "ood_samples", "max_prompt_length", "judge_samples"):
+    if not args.judge_timeout > 0:
+        raise ConfigError(f"--judge-timeout must be > 0, got {args.judge_timeout}")
+    for flag in ("limit", "cmrc_limit", "batch_size", "ood_samples", "max_prompt_length", "judge_samples",
+                 "judge_max_failures"):
         if getattr(args, flag) < (0 if "limit" in flag else 1):
             raise ConfigError(f"--{flag.replace('_', '-')} must be {'>= 0' if 'limit' in flag else '>= 1'}")
     return EvalSettings(
@@ -103,7 +114,8 @@ def settings_from_args(args):
         max_prompt_length=args.max_prompt_length, batch_size=args.batch_size, cmrc=args.cmrc or "",
         cmrc_limit=args.cmrc_limit, cmrc_max_new_tokens=args.cmrc_max_new_tokens, ood=args.ood or ("" if args.cmrc else get("eval", "ood_passages")),
         ood_samples=args.ood_samples, ood_max_tokens=args.ood_max_tokens, judge_url=args.judge_url or "",
-        judge_model=args.judge_model or "", judge_pairs=pairs, judge_samples=args.judge_samples, seed=args.seed,
+        judge_model=args.judge_model or "", judge_pairs=pairs, judge_samples=args.judge_samples,
+        judge_timeout=args.judge_timeout, judge_max_failures=args.judge_max_failures, seed=args.seed,
         dtype=args.dtype)
 
 
@@ -126,4 +138,11 @@ def main(argv=None) -> int:
     print(json.dumps({name: m["task"] | {"cmrc": m["cmrc"]} for name, m in result["models"].items()},
                      indent=2, default=str))
     print(f"{PROG}: wrote {out / 'eval.json'}, {out / 'eval.md'}", file=sys.stderr)
+    judge_error = (result.get("judge") or {}).get("error")
+    if judge_error:
+        # Every metric is written; only the judge's comparison is missing or partial. A status of its own
+        # (not 0, which would hide it from scripts; not 2, which means nothing was evaluated).
+        print(f"{PROG}: warning: LLM judge failed, its results are missing from eval.json: {judge_error}",
+              file=sys.stderr)
+        return JUDGE_FAILED
     return 0

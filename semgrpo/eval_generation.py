@@ -1,11 +1,13 @@
 """Greedy batched generation for evaluation, and the fixed CMRC 2018 question-answering prompt."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from semgrpo.data import collate_left_padded
+from semgrpo.data import DataError, collate_left_padded
 from semgrpo.rollout import cut_after_eos
 
 # Fixed for every model so CMRC scores compare: answer with a span of the passage, nothing else.
@@ -39,6 +41,47 @@ def cmrc_questions(dataset: dict[str, Any], *, limit: int = 0) -> list[dict[str,
     items = [{"id": str(qa["id"]).strip(), "context": para["context"], "question": qa["question"]}
              for article in dataset["data"] for para in article["paragraphs"] for qa in para["qas"]]
     return items[:limit] if limit > 0 else items
+
+
+def load_cmrc(path: str | Path) -> dict[str, Any]:
+    """A CMRC 2018 (SQuAD-style) JSON file, checked to have the structure that scoring reads.
+
+    Raises:
+        DataError: the file is unreadable, not JSON, or not ``{"data": [{"paragraphs": [{"context",
+            "qas": [{"id", "question", "answers": [{"text"}]}]}]}]}``; the message names the file and
+            the first offending place.
+    """
+    path = Path(path)
+    try:
+        dataset = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"CMRC file {str(path)!r} could not be read as JSON: {exc}") from None
+
+    def need(ok: bool, where: str, what: str) -> None:
+        if not ok:
+            raise DataError(f"CMRC file {str(path)!r}: {where} must be {what} (SQuAD-style CMRC 2018 "
+                            "expected: {\"data\": [{\"paragraphs\": [{\"context\", \"qas\": [...]}]}]})")
+
+    need(isinstance(dataset, dict) and isinstance(dataset.get("data"), list), "the top level",
+         'an object with a "data" list')
+    for a, article in enumerate(dataset["data"]):
+        need(isinstance(article, dict) and isinstance(article.get("paragraphs"), list), f"data[{a}]",
+             'an object with a "paragraphs" list')
+        for p, para in enumerate(article["paragraphs"]):
+            where = f"data[{a}].paragraphs[{p}]"
+            need(isinstance(para, dict) and isinstance(para.get("context"), str)
+                 and isinstance(para.get("qas"), list), where, 'an object with a "context" string and a "qas" list')
+            for q, qa in enumerate(para["qas"]):
+                at = f"{where}.qas[{q}]"
+                need(isinstance(qa, dict) and isinstance(qa.get("id"), (str, int)) and str(qa["id"]).strip()
+                     and isinstance(qa.get("question"), str), at, 'an object with an "id" and a "question" string')
+                answers = qa.get("answers")
+                need(isinstance(answers, list) and all(isinstance(x, dict) and isinstance(x.get("text"), str)
+                                                       for x in answers), f"{at}.answers",
+                     'a list of {"text": ...} objects')
+    if not any(para["qas"] for article in dataset["data"] for para in article["paragraphs"]):
+        raise DataError(f"CMRC file {str(path)!r} holds no questions")
+    return dataset
 
 
 def cmrc_prompt_ids(item: dict[str, str], tokenizer, *, max_prompt_tokens: int) -> list[int]:

@@ -70,6 +70,35 @@ def _summary(run_dir: str) -> dict:
         return {}
 
 
+def check_adapter(adapter: str | Path) -> None:
+    """Fail with one line naming the file when an adapter directory is incomplete or its files are cut short.
+
+    Reads `adapter_config.json` and the header of `adapter_model.safetensors` (which must cover the whole
+    file), so a truncated copy is reported before the base model is loaded, not as a traceback later.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    adapter = Path(adapter)
+    cfg_file = adapter / "adapter_config.json"
+    try:
+        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"adapter config {str(cfg_file)!r} is unreadable or truncated ({exc})") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"adapter config {str(cfg_file)!r} is not a JSON object")
+    weights = adapter / "adapter_model.safetensors"
+    if not weights.is_file():
+        if (adapter / "adapter_model.bin").is_file():
+            return  # the pickled format has no header to check; torch reports it on load
+        raise ConfigError(f"adapter {str(adapter)!r} has no adapter_model.safetensors")
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            if not list(f.keys()):
+                raise ConfigError(f"adapter weights {str(weights)!r} hold no tensors")
+    except SafetensorError as exc:
+        raise ConfigError(f"adapter weights {str(weights)!r} are truncated or corrupt ({exc})") from None
+
+
 def logits_fn(model):
     """``fn(input_ids, attention_mask) -> logits [B, T, V]`` of `model` (the form `ood.drift_per_token` takes)."""
     return lambda ids, mask: model(input_ids=ids, attention_mask=mask, use_cache=False).logits

@@ -9,6 +9,7 @@ the files: `eval.json` (schema "semgrpo.eval/1", see `eval_report`), `outputs.js
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -20,8 +21,8 @@ import torch
 from semgrpo.checkpoint import write_json_atomic
 from semgrpo.config import ConfigError
 from semgrpo.data import build_examples, load_records
-from semgrpo.eval_generation import cmrc_prompt_ids, cmrc_questions, first_answer_line, generate_texts
-from semgrpo.eval_models import ModelBench, ModelSpec, logits_fn
+from semgrpo.eval_generation import cmrc_prompt_ids, cmrc_questions, first_answer_line, generate_texts, load_cmrc
+from semgrpo.eval_models import ModelBench, ModelSpec, check_adapter, logits_fn
 from semgrpo.eval_report import write_report
 from semgrpo.metrics import bleu, chrf, cmrc_scores, nll_kl_summary, rouge_l, similarity_stats
 from semgrpo.ood import drift_per_token, encode_windows, load_passages
@@ -56,6 +57,8 @@ class EvalSettings:
     judge_model: str = ""
     judge_pairs: list[tuple[str, str]] = field(default_factory=list)
     judge_samples: int = 200
+    judge_timeout: float = 60.0  # wall-clock seconds per judge request attempt
+    judge_max_failures: int = 3  # consecutive failed judgements before the judge is no longer called
     seed: int = 0
     dtype: str = "auto"
     kind: str = "evaluation"
@@ -96,7 +99,7 @@ def run_evaluation(s: EvalSettings) -> dict:
     if s.cmrc:
         if not Path(s.cmrc).is_file():
             raise ConfigError(f"--cmrc {s.cmrc!r} does not exist")
-        cmrc_data = json.loads(Path(s.cmrc).read_text(encoding="utf-8"))
+        cmrc_data = load_cmrc(s.cmrc)
         questions = cmrc_questions(cmrc_data, limit=s.cmrc_limit)
         cmrc_data = _asked_only(cmrc_data, {q["id"] for q in questions})  # score only what was asked
     ood_source = s.ood or s.cmrc
@@ -106,12 +109,29 @@ def run_evaluation(s: EvalSettings) -> dict:
     if s.judge_url:
         from semgrpo.judge import JudgeClient
 
-        judge = JudgeClient(s.judge_url, s.judge_model)
+        judge = JudgeClient(s.judge_url, s.judge_model, timeout=s.judge_timeout, max_failures=s.judge_max_failures)
+    for spec in s.models:
+        for adapter in spec.adapters:
+            check_adapter(adapter)
     similarity = SemanticSimilarity(load_reward_encoder(s.encoder, device=device)) if s.encoder else None
     Path(s.output).mkdir(parents=True, exist_ok=True)
 
-    bench = ModelBench(s.base, dtype=dtype, device=device)
+    for spec in s.models:
+        _say(f"{spec.name}: {_describe(spec, s.base)}")
+    out = Path(s.output)
     models, outputs, tokens = {}, {}, {}
+    result = {"schema": SCHEMA, "kind": s.kind, "task": task.name,
+              "task_metric": "rouge_l" if task.name.startswith("hg") else "bleu",
+              "baseline": s.models[0].name, "complete": False, "models": models, "judge": None}
+
+    def settings() -> dict:
+        return {"base": s.base, "data": s.data, "samples": len(examples), "decoding": "greedy",
+                "max_new_tokens": s.max_new_tokens, "cmrc": s.cmrc or None, "cmrc_questions": len(questions),
+                "ood": ood_source or None, "ood_passages": len(windows), "ood_max_tokens": s.ood_max_tokens,
+                "dtype": dtype, "device": str(device), "seed": s.seed,
+                "wall_seconds": round(time.perf_counter() - started, 1)}
+
+    bench = ModelBench(s.base, dtype=dtype, device=device)
     for spec in s.models:
         _say(f"{spec.name}: {len(examples)} task prompts, {len(questions)} CMRC questions, "
              f"{len(windows)} OOD passages")
@@ -120,7 +140,8 @@ def run_evaluation(s: EvalSettings) -> dict:
                                    max_new_tokens=s.max_new_tokens, batch_size=s.batch_size, device=device,
                                    progress=_progress(f"{spec.name}: task"))
             outputs[spec.name] = texts
-            entry = {"source": spec.source, "adapters": [str(a) for a in spec.adapters],
+            entry = {"source": spec.source, "checkpoint": _checkpoint_of(spec),
+                     "adapters": [str(a) for a in spec.adapters],
                      "task": _task_scores(texts, examples, task.target_script, similarity)}
             entry["cmrc"] = _cmrc(model, tok, questions, cmrc_data, s, eos, device, spec.name) if questions else None
             entry["ood"] = None
@@ -134,20 +155,36 @@ def run_evaluation(s: EvalSettings) -> dict:
                 tokens[spec.name] = {"nll": per_token["nll_adapted"], "kl": per_token["kl"]}
         models[spec.name] = entry
         _say(f"{spec.name}: " + _headline(entry))
+        result["settings"] = settings()
+        _write_progress(out, result, outputs, examples)  # what is done survives a later failure
 
-    judged = _judge(judge, s, task.name, [source_text[ex.id] for ex in examples], examples, outputs) \
-        if judge else None
-    result = {"schema": SCHEMA, "kind": s.kind, "task": task.name,
-              "task_metric": "rouge_l" if task.name.startswith("hg") else "bleu",
-              "baseline": s.models[0].name, "models": models, "judge": judged,
-              "settings": {"base": s.base, "data": s.data, "samples": len(examples), "decoding": "greedy",
-                           "max_new_tokens": s.max_new_tokens, "cmrc": s.cmrc or None,
-                           "cmrc_questions": len(questions), "ood": ood_source or None,
-                           "ood_passages": len(windows), "ood_max_tokens": s.ood_max_tokens,
-                           "dtype": dtype, "device": str(device), "seed": s.seed,
-                           "wall_seconds": round(time.perf_counter() - started, 1)}}
-    _write(Path(s.output), result, outputs, examples, tokens)
+    if judge:
+        sources = [source_text[ex.id] for ex in examples]
+        result["judge"] = _judge(judge, s, task.name, sources, examples, outputs,
+                                 save=lambda: _write_progress(out, result, outputs, examples))
+    result["complete"] = True
+    result["settings"] = settings()
+    _write(out, result, outputs, examples, tokens)
     return result
+
+
+def _checkpoint_of(spec: ModelSpec) -> str | None:
+    """The checkpoint (or adapter folder) a stage is evaluated from; None for the base itself."""
+    if spec.full_path:
+        return spec.full_path
+    if not spec.adapters:
+        return None
+    last = Path(spec.adapters[-1])
+    return str(last.parent if last.name == "adapter" and last.parent.name.startswith("step-") else last)
+
+
+def _describe(spec: ModelSpec, base: str) -> str:
+    if spec.full_path:
+        return f"full model {spec.full_path}"
+    if not spec.adapters:
+        return f"the base model {base}"
+    chain = " + ".join(str(a) for a in spec.adapters)
+    return f"checkpoint {_checkpoint_of(spec)} (base {base} + adapters {chain})"
 
 
 def _task_scores(texts, examples, script, similarity) -> dict:
@@ -176,18 +213,32 @@ def _asked_only(dataset: dict, asked: set[str]) -> dict:
                                      for p in art["paragraphs"]]} for art in dataset["data"]]}
 
 
-def _judge(client, s: EvalSettings, task_name: str, sources, examples, outputs) -> dict:
-    from semgrpo.judge import judge_pairs
+def _judge(client, s: EvalSettings, task_name: str, sources, examples, outputs, save=None) -> dict:
+    """Every judge pair; a pair whose judgements all failed, or that the breaker cut short, is recorded
+    with its error (and the first such error under "error"), not raised: the metrics stay."""
+    from semgrpo.judge import JudgeError, judge_pairs
 
     n = min(len(examples), s.judge_samples)
     src, refs = sources[:n], [ex.reference for ex in examples[:n]]
-    pairs = []
+    judged = {"model": s.judge_model, "url": s.judge_url, "pairs": [], "error": None}
     for a, b in s.judge_pairs:
+        if client.disabled:
+            judged["pairs"].append({"a": a, "b": b, "error": client.disabled})
+            continue
         _say(f"judge: {a} vs {b} on {n} samples ({s.judge_model})")
-        res = judge_pairs(client, "hg" if task_name.startswith("hg") else "mt", src, outputs[a][:n],
-                          outputs[b][:n], references=refs, seed=s.seed)
-        pairs.append({"a": a, "b": b, **{k: v for k, v in res.items() if k != "records"}})
-    return {"model": s.judge_model, "url": s.judge_url, "pairs": pairs}
+        try:
+            res = judge_pairs(client, "hg" if task_name.startswith("hg") else "mt", src, outputs[a][:n],
+                              outputs[b][:n], references=refs, seed=s.seed)
+        except JudgeError as exc:
+            judged["pairs"].append({"a": a, "b": b, "error": str(exc)})
+            judged["error"] = judged["error"] or f"{a} vs {b}: {exc}"
+        else:
+            judged["pairs"].append({"a": a, "b": b, **{k: v for k, v in res.items() if k != "records"}})
+            if res.get("aborted"):
+                judged["error"] = judged["error"] or f"{a} vs {b}: {res['aborted']}"
+        if save is not None:
+            save()
+    return judged
 
 
 def _headline(entry: dict) -> str:
@@ -202,12 +253,23 @@ def _headline(entry: dict) -> str:
     return ", ".join(parts)
 
 
-def _write(out: Path, result: dict, outputs: dict, examples, tokens: dict) -> None:
+def _write_progress(out: Path, result: dict, outputs: dict, examples) -> None:
+    """eval.json and outputs.jsonl as they stand, each replaced atomically (never seen half written)."""
     write_json_atomic(out / "eval.json", result, sort_keys=False)  # model order = table row order
-    with open(out / "outputs.jsonl", "w", encoding="utf-8") as f:
-        for i, ex in enumerate(examples):
-            row = {"id": ex.id, "reference": ex.reference, **{name: texts[i] for name, texts in outputs.items()}}
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp = out / f".tmp-outputs.jsonl.{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for i, ex in enumerate(examples):
+                row = {"id": ex.id, "reference": ex.reference, **{name: texts[i] for name, texts in outputs.items()}}
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, out / "outputs.jsonl")
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _write(out: Path, result: dict, outputs: dict, examples, tokens: dict) -> None:
+    _write_progress(out, result, outputs, examples)
     if tokens:
         np.savez_compressed(out / "ood_tokens.npz", **{f"{m}/{k}": v for m, d in tokens.items() for k, v in d.items()})
     write_report(result, out, tokens=tokens or None)

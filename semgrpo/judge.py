@@ -12,18 +12,24 @@ import math
 import os
 import random
 import re
+import socket
 import sys
+import threading
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Sequence
 
-__all__ = ["JudgeError", "JudgeClient", "judge_prompt", "parse_verdict", "judge_pairs", "wilson_interval"]
+__all__ = ["JudgeError", "JudgeUnavailable", "JudgeClient", "judge_prompt", "parse_verdict", "judge_pairs",
+           "wilson_interval"]
 
 
 class JudgeError(RuntimeError):
     """One judgement failed (HTTP error, timeout, malformed reply)."""
+
+
+class JudgeUnavailable(JudgeError):
+    """The circuit breaker is open: the judge failed too often in a row and is no longer called."""
 
 
 def _snippet(text: str, n: int = 80) -> str:
@@ -40,73 +46,140 @@ class _Failure(Exception):
 
 
 class JudgeClient:
-    """Minimal chat-completions client: POST `{url}/chat/completions`, return the first message."""
+    """Minimal chat-completions client: POST `{url}/chat/completions`, return the first message.
+
+    `timeout` is a wall-clock deadline for one attempt as a whole (connect, send, status line, headers
+    and every byte of the body): a server that trickles its reply is cut off when it expires, not only
+    one that stays silent. After `max_failures` calls of `complete` in a row that failed (all retries
+    spent), or judgements the caller reported with `note_failure`, the client stops calling the judge:
+    every later `complete` raises `JudgeUnavailable` at once, without a request.
+    """
 
     def __init__(self, url: str, model: str, *, api_key: str | None = None, timeout: float = 60.0,
-                 retries: int = 2, temperature: float = 0.0):
-        scheme = urllib.parse.urlsplit(url or "").scheme
-        if scheme not in ("http", "https"):
+                 retries: int = 2, temperature: float = 0.0, max_failures: int = 3):
+        parts = urllib.parse.urlsplit(url or "")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"judge url must start with http:// or https:// (got {url!r}); "
                              "pass the API base, e.g. http://127.0.0.1:8000/v1")
         if not model or not model.strip():
             raise ValueError("judge model name must be non-empty")
-        if retries < 0 or timeout <= 0:
-            raise ValueError(f"need retries >= 0 and timeout > 0 (got retries={retries}, timeout={timeout})")
+        if retries < 0 or timeout <= 0 or max_failures < 1:
+            raise ValueError("need retries >= 0, timeout > 0 and max_failures >= 1 (got retries="
+                             f"{retries}, timeout={timeout}, max_failures={max_failures})")
         self.url, self.model = url.rstrip("/"), model
         self.endpoint = self.url + "/chat/completions"
         self.api_key = api_key or os.environ.get("SEMGRPO_JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY")
         self.timeout, self.retries, self.temperature = float(timeout), int(retries), float(temperature)
         self.backoff = 0.5  # seconds before the first retry, doubled each time; tests set it to 0
+        self.max_failures = int(max_failures)
+        self.consecutive_failures = 0
+        self.disabled: str | None = None  # why the breaker opened; None while the judge is in use
+
+    def note_failure(self, reason: str) -> None:
+        """Count one failed judgement; open the breaker at `max_failures` in a row."""
+        self.consecutive_failures += 1
+        if self.consecutive_failures >= self.max_failures and self.disabled is None:
+            self.disabled = (f"judge disabled after {self.consecutive_failures} consecutive failures; "
+                             f"last: {reason}")
+
+    def note_success(self) -> None:
+        self.consecutive_failures = 0
 
     def _post(self, payload: bytes) -> str:
-        """One attempt; raises _Failure."""
+        """One attempt under the wall-clock deadline `self.timeout`; raises _Failure."""
+        parts = urllib.parse.urlsplit(self.endpoint)
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        req = urllib.request.Request(self.endpoint, data=payload, headers=headers, method="POST")
+        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        # The proxy from the environment, as urllib would use it (http_proxy / https_proxy / no_proxy).
+        proxy = urllib.request.getproxies().get(parts.scheme)
+        if proxy and not urllib.request.proxy_bypass(parts.hostname):
+            via = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+            if parts.scheme == "https":
+                conn = cls(via.hostname, via.port, timeout=self.timeout)
+                conn.set_tunnel(parts.hostname, parts.port)
+            else:
+                conn = cls(via.hostname, via.port or 80, timeout=self.timeout)
+                path = self.endpoint
+        else:
+            conn = cls(parts.hostname, parts.port, timeout=self.timeout)
+        expired, held = threading.Event(), []
+
+        def expire():  # unblocks any read in progress: the socket is shut down under it
+            expired.set()
+            for sock in held:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        timer = threading.Timer(self.timeout, expire)
+        timer.daemon = True
+        timer.start()
+        timed_out = _Failure(f"judge at {self.endpoint} timed out after {self.timeout:g} s")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                raw = resp.read().decode("utf-8", errors="replace")
-        except urllib.error.HTTPError as e:
-            try:
-                body = e.read().decode("utf-8", errors="replace") if e.fp else ""
-            except OSError:  # the error body is only evidence; its loss must not hide the status
-                body = ""
+            conn.connect()  # bounded by the socket timeout, itself the deadline
+            # Kept here: http.client forgets conn.sock once the status line says the server will close.
+            held.append(conn.sock)
+            if expired.is_set():
+                raise TimeoutError
+            conn.request("POST", path, body=payload, headers=headers)
+            resp = conn.getresponse()
+            status, raw = resp.status, resp.read()
+        except (OSError, http.client.HTTPException) as e:
+            if expired.is_set() or isinstance(e, TimeoutError):
+                raise timed_out from e
+            raise _Failure(f"judge at {self.endpoint} could not be reached", str(e)) from e
+        finally:
+            timer.cancel()
+            conn.close()
+        if expired.is_set():  # the shutdown may end a body without Content-Length quietly
+            raise timed_out
+        text = raw.decode("utf-8", errors="replace")
+        if status >= 400:
             # 5xx and rate limits are transient; other 4xx mean a bad request that a retry cannot fix.
-            raise _Failure(f"judge at {self.endpoint} returned HTTP {e.code}", _snippet(body, 200),
-                           retryable=e.code >= 500 or e.code == 429) from e
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
-            # A timeout surfaces bare from getresponse()/read(), or wrapped in URLError from connect().
-            reason = getattr(e, "reason", e)
-            if isinstance(e, TimeoutError) or isinstance(reason, TimeoutError):
-                raise _Failure(f"judge at {self.endpoint} timed out after {self.timeout} s") from e
-            raise _Failure(f"judge at {self.endpoint} could not be reached", str(reason)) from e
+            raise _Failure(f"judge at {self.endpoint} returned HTTP {status}", _snippet(text, 200),
+                           retryable=status >= 500 or status == 429)
         try:
-            data = json.loads(raw)
+            data = json.loads(text)
         except ValueError as e:
-            raise _Failure("judge reply is not JSON", repr(_snippet(raw))) from e
+            raise _Failure("judge reply is not JSON", repr(_snippet(text))) from e
         try:
             content = data["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError):
             content = None
         if not isinstance(content, str):
-            raise _Failure("judge reply has no choices[0].message.content", repr(_snippet(raw)))
+            raise _Failure("judge reply has no choices[0].message.content", repr(_snippet(text)))
         return content
 
-    def complete(self, messages: list[dict]) -> str:
-        """Return `choices[0].message.content`, retrying transient failures `retries` times."""
+    def complete(self, messages: list[dict], *, count_success: bool = True) -> str:
+        """Return `choices[0].message.content`, retrying transient failures `retries` times.
+
+        A failure counts towards the breaker; a reply resets the count unless `count_success` is False
+        (a caller that still has to check the reply calls `note_success` or `note_failure` itself).
+        """
+        if self.disabled is not None:
+            raise JudgeUnavailable(self.disabled)
         payload = json.dumps({"model": self.model, "messages": messages, "temperature": self.temperature},
                              ensure_ascii=False).encode("utf-8")
         attempt = 0
         while True:
             attempt += 1
             try:
-                return self._post(payload)
+                content = self._post(payload)
             except _Failure as f:
                 if not f.retryable or attempt > self.retries:
                     tries = f" ({attempt} attempts)" if attempt > 1 else ""
-                    raise JudgeError(f.head + (f": {f.detail}" if f.detail else "") + tries) from f.__cause__
+                    message = f.head + (f": {f.detail}" if f.detail else "") + tries
+                    self.note_failure(message)
+                    raise JudgeError(message) from f.__cause__
                 time.sleep(self.backoff * 2 ** (attempt - 1))
+            else:
+                if count_success:
+                    self.note_success()
+                return content
 
 
 _TIBETAN = re.compile(r"[\u0f00-\u0fff]")
@@ -205,7 +278,7 @@ def judge_pairs(client: JudgeClient, task: str, sources: Sequence[str], outputs_
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=len(sources), desc="judge", file=sys.stderr, dynamic_ncols=True)
-    records, counts = [], {"a": 0, "b": 0, "tie": 0}
+    records, counts, aborted = [], {"a": 0, "b": 0, "tie": 0}, None
     try:
         for i, source in enumerate(sources):
             # One draw per pair, before the call, so the order sequence does not depend on failures.
@@ -214,11 +287,23 @@ def judge_pairs(client: JudgeClient, task: str, sources: Sequence[str], outputs_
             ref = references[i] if references is not None else None
             verdict, error = None, None
             try:
-                v = parse_verdict(client.complete(judge_prompt(task, source, first, second, ref)))
-                verdict = "tie" if v == "tie" else ("a" if (v == "1") == a_first else "b")
-                counts[verdict] += 1
+                reply = client.complete(judge_prompt(task, source, first, second, ref), count_success=False)
+            except JudgeUnavailable as e:  # the breaker is open: the remaining pairs are not judged
+                aborted = str(e)
+                records += [{"index": k, "a_first": None, "verdict": None, "error": aborted}
+                            for k in range(i, len(sources))]
+                break
             except JudgeError as e:
                 error = str(e)
+            else:
+                try:
+                    v = parse_verdict(reply)
+                    verdict = "tie" if v == "tie" else ("a" if (v == "1") == a_first else "b")
+                    counts[verdict] += 1
+                    client.note_success()
+                except JudgeError as e:
+                    error = str(e)
+                    client.note_failure(error)  # a judge that never gives a verdict is as broken
             records.append({"index": i, "a_first": a_first, "verdict": verdict, "error": error})
             if bar is not None:
                 bar.update(1)
@@ -229,10 +314,12 @@ def judge_pairs(client: JudgeClient, task: str, sources: Sequence[str], outputs_
             bar.close()
     errors = [r["error"] for r in records if r["error"] is not None]
     if len(errors) == len(records):
+        if aborted:
+            raise JudgeUnavailable(f"all {len(records)} judgements failed: {aborted}")
         raise JudgeError(f"all {len(records)} judgements failed; first: {errors[0]}")
     wins, ties, losses = counts["a"], counts["tie"], counts["b"]
     n = wins + ties + losses
     lo, hi = wilson_interval(wins, n)
     return {"n": n, "wins": wins, "ties": ties, "losses": losses, "errors": len(errors),
             "win_rate": wins / n, "tie_rate": ties / n, "loss_rate": losses / n, "ci95": [lo, hi],
-            "records": records}
+            "aborted": aborted, "records": records}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -26,6 +27,8 @@ from semgrpo.modeling import run_config
 
 PROG = "transfer.py"
 BIN = Path(__file__).resolve().parents[1] / "bin"
+# A source name becomes a folder under --output: a plain identifier, so it cannot climb out of it.
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,6 +57,9 @@ def _parse_sources(items: list[str]) -> list[tuple[str, str, dict]]:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
             raise ConfigError(f"--from {item!r} is not of the form NAME=RUN_DIR")
+        if not _NAME.fullmatch(name):
+            raise ConfigError(f"--from name {name!r} must be a simple identifier (letters, digits, '_' or '-', "
+                              "starting with a letter or '_'): it names the folder under --output")
         cfg = run_config(path)
         if cfg is None:
             raise ConfigError(f"--from {name}={path!r} is not a training run (config.json and checkpoints/)")

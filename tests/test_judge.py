@@ -8,7 +8,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from semgrpo.judge import JudgeClient, JudgeError, judge_pairs, judge_prompt, parse_verdict, wilson_interval
+from semgrpo.judge import (JudgeClient, JudgeError, JudgeUnavailable, judge_pairs, judge_prompt, parse_verdict,
+                           wilson_interval)
 
 MARK = "GOOD"
 
@@ -35,7 +36,7 @@ def prefer_mark(body):
 
 
 class Stub:
-    """Loopback server; `behave(body) -> (status, text[, delay_s])` is set per test."""
+    """Loopback server; `behave(body) -> (status, text[, delay_s[, trickle_s]])` is set per test."""
 
     def __init__(self):
         self.requests, self.behave = [], prefer_mark
@@ -47,16 +48,22 @@ class Stub:
                 body = json.loads(raw)
                 stub.requests.append({"path": self.path, "headers": dict(self.headers), "body": body,
                                       "raw": raw})
-                status, text, *delay = stub.behave(body)
-                if delay:
-                    time.sleep(delay[0])
+                status, text, *extra = stub.behave(body)
+                if extra:
+                    time.sleep(extra[0])
                 data = text.encode("utf-8")
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
-                    self.wfile.write(data)
+                    if len(extra) > 1:  # trickle: one byte every extra[1] seconds
+                        for k in range(len(data)):
+                            self.wfile.write(data[k:k + 1])
+                            self.wfile.flush()
+                            time.sleep(extra[1])
+                    else:
+                        self.wfile.write(data)
                 except OSError:  # the client gave up (timeout test)
                     pass
 
@@ -277,4 +284,83 @@ def test_bad_task_and_client_args():
             JudgeClient(url, "m")
     with pytest.raises(ValueError, match="model"):
         JudgeClient("http://127.0.0.1:8000/v1", " ")
+    with pytest.raises(ValueError, match="max_failures >= 1"):
+        JudgeClient("http://127.0.0.1:8000/v1", "m", max_failures=0)
     assert JudgeClient("https://api.example/v1/", "m").endpoint == "https://api.example/v1/chat/completions"
+
+
+# ---------------------------------------------------------------- deadline and circuit breaker (issue #12)
+
+
+def test_trickling_reply_is_cut_at_the_deadline(stub):
+    """A byte every 0.1 s keeps each read alive; the wall-clock deadline still ends the attempt."""
+    stub.behave = lambda body: (*reply("x" * 40 + "\nVerdict: 1"), 0.0, 0.1)  # ~10 s to send in full
+    t0 = time.monotonic()
+    with pytest.raises(JudgeError, match=r"timed out after 0\.5 s"):
+        stub.client(timeout=0.5, retries=0).complete([{"role": "user", "content": "hi"}])
+    assert time.monotonic() - t0 < 2.0 and len(stub.requests) == 1
+
+
+def test_silent_server_costs_one_deadline_per_attempt(stub):
+    """A server that does not answer at all (the reply would start after 5 s) is given up per attempt."""
+    stub.behave = lambda body: (*reply("Verdict: 1"), 5.0)
+    t0 = time.monotonic()
+    with pytest.raises(JudgeError, match="timed out"):
+        stub.client(timeout=0.3, retries=1).complete([{"role": "user", "content": "hi"}])
+    assert time.monotonic() - t0 < 1.5 and len(stub.requests) == 2
+
+
+@pytest.mark.parametrize("kind", ["garbage", "500", "401", "silent", "trickle"])
+def test_breaker_stops_calling_a_failing_judge(stub, kind):
+    behave = {"garbage": lambda body: (200, "\x00\x01 not json at all"),
+              "500": lambda body: (500, "internal error"),
+              "401": lambda body: (401, '{"error": "invalid api key"}'),
+              "silent": lambda body: (*reply("Verdict: 1"), 5.0),
+              "trickle": lambda body: (*reply("y" * 40 + "\nVerdict: 1"), 0.0, 0.1)}[kind]
+    stub.behave = behave
+    client = stub.client(timeout=0.3, retries=1, max_failures=2)
+    t0 = time.monotonic()
+    with pytest.raises(JudgeUnavailable, match=r"all 10 judgements failed") as e:
+        judge_pairs(client, "mt", [f"s{i}" for i in range(10)], ["a"] * 10, ["b"] * 10, progress=False)
+    # Two judgements failed (401 is not retried: one request each; the others two each), then no more.
+    assert len(stub.requests) == (2 if kind == "401" else 4), len(stub.requests)
+    assert time.monotonic() - t0 < 3.0
+    assert client.disabled and "2 consecutive failures" in client.disabled
+    assert {"garbage": "not JSON", "500": "HTTP 500", "401": "HTTP 401", "silent": "timed out",
+            "trickle": "timed out"}[kind] in str(e.value)
+    with pytest.raises(JudgeUnavailable, match="judge disabled after 2 consecutive failures"):
+        client.complete([{"role": "user", "content": "hi"}])
+    assert len(stub.requests) == (2 if kind == "401" else 4)  # the open breaker sends nothing
+
+
+def test_breaker_counts_only_failures_in_a_row(stub):
+    """Isolated failures (here every other pair) never open it; the verdict-less replies count too."""
+    stub.behave = lambda body: reply("no idea") if int(re.search(r"src (\d+)", body["messages"][-1]["content"])
+                                                        .group(1)) % 2 else prefer_mark(body)
+    client = stub.client(max_failures=2)
+    res = judge_pairs(client, "mt", [f"src {i}" for i in range(8)], [MARK] * 8, ["x"] * 8, progress=False)
+    assert (res["n"], res["errors"], res["aborted"]) == (4, 4, None) and client.disabled is None
+    assert len(stub.requests) == 8
+    stub.behave = lambda body: reply("no idea")
+    with pytest.raises(JudgeUnavailable):
+        judge_pairs(client, "mt", [f"src {i}" for i in range(8)], [MARK] * 8, ["x"] * 8, progress=False)
+    assert len(stub.requests) == 8 + 1  # src 7 had failed already: one more failure in a row opens it
+
+
+def test_breaker_keeps_the_pairs_judged_before_it_opened(stub):
+    stub.behave = lambda body: prefer_mark(body) if len(stub.requests) <= 3 else (503, "down")
+    res = judge_pairs(stub.client(retries=0, max_failures=3), "mt", [f"s{i}" for i in range(10)], [MARK] * 10,
+                      ["x"] * 10, progress=False)
+    assert (res["n"], res["wins"], res["errors"]) == (3, 3, 7) and len(stub.requests) == 6
+    assert "judge disabled after 3 consecutive failures" in res["aborted"]
+    assert [r["error"] for r in res["records"][6:]] == [res["aborted"]] * 4
+
+
+def test_http_proxy_from_the_environment_is_used(stub, monkeypatch):
+    """As urllib did before the deadline rewrite: http_proxy routes the request, with the absolute URL."""
+    monkeypatch.setenv("http_proxy", stub.url.rsplit("/v1", 1)[0])
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    client = JudgeClient("http://judge.invalid/v1", "judge-model", retries=0)
+    assert client.complete([{"role": "user", "content": "hi"}]) == "Verdict: 1"
+    assert stub.requests[-1]["path"] == "http://judge.invalid/v1/chat/completions"
