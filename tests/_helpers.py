@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -49,3 +51,38 @@ def fake_run_stage(run_dir, base_path, tokenizer_path, data_path, encoder, init_
            "eval": {"ood_passages": ood}}
     (run_dir / "config.json").write_text(json.dumps(cfg))
     return ckpt / "adapter"
+
+
+# Caches and build outputs that running the tests may legitimately create or refresh.
+_WORKTREE_IGNORED = ("__pycache__", ".pytest_cache", ".hypothesis", "build", ".cache")  # + *.egg-info
+
+
+def worktree_state():
+    """{path: (git status code, mtime_ns, size)} for every changed, untracked or ignored file of the
+    checkout (caches excluded), or None outside a git checkout."""
+    repo = REPO
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "-z", "--untracked-files=all", "--ignored"],
+                             cwd=repo, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    state = {}
+    for entry in out.stdout.split("\0"):
+        if len(entry) < 4:
+            continue
+        code, path = entry[:2], entry[3:]
+        parts = path.rstrip("/").split("/")
+        if any(p in _WORKTREE_IGNORED or p.endswith(".egg-info") for p in parts) or path.endswith((".so", ".pyc")):
+            continue
+        try:
+            st = (repo / path).stat()
+            state[path] = (code, st.st_mtime_ns, st.st_size)
+        except OSError:
+            state[path] = (code, None, None)
+    return state
+
+
+# Where conftest.py keeps the snapshot taken at session start.
+WORKTREE_KEY = pytest.StashKey[object]()

@@ -23,46 +23,9 @@ def demo_assets():
     return build_demo(log=lambda *_: None)
 
 
-# ---------------------------------------------------------------------------------------------------
-# Tests never write into the repository: the state of the checkout at the start of the session is
-# compared with its state at the end by tests/test_worktree_clean.py (which sorts last).
-
-# Caches and build outputs that running the tests may legitimately create or refresh.
-_WORKTREE_IGNORED = ("__pycache__", ".pytest_cache", ".hypothesis", "build", ".cache")  # + *.egg-info
-
-
-def worktree_state():
-    """{path: (git status code, mtime_ns, size)} for every changed, untracked or ignored file of the
-    checkout (caches excluded), or None outside a git checkout."""
-    import subprocess
-    from pathlib import Path
-
-    repo = Path(__file__).resolve().parents[1]
-    try:
-        out = subprocess.run(["git", "status", "--porcelain", "-z", "--untracked-files=all", "--ignored"],
-                             cwd=repo, capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if out.returncode != 0:
-        return None
-    state = {}
-    for entry in out.stdout.split("\0"):
-        if len(entry) < 4:
-            continue
-        code, path = entry[:2], entry[3:]
-        parts = path.rstrip("/").split("/")
-        if any(p in _WORKTREE_IGNORED or p.endswith(".egg-info") for p in parts) or path.endswith((".so", ".pyc")):
-            continue
-        try:
-            st = (repo / path).stat()
-            state[path] = (code, st.st_mtime_ns, st.st_size)
-        except OSError:
-            state[path] = (code, None, None)
-    return state
-
-
+# Tests never write into the repository: the checkout's state at the start of the session is compared with
+# its state at the end by tests/test_worktree_clean.py (which sorts last).
 def pytest_sessionstart(session):
+    from _helpers import WORKTREE_KEY, worktree_state
+
     session.config.stash[WORKTREE_KEY] = worktree_state()
-
-
-WORKTREE_KEY = pytest.StashKey[object]()

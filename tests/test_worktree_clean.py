@@ -1,8 +1,8 @@
 """Runs last (the file name sorts after every other test module): the tests of this session left the
-checkout as they found it, no new, changed or deleted file (see the snapshot in conftest.py)."""
+checkout as they found it, no new, changed or deleted file (the snapshot is taken in conftest.py)."""
 import pytest
 
-from conftest import WORKTREE_KEY, worktree_state
+from _helpers import WORKTREE_KEY, worktree_state
 
 
 def test_tests_wrote_nothing_into_the_checkout(request):
