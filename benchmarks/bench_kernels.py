@@ -21,11 +21,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import CsvWriter, bench, device_name, peak_bandwidth, peak_extra_memory, quantiles  # noqa: E402
+from common import CsvWriter, bench, device_name, peak_bandwidth, peak_extra_memory, quantiles
 
-from semgrpo.ops import (  # noqa: E402
-    group_advantages, group_advantages_torch, grpo_loss, grpo_loss_torch, semantic_reward, semantic_reward_torch,
-    token_logprobs, token_logprobs_torch,
+from semgrpo.ops import (
+    group_advantages,
+    group_advantages_torch,
+    grpo_loss,
+    grpo_loss_torch,
+    semantic_reward,
+    semantic_reward_torch,
+    token_logprobs,
+    token_logprobs_torch,
 )
 
 
@@ -164,7 +170,7 @@ def bench_grpo(run: Runner, shapes, providers, dtype, device):
         if device == "cuda":
             run.case("token_logprobs", "ours", "fwd", shape, lambda: token_logprobs(x, ids, backend="triton"),
                      nbytes=fwd_bytes, eager_ms=e)
-        del x, keep
+        x = keep = None  # free this shape's logits before the next one
         gc.collect()
         torch.cuda.empty_cache() if device == "cuda" else None
 
@@ -179,10 +185,10 @@ def bench_small_ops(run: Runner, providers, device, *, n_groups, G, N_emb, D, dt
         if prov in ("liger", "ours_inplace") or (prov == "ours" and device != "cuda"):
             continue
         if prov == "ours":
-            fn = lambda: group_advantages(r, G, backend="triton")  # noqa: E731
+            fn = lambda: group_advantages(r, G, backend="triton")
         else:
             f = _providers_fn(prov, compiled, group_advantages_torch)
-            fn = lambda f=f: f(r, G)  # noqa: E731
+            fn = lambda f=f: f(r, G)
         ms = run.case("group_advantages", prov, "fwd", shape, fn, nbytes=8 * r.numel(), eager_ms=eager, rep=100)
         eager = ms if prov == "eager" else eager
     c = torch.randn(N_emb, D, device=device, dtype=dtype)
@@ -195,10 +201,10 @@ def bench_small_ops(run: Runner, providers, device, *, n_groups, G, N_emb, D, dt
         if prov in ("liger", "ours_inplace") or (prov == "ours" and device != "cuda"):
             continue
         if prov == "ours":
-            fn = lambda: semantic_reward(c, ref, lang, tau=0.3, backend="triton")  # noqa: E731
+            fn = lambda: semantic_reward(c, ref, lang, tau=0.3, backend="triton")
         else:
             f = _providers_fn(prov, compiled, semantic_reward_torch)
-            fn = lambda f=f: f(c, ref, lang, tau=0.3)  # noqa: E731
+            fn = lambda f=f: f(c, ref, lang, tau=0.3)
         ms = run.case("semantic_reward", prov, "fwd", shape, fn, nbytes=nbytes, eager_ms=eager, rep=50)
         eager = ms if prov == "eager" else eager
 
@@ -241,7 +247,7 @@ def tune_grpo(N: int, V: int, rep: int) -> None:
         gbs = 2 * N * V / (p50 * 1e-3) / 1e9
         print(f"fwd cfg {cfg}: {p50:.3f} ms {gbs:.0f} GB/s ({100 * gbs * 1e9 / peak:.1f}% of peak)", flush=True)
     _grpo_kernel.LAUNCH_OVERRIDE = None
-    del x
+    x = None  # free the logits
     from semgrpo.ops import reward as reward_mod
 
     c = torch.randn(32768, 1024, device="cuda", dtype=torch.bfloat16)
@@ -281,7 +287,8 @@ def main(argv=None) -> int:
         small = dict(n_groups=4096, G=8, N_emb=32768, D=1024)
     dev = device_name() if device == "cuda" else "cpu"
     tag = dev.replace(" ", "_").replace("/", "_")
-    out = (args.out or Path(__file__).resolve().parent / "results") / f"bench_kernels_{tag}{'_smoke' if smoke else ''}.csv"
+    name = f"bench_kernels_{tag}{'_smoke' if smoke else ''}.csv"
+    out = (args.out or Path(__file__).resolve().parent / "results") / name
     writer = CsvWriter(out)
     run = Runner(writer, 3 if smoke else args.rep)
     print(f"device={dev} peak_bw={run.peak} providers={providers} smoke={smoke}")

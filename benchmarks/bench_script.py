@@ -17,11 +17,10 @@ import json
 import platform
 import random
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
-
-import sys
 
 import numpy as np
 
@@ -29,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 import semgrpo.script as S  # noqa: E402
-from semgrpo.script_tables import SCRIPT_CLASSES, class_table  # noqa: E402
+from semgrpo.script.tables import SCRIPT_CLASSES, class_table  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 HEADER = "op,provider,mode,metric,unit,shape,p50,p20,p80,device,git_sha,timestamp"
@@ -129,7 +128,8 @@ def main() -> None:
         size += len(t.encode("utf-8"))
         if size > 1_000_000:
             break
-    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                         text=True).stdout.strip()
     device = f"cpu:{platform.processor() or platform.machine()}"
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
     class_table()  # built once, outside the timings

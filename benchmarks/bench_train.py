@@ -41,8 +41,8 @@ STEP_METRICS = (
     ("logprobs_seconds", "s/step", lambda r: r["logprobs"]),
     ("policy_fwd_bwd_seconds", "s/step", lambda r: r["policy"]),
     ("optimizer_seconds", "s/step", lambda r: r["optimizer"]),
-    ("other_seconds", "s/step", lambda r: r["step"] - sum(r[k] for k in
-                                                           ("generation", "reward", "logprobs", "policy", "optimizer"))),
+    ("other_seconds", "s/step",
+     lambda r: r["step"] - sum(r[k] for k in ("generation", "reward", "logprobs", "policy", "optimizer"))),
     ("step_seconds", "s/step", lambda r: r["step"]),
     ("samples_per_second", "samples/s", lambda r: r["samples"] / r["step"]),
     ("completion_tokens_per_second", "tokens/s", lambda r: r["tokens"] / r["step"]),
@@ -130,7 +130,7 @@ def aggregate(results: list[dict], writer: CsvWriter, *, mode: str) -> dict[str,
             writer.add("grpo_step", provider, mode, metric, "MiB", shape, *q)
             p50[provider][metric] = q[0]
     p50["ratio"] = {}
-    for metric, unit in [(m, u) for m, u, _ in STEP_METRICS] + [(m, "MiB") for m, _ in memory]:
+    for metric in [m for m, _, _ in STEP_METRICS] + [m for m, _ in memory]:
         a, b = p50["semgrpo"][metric], p50["trl"][metric]
         ratio = a / b if b else float("nan")
         writer.add("grpo_step", "semgrpo/trl", mode, metric, "x", shape, ratio)
@@ -162,7 +162,7 @@ def main(argv=None) -> int:
                     help="cpu: the demo's tiny policy in fp32; gpu: a random Qwen3-0.6B-shaped policy in bf16 "
                          f"with {GPU_COMPLETION_TOKENS}-token completions (needs a GPU to finish in minutes)")
     ap.add_argument("--override", action="append", default=[],
-                    help="config key=value for both runs (grpo.*, train.deepspeed; TRL takes the micro batch "
+                    help="config key=value for both runs (grpo.*, run.deepspeed; TRL takes the micro batch "
                          "and accumulation from the DeepSpeed JSON)")
     ap.add_argument("--ds-base", type=Path, default=None,
                     help="DeepSpeed JSON for our run; TRL mirrors its micro batch and accumulation "
@@ -195,7 +195,7 @@ def main(argv=None) -> int:
         if a.ds_base or a.ds_set:
             base = a.ds_base or ROOT / "ds_configs" / "zero3.json"
             path = derived_ds_config(base, a.ds_set, Path(tmp) / "ds_variant.json")
-            overrides.append(f"train.deepspeed={path}")
+            overrides.append(f"run.deepspeed={path}")
             variant += [f"ds={Path(base).name}", *a.ds_set]
         for rep in range(a.reps):
             order = PROVIDERS if rep % 2 == 0 else PROVIDERS[::-1]

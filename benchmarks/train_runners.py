@@ -106,8 +106,8 @@ def load_cfg(out_dir: str, steps: int, extra: list[str] = ()):
 
     return load_config(ROOT / "configs" / "demo.yaml", [
         f"output_dir={out_dir}", "sft.before_grpo=false", "reward.functions=[language]", "reward.tau=0.0",
-        f"train.max_steps={steps}", f"train.deepspeed={ROOT / 'ds_configs' / 'zero3.json'}",
-        "train.sample_every=0", f"train.save_every={steps}", *extra,
+        f"grpo.max_steps={steps}", f"run.deepspeed={ROOT / 'ds_configs' / 'zero3.json'}",
+        "run.sample_every=0", f"run.save_every={steps}", *extra,
     ])
 
 
@@ -181,9 +181,9 @@ def run_trl(steps: int, seed: int, overrides: list[str] = ()) -> tuple[list[dict
         cfg = load_cfg(tmp, steps, overrides)
         apply_demo(cfg)
         dtype = resolve_dtype(cfg.model.dtype)
-        _, plan = load_ds_config(cfg.train.deepspeed, dtype=dtype, world_size=1)
+        _, plan = load_ds_config(cfg.run.deepspeed, dtype=dtype, world_size=1)
         if plan.per_rank != PROMPTS_PER_STEP * cfg.grpo.group_size:
-            raise RuntimeError(f"{cfg.train.deepspeed} gives {plan.per_rank} completions per step, expected "
+            raise RuntimeError(f"{cfg.run.deepspeed} gives {plan.per_rank} completions per step, expected "
                                f"{PROMPTS_PER_STEP * cfg.grpo.group_size}")
         task = get_task(cfg.data.task)
         tok = load_tokenizer(cfg.model)
@@ -198,7 +198,7 @@ def run_trl(steps: int, seed: int, overrides: list[str] = ()) -> tuple[list[dict
         args = trl.GRPOConfig(
             output_dir=tmp, per_device_train_batch_size=plan.micro_batch, gradient_accumulation_steps=plan.grad_accum,
             num_generations=g.group_size, max_completion_length=g.max_completion_length,
-            learning_rate=cfg.train.lr, lr_scheduler_type="constant", weight_decay=cfg.train.weight_decay,
+            learning_rate=cfg.grpo.lr, lr_scheduler_type="constant", weight_decay=cfg.run.weight_decay,
             max_grad_norm=1.0, beta=g.beta, epsilon=g.eps_low, epsilon_high=g.eps_high, temperature=g.temperature,
             top_p=g.top_p, top_k=0, loss_type=g.loss_type, scale_rewards=g.scale_rewards,
             num_iterations=g.num_iterations, use_bias_correction_kl=False, use_vllm=False, report_to=[],

@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from semgrpo.cli import main_grpo  # noqa: E402
+from semgrpo.cli import main_grpo
 
 if __name__ == "__main__":
     sys.exit(main_grpo())

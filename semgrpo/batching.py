@@ -14,8 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from semgrpo.config import ConfigError
+from semgrpo import dist
+from semgrpo.config import ConfigError, GRPOConfig
+from semgrpo.ops import group_advantages, zero_std_groups
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,7 @@ def load_ds_config(path: str | Path, *, dtype: str, world_size: int) -> tuple[di
     if "optimizer" in ds or "scheduler" in ds:
         raise ConfigError(
             f"{path}: remove the 'optimizer'/'scheduler' sections; semgrpo builds AdamW and the schedule "
-            "from train.lr / train.scheduler (and sft.*) so that both stages are configured in one place"
+            "from grpo.lr / grpo.scheduler (and sft.*) so that both stages are configured in one place"
         )
     micro = ds.get("train_micro_batch_size_per_gpu")
     accum = ds.get("gradient_accumulation_steps", 1)
@@ -171,3 +174,45 @@ class LossNormalizer:
         if self.loss_type == "bnpo":  # the micro-batch's token mean
             return tokens / self.tokens
         return 1.0  # dapo: already divided by the global token count
+
+
+@dataclass
+class GlobalBatch:
+    """Step 4 of a GRPO step on this rank: what the loss covers in the global batch, and how it is cut."""
+
+    advantages: torch.Tensor  # [n] this rank's completions (CPU)
+    all_rewards: torch.Tensor  # [world * n] every rank's, in rank order
+    all_lengths: torch.Tensor  # [world * n] completion tokens
+    my_lengths: torch.Tensor  # [n]
+    group_std: torch.Tensor  # [world * n / G]
+    informative: torch.Tensor  # [world * n / G] groups whose rewards differ
+    norm: LossNormalizer
+    micro_batches: list[torch.Tensor]  # this rank's in-loss rows, grad_accum parts (some may be empty)
+
+
+def plan_global_batch(rewards: torch.Tensor, lengths: torch.Tensor, grpo: GRPOConfig, plan: BatchPlan) -> GlobalBatch:
+    """Advantages over the gathered global batch (as TRL computes them, so scale_rewards="batch" divides by the
+    global std at any world size), and the completions the loss covers. A zero-variance group has advantage 0:
+    with beta == 0 it adds no gradient and is left out (it would only dilute the others); with beta > 0 its KL
+    still pulls, so every completion stays in, as in TRL.
+
+    Shape:
+        rewards, lengths: [n] this rank's completions
+    """
+    n, rank = len(rewards), dist.rank()
+    mine = slice(rank * n, (rank + 1) * n)
+    gathered = dist.gather_cat(torch.stack([rewards.float(), lengths.to(rewards.device).float()], dim=1)).cpu()
+    all_rewards, all_lengths = gathered[:, 0], gathered[:, 1]
+    advantages, group_std = group_advantages(all_rewards, grpo.group_size, scale=grpo.scale_rewards,
+                                             eps=grpo.advantage_eps, return_group_std=True)
+    informative = ~zero_std_groups(all_rewards, grpo.group_size)
+    in_loss = informative.repeat_interleave(grpo.group_size)
+    if grpo.beta > 0:
+        in_loss = torch.ones_like(in_loss)
+    norm = LossNormalizer(grpo.loss_type, sequences=int(in_loss.sum()), tokens=float(all_lengths[in_loss].sum()),
+                          ranks_times_accumulation=plan.world_size * plan.grad_accum)
+    keep = in_loss[mine].nonzero().flatten()
+    micro_batches = [torch.as_tensor(part, dtype=torch.long) for part in np.array_split(keep.numpy(), plan.grad_accum)]
+    return GlobalBatch(advantages=advantages[mine], all_rewards=all_rewards, all_lengths=all_lengths,
+                       my_lengths=all_lengths[mine], group_std=group_std, informative=informative, norm=norm,
+                       micro_batches=micro_batches)

@@ -44,10 +44,11 @@ from typing import Any
 
 import numpy as np
 import torch
-
 import xxhash
 
 from semgrpo import dist
+from semgrpo.errors import UserError
+from semgrpo.files import fsync_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -64,57 +65,8 @@ _CLIENT_KEY = "semgrpo_client_state"  # our state under one key: DeepSpeed mixes
 _STEP_RE = re.compile(r"^step-(\d+)$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint path that does not exist, is not complete, or failed to load."""
-
-
-# ----------------------------------------------------------------------------------------------- files
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any, *, sort_keys: bool = True) -> Path:
-    """Write `obj` as JSON to `path` so readers see the old file or the new one, never a partial one.
-
-    Writes a sibling temporary file, fsyncs it, then `os.replace`s it over `path`. Non-finite floats
-    are rejected (strict JSON).
-
-    Args:
-        path: destination file; its parent directory must exist.
-        obj: anything `json.dumps` accepts.
-        sort_keys: sorted keys (stable diffs); False keeps insertion order where it carries meaning.
-
-    Returns:
-        `path` as a Path.
-    """
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"cannot write {str(path)!r}: directory {str(path.parent)!r} does not exist")
-    text = json.dumps(obj, indent=2, sort_keys=sort_keys, allow_nan=False) + "\n"
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename inside `directory` durable (best effort: not every platform allows it)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _step_name(step: int) -> str:
@@ -228,14 +180,14 @@ def _verify(path: Path, manifest_file: Path) -> str | None:
         items = [(str(name), int(meta["size"]), str(meta["xxh3_64"])) for name, meta in files.items()]
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
         return f"{MANIFEST_FILE} is unreadable: {exc}"
-    for name, size, digest in items:
+    for name, size, _ in items:
         file = path / name
         if not file.is_file():
             return f"{name} is missing"
         actual = file.stat().st_size
         if actual != size:
             return f"{name} has {actual} bytes, expected {size}"
-    for name, size, digest in items:
+    for name, _, digest in items:
         if _file_digest(path / name) != digest:
             return f"{name} fails its checksum"
     return None
@@ -270,7 +222,8 @@ def resolve_resume(resume: str | os.PathLike | None, output_dir: str | os.PathLi
     if resume is None:
         return None
     if not isinstance(resume, (str, os.PathLike)):
-        raise CheckpointError(f"resume={resume!r} has type {type(resume).__name__}; expected a str path, 'auto' or 'none'")
+        raise CheckpointError(f"resume={resume!r} has type {type(resume).__name__}; "
+                              "expected a str path, 'auto' or 'none'")
     text = os.fspath(resume).strip()
     if text == "" or text.lower() == "none":
         return None
@@ -297,7 +250,7 @@ def resolve_resume(resume: str | os.PathLike | None, output_dir: str | os.PathLi
 
 def _rng_state() -> dict[str, Any]:
     """This process's RNG states as plain JSON values (torch byte states as lists of ints)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002 - the global state is what we restore
     version, internal, gauss = random.getstate()
     state: dict[str, Any] = {
         "python": [version, list(internal), gauss],
@@ -318,7 +271,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
     kind, keys, pos, has_gauss, cached = state["numpy"]
     keys = keys.numpy() if torch.is_tensor(keys) else np.asarray(keys, dtype=np.int64)
-    np.random.set_state((kind, keys.astype(np.uint32), pos, has_gauss, cached))
+    np.random.set_state((kind, keys.astype(np.uint32), pos, has_gauss, cached))  # noqa: NPY002
     torch.set_rng_state(_bytes_tensor(state["torch"]))
     if "cuda" in state and torch.cuda.is_available():
         if len(state["cuda"]) == torch.cuda.device_count():
@@ -427,7 +380,7 @@ def save_checkpoint(engine, output_dir: str | os.PathLike, *, step: int, client_
         if final.exists():
             _remove_checkpoint(final)
         os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
     dist.barrier()
 
     if dist.is_main():
@@ -465,7 +418,8 @@ def load_checkpoint(engine, path: str | os.PathLike) -> dict:
     """
     path = Path(path)
     if not is_complete_checkpoint(path):
-        raise CheckpointError(f"{str(path)!r} is not a complete checkpoint (a step-NNNNNNNN dir holding {COMPLETE_FILE})")
+        raise CheckpointError(f"{str(path)!r} is not a complete checkpoint "
+                              f"(a step-NNNNNNNN dir holding {COMPLETE_FILE})")
     client_file = path / CLIENT_STATE_FILE
     own_client = _read_json(client_file, path) if client_file.is_file() else None
     if own_client is not None and not isinstance(own_client, dict):
@@ -517,7 +471,7 @@ def _read_rng_state(path: Path) -> dict | None:
     if legacy.is_file():
         try:
             return torch.load(legacy, weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any failure of the restricted unpickler is a bad file
+        except Exception as exc:
             raise CheckpointError(f"{path}: {legacy.name} cannot be loaded ({type(exc).__name__})") from None
     log.warning("%s is missing (saved with another world size?): RNG state not restored", json_file)
     return None

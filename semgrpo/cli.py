@@ -1,7 +1,8 @@
-"""Command-line entry points behind bin/*.py: argument parsing, the two-stage flow, user errors.
+"""Command-line entry points behind bin/train_grpo.py, bin/train_sft.py and bin/train_embedder.py.
 
-A user error (bad config key or value, missing or malformed file, batch sizes that do not divide)
-prints one line on stderr and exits with status 2: no traceback, nothing written to output_dir.
+Every entry point follows semgrpo.errors: a user error (bad config key or value, missing or malformed file,
+batch sizes that do not divide) prints one line on stderr and exits with status 2, nothing written to
+output_dir; a bug keeps its traceback (status 1).
 """
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import argparse
 import copy
 import json
 import os
-import sys
 from pathlib import Path
 
 from semgrpo.config import Config, ConfigError, load_config, valid_keys
+from semgrpo.errors import run_entry_point
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
@@ -29,26 +30,17 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
-def _user_errors():
-    from semgrpo.checkpoint import CheckpointError
-    from semgrpo.data import DataError
-
-    return (ConfigError, DataError, CheckpointError)
-
-
 def _run(prog: str, description: str, job, argv=None) -> int:
     args = _parser(prog, description).parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        cfg = load_config(args.config or [DEMO_CONFIG], args.overrides)
-        summary = job(cfg)
-    except _user_errors() as exc:
+
+    def main() -> int:
+        summary = job(load_config(args.config or [DEMO_CONFIG], args.overrides))
         if int(os.environ.get("RANK", "0")) == 0:
-            print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps(summary, indent=2, default=str))
-    return 0
+            print(json.dumps(summary, indent=2, default=str))
+        return 0
+
+    return run_entry_point(prog, main)
 
 
 def run_grpo_stages(cfg: Config) -> dict:
@@ -84,3 +76,79 @@ def main_sft(argv=None) -> int:
 
     return _run("train_sft.py", "Supervised fine-tuning: cold start (sft.samples=N) or Strong SFT "
                 "(sft.samples=0).", train_sft, argv)
+
+
+EMBEDDER_DOC = "Bilingual contrastive adaptation of the reward encoder (paper section 3.4)."
+
+
+def _embedder_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="train_embedder.py", description=EMBEDDER_DOC)
+    p.add_argument("--model", required=True, help="sentence-transformers directory or plain HF encoder directory")
+    p.add_argument("--data", required=True, help="training JSONL of parallel pairs")
+    p.add_argument("--dev", help="JSONL for the graded diagnostic (default: the training data)")
+    p.add_argument("--src-field", default="bo", help="source-language field (default: bo)")
+    p.add_argument("--tgt-field", default="zh", help="target-language field (default: zh)")
+    p.add_argument("--mono-field", help="field of the monolingual diagnostic (default: --src-field)")
+    p.add_argument("--output", required=True, help="output directory of the sentence-transformers model")
+    p.add_argument("--overwrite", action="store_true", help="allow a non-empty --output")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--temperature", type=float, default=0.05)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="torch device (default: cuda when available)")
+    p.add_argument("--threads", type=int,
+                   help="torch CPU threads (default: torch's choice; 1 is fastest for tiny encoders on a busy CPU)")
+    return p
+
+
+def _embedder_precheck(args: argparse.Namespace) -> str | None:
+    """The error of a path argument, or None. Needs no torch import, so a typo fails in milliseconds."""
+    output = Path(args.output)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not args.overwrite:
+        return f"{output}: output exists and is not empty (pass --overwrite)"
+    if not Path(args.model).is_dir():
+        return f"{args.model}: --model must be a model directory"
+    for path in (args.data, args.dev):
+        if path is not None and not Path(path).is_file():
+            return f"{path}: no such file"
+    return None
+
+
+def main_embedder(argv=None) -> int:
+    args = _embedder_parser().parse_args(argv)
+    return run_entry_point("train_embedder.py", lambda: _train_embedder(args))
+
+
+def _train_embedder(args: argparse.Namespace) -> int:
+    error = _embedder_precheck(args)  # no torch import before it: a typo fails in milliseconds
+    if error:
+        raise ConfigError(error)
+    from semgrpo.embedder import read_pairs_jsonl, train_embedder
+
+    output = Path(args.output)
+    fields = (args.src_field, args.tgt_field)
+    train = read_pairs_jsonl(args.data, fields=fields)
+    dev = read_pairs_jsonl(args.dev, fields=fields) if args.dev else None
+    print(f"train_embedder: {len(train)} training pairs" + (f", {len(dev)} dev pairs" if dev else ""))
+    diag = train_embedder(
+        args.model,
+        train,
+        src_field=args.src_field,
+        tgt_field=args.tgt_field,
+        output_dir=output,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        temperature=args.temperature,
+        seed=args.seed,
+        max_length=args.max_length,
+        eval_pairs=dev,
+        mono_field=args.mono_field or args.src_field,
+        device=args.device,
+        num_threads=args.threads,
+    )
+    graded = "yes" if diag["after"]["cross_graded"] else "NO"
+    print(f"train_embedder: saved {output}; true > partial > unrelated after training: {graded}")
+    return 0

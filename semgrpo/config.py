@@ -1,13 +1,16 @@
 """Run configuration: one dataclass tree with defaults, loaded from YAML plus `key=value` overrides.
 
 Every knob of the method (paper sections 3-4, Appendix A) lives here with the paper's value as its
-default; `configs/*.yaml` only say what differs. The DeepSpeed JSON (`train.deepspeed`) stays pure
+default; `configs/*.yaml` only say what differs. The DeepSpeed JSON (`run.deepspeed`) stays pure
 DeepSpeed: batch sizes are read from it and cross-checked against the group size (see batching.py).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import os
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,13 +18,15 @@ from typing import Any
 
 import yaml
 
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
-SCALE_REWARDS = ("group", "batch", "none")
+from semgrpo.errors import UserError
+from semgrpo.ops.advantage import SCALES as SCALE_REWARDS  # the choices live with the ops that use them
+from semgrpo.ops.grpo_loss import LOSS_TYPES
+
 REWARD_FUNCTIONS = ("semantic", "language", "bleu", "length")
 PAPER_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A user error in the run configuration (unknown key, bad value, missing file)."""
 
 
@@ -112,6 +117,8 @@ class GRPOConfig:
     eps_high: float = 0.2
     loss_type: str = "grpo"
     scale_rewards: str = "group"
+    # Added to the std in the advantage's denominator (TRL's 1e-4).
+    advantage_eps: float = 1e-4
     # Optimizer updates per generated batch (mu); old log-probs are computed only when > 1.
     num_iterations: int = 1
     # Generation batch (completions) per call of generate; 0 = all of this rank's completions.
@@ -119,37 +126,40 @@ class GRPOConfig:
     # Gather the full parameter set once per rollout under ZeRO-3 (fast). false = synced_gpus
     # generation that gathers layer by layer (for models that do not fit on one device).
     gather_for_generation: bool = True
-    # Sample with the LoRA adapter merged into a temporary copy of the base weights (adapter_merge.py):
+    # Sample with the LoRA adapter merged into a temporary copy of the base weights (rollout.merged_adapter):
     # faster decoding for one extra copy of the targeted weights during the rollout.
     merge_adapter_for_generation: bool = False
     # Under ZeRO-3 with gather_for_generation: run the step's first policy forward/backward on the
     # parameters still gathered for generation (ZeRO hooks off) instead of fetching layer by layer again.
     # Holds the full parameters through that backward; false if that does not fit.
     gathered_policy_pass: bool = True
-
-
-@dataclass
-class TrainConfig:
-    # DeepSpeed JSON: pure DeepSpeed; micro batch and accumulation are read from it.
-    deepspeed: str = "ds_configs/zero3.json"
+    # Optimisation of stage 2 (stage 1 has its own under sft.*).
     lr: float = 5e-7
     scheduler: str = "constant"
     warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
     epochs: float = 1.0
     # > 0 overrides epochs. A step = one generated batch (and num_iterations optimizer updates).
     max_steps: int = -1
+
+
+@dataclass
+class RunConfig:
+    # Settings both stages (SFT and GRPO) read: the engine, weight decay, and the save/log cadence.
+    # DeepSpeed JSON: pure DeepSpeed; micro batch and accumulation are read from it.
+    deepspeed: str = "ds_configs/zero3.json"
+    weight_decay: float = 0.0
     save_every: int = 50
     keep_last: int = 2
     log_every: int = 1
-    # Write a few completions to TensorBoard text every this many steps (0 = never).
+    # Write a few completions to TensorBoard text every this many GRPO steps (0 = never).
     sample_every: int = 10
 
 
 @dataclass
-class EvalConfig:
-    # Live alignment-tax meter (semgrpo/tax_meter.py): every this many GRPO steps, OOD token NLL and
-    # KL(reference || policy) on fixed passages, logged as tax/*. 0 = off.
+class TaxMeterConfig:
+    # Live alignment-tax meter during GRPO (semgrpo/eval/tax_meter.py; bin/evaluate.py has its own flags):
+    # every this many GRPO steps, OOD token NLL and KL(reference || policy) on fixed passages, logged as
+    # tax/*. 0 = off.
     every_steps: int = 0
     # CMRC/SQuAD JSON (contexts), JSONL with a text/context field, or a text file (a passage per line).
     # Empty with `demo: true` = the demo's plain Chinese CLDR text.
@@ -175,8 +185,8 @@ class Config:
     sft: SFTConfig = field(default_factory=SFTConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    tax_meter: TaxMeterConfig = field(default_factory=TaxMeterConfig)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -195,9 +205,27 @@ def valid_keys(cls=Config, prefix="") -> list[str]:
     return keys
 
 
+# Renamed keys (0.2): old dotted name -> new one. `load_config` still takes the old names, with one
+# deprecation line each, until DEPRECATED_UNTIL; saved configs with the old sections are read through
+# `upgrade_saved_config`.
+DEPRECATED_UNTIL = "0.3"
+RENAMED_KEYS = {
+    **{f"train.{k}": f"grpo.{k}" for k in ("lr", "scheduler", "warmup_ratio", "epochs", "max_steps")},
+    **{f"train.{k}": f"run.{k}" for k in ("deepspeed", "weight_decay", "save_every", "keep_last", "log_every",
+                                           "sample_every")},
+    **{f"eval.{k}": f"tax_meter.{k}" for k in ("every_steps", "ood_passages", "ood_samples", "ood_max_tokens",
+                                               "batch_size")},
+}
+
+
 def load_config(paths: str | Path | list | None = None, overrides: list[str] = ()) -> Config:
-    """Build a Config from defaults, then YAML files (later ones win), then `key=value` overrides."""
+    """Build a Config from defaults, then YAML files (later ones win), then `key=value` overrides.
+
+    Old key names (`RENAMED_KEYS`) are applied under their new names, with one deprecation line per old
+    name on stderr; an old and a new name for the same key in one source with different values is an error.
+    """
     cfg = Config()
+    warned: set[str] = set()
     if isinstance(paths, (str, Path)):
         paths = [paths]
     for path in paths or []:
@@ -210,8 +238,9 @@ def load_config(paths: str | Path | list | None = None, overrides: list[str] = (
             raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level, got {type(tree).__name__}")
-        for key, value in _flatten(tree):
+        for key, value in _renamed(list(_flatten(tree)), str(path), warned):
             set_key(cfg, key, value, origin=str(path))
+    items = []
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
@@ -220,9 +249,73 @@ def load_config(paths: str | Path | list | None = None, overrides: list[str] = (
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
-        set_key(cfg, key.strip(), value, origin="command line")
+        items.append((key.strip(), value))
+    for key, value in _renamed(items, "command line", warned):
+        set_key(cfg, key, value, origin="command line")
     validate(cfg)
     return cfg
+
+
+def _renamed(items: list[tuple[str, Any]], origin: str, warned: set[str]) -> list[tuple[str, Any]]:
+    """`items` (dotted key, value) of one source with old key names replaced by the new ones, in order.
+
+    Prints one deprecation line per old name (once per `warned` set, on one rank only); raises a
+    ConfigError when the source gives an old name and its new name with different values."""
+    given = {}  # new name -> (name as given, value): the last of each, as set_key applies them
+    for key, value in items:
+        given.setdefault(RENAMED_KEYS.get(key, key), {})[key] = value
+    for new, names in given.items():
+        if len(names) > 1:
+            (a, va), (b, vb) = names.items()
+            if _coerced(new, va) != _coerced(new, vb):
+                raise ConfigError(f"{a}={va!r} and {b}={vb!r} ({origin}) set the same key ({b} is the new name "
+                                  f"of {a}); give only {b}")
+    out = []
+    for key, value in items:
+        if key in RENAMED_KEYS:
+            new = RENAMED_KEYS[key]
+            if key not in warned:
+                warned.add(key)
+                if os.environ.get("RANK", "0") == "0":  # a launcher's other ranks stay quiet
+                    print(f"semgrpo: config key {key} is deprecated; use {new} (the old name works until "
+                          f"{DEPRECATED_UNTIL})", file=sys.stderr, flush=True)
+            key = new
+        out.append((key, value))
+    return out
+
+
+def _coerced(dotted: str, value: Any) -> Any:
+    """`value` as `set_key` would store it under `dotted` (for comparing two spellings of one value)."""
+    scratch = Config()
+    try:
+        set_key(scratch, dotted, value)
+    except ConfigError:
+        return ("invalid", repr(value))
+    return get_key(scratch, dotted)
+
+
+def upgrade_saved_config(tree: dict | None) -> dict | None:
+    """A saved config (run or checkpoint `config.json`, `to_dict` form) with the sections of older versions
+    (`train`, `eval`) moved to their new names (`RENAMED_KEYS`); a value already under its new name wins.
+    Keys it does not know stay where they are. Returns a new dict; the input is not changed."""
+    if not isinstance(tree, dict):
+        return tree
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in tree.items()}
+    for section in sorted({old.split(".")[0] for old in RENAMED_KEYS}):
+        old_sec = out.get(section)
+        if not isinstance(old_sec, dict) or section in _SECTIONS:
+            continue
+        for field_name in list(old_sec):
+            new = RENAMED_KEYS.get(f"{section}.{field_name}")
+            if new is None:
+                continue
+            new_sec, new_field = new.split(".")
+            target = out.setdefault(new_sec, {})
+            if isinstance(target, dict):
+                target.setdefault(new_field, old_sec.pop(field_name))
+        if not old_sec:
+            del out[section]
+    return out
 
 
 def set_key(cfg: Config, dotted: str, value: Any, *, origin: str = "") -> None:
@@ -262,7 +355,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key} must be {expected}, got {value!r}")
     for key, choices in _choices().items():
         _choice(key, get_key(cfg, key), choices)
-    g, t, r = cfg.grpo, cfg.train, cfg.reward
+    g, r = cfg.grpo, cfg.reward
     if not r.functions:
         raise ConfigError("reward.functions is empty; choose from " + ", ".join(REWARD_FUNCTIONS))
     for name in r.functions:
@@ -278,8 +371,8 @@ def validate(cfg: Config) -> None:
                           f"reward.length_ratio_max {r.length_ratio_max!r}")
     if g.merge_adapter_for_generation and not cfg.model.lora.enabled:
         raise ConfigError("grpo.merge_adapter_for_generation needs model.lora.enabled (there is no adapter to merge)")
-    if t.max_steps <= 0 and t.epochs <= 0:
-        raise ConfigError(f"train.epochs must be > 0 when train.max_steps is unset (-1 or 0), got {t.epochs!r}")
+    if g.max_steps <= 0 and g.epochs <= 0:
+        raise ConfigError(f"grpo.epochs must be > 0 when grpo.max_steps is unset (-1 or 0), got {g.epochs!r}")
 
 
 def get_key(cfg: Config, dotted: str) -> Any:
@@ -335,23 +428,24 @@ _RANGES = {
     "grpo.top_p": _within(0, 1, lo_open=True),
     "grpo.max_completion_length": _at_least(1),
     "grpo.beta": _within(0),
+    "grpo.advantage_eps": _within(0),
     "grpo.eps_low": _within(0, 1, hi_open=True),
     "grpo.eps_high": _within(0),  # DAPO-style clip-higher may exceed 1
     "grpo.num_iterations": _at_least(1),
     "grpo.generation_batch_size": _at_least(0, " (0 = all of this rank's completions)"),
-    "train.lr": _within(0, lo_open=True),
-    "train.warmup_ratio": _within(0, 1),
-    "train.weight_decay": _within(0),
-    "train.epochs": _within(0),
-    "train.max_steps": ((lambda v: v >= -1), ">= 1, or -1 / 0 to train for train.epochs"),
-    "train.save_every": _at_least(1),
-    "train.keep_last": _at_least(1),
-    "train.log_every": _at_least(1),
-    "train.sample_every": _at_least(0, " (0 = never)"),
-    "eval.every_steps": _at_least(0, " (0 = off)"),
-    "eval.ood_samples": _at_least(1),
-    "eval.ood_max_tokens": _at_least(2),
-    "eval.batch_size": _at_least(1),
+    "grpo.lr": _within(0, lo_open=True),
+    "grpo.warmup_ratio": _within(0, 1),
+    "grpo.epochs": _within(0),
+    "grpo.max_steps": ((lambda v: v >= -1), ">= 1, or -1 / 0 to train for grpo.epochs"),
+    "run.weight_decay": _within(0),
+    "run.save_every": _at_least(1),
+    "run.keep_last": _at_least(1),
+    "run.log_every": _at_least(1),
+    "run.sample_every": _at_least(0, " (0 = never)"),
+    "tax_meter.every_steps": _at_least(0, " (0 = off)"),
+    "tax_meter.ood_samples": _at_least(1),
+    "tax_meter.ood_max_tokens": _at_least(2),
+    "tax_meter.batch_size": _at_least(1),
 }
 _SCHEDULERS = ("constant", "cosine", "linear")
 
@@ -359,7 +453,7 @@ _SCHEDULERS = ("constant", "cosine", "linear")
 def _choices() -> dict[str, tuple]:
     """Every choice key and its values ('' where the empty string means a default)."""
     from semgrpo.prompts import TASKS
-    from semgrpo.script_tables import SCRIPTS
+    from semgrpo.script.tables import SCRIPTS
 
     return {
         "model.dtype": ("auto", "bf16", "fp16", "fp32"),
@@ -368,8 +462,11 @@ def _choices() -> dict[str, tuple]:
         "reward.script": ("",) + tuple(SCRIPTS),
         "grpo.loss_type": LOSS_TYPES,
         "grpo.scale_rewards": SCALE_REWARDS,
-        "train.scheduler": _SCHEDULERS,
+        "grpo.scheduler": _SCHEDULERS,
     }
+
+
+_SECTIONS = frozenset(f.name for f in dataclasses.fields(Config) if dataclasses.is_dataclass(f.default_factory))
 
 
 def to_dict(cfg: Config) -> dict:
@@ -412,10 +509,8 @@ def _coerce(key: str, value: Any, hint) -> Any:
         raise ConfigError(f"{key} must be an integer, got {value!r}")
     if hint is float:
         if isinstance(value, str):  # YAML 1.1 reads 5e-3 (no dot) as a string
-            try:
+            with contextlib.suppress(ValueError):
                 value = float(value)
-            except ValueError:
-                pass
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         raise ConfigError(f"{key} must be a number, got {value!r}")

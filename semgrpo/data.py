@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import json
 import numbers
-import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 
+from semgrpo.errors import UserError
+from semgrpo.files import is_hub_id
 from semgrpo.prompts import TASKS, TaskSpec, get_task, render_prompt
 
 __all__ = [
@@ -28,10 +30,9 @@ __all__ = [
 
 IGNORE_INDEX = -100
 _LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A problem with the user's data; the one-line message names file, line and field."""
 
 
@@ -155,7 +156,7 @@ def _open_source(source: str | Path, split: str) -> tuple[str, Iterator[tuple[st
             wanted = ", ".join(f"{split}{s}" for s in _LOCAL_SUFFIXES)
             raise DataError(f"{name}: directory holds none of {wanted}")
     elif not path.exists():
-        if _HUB_ID.match(name) and not name.endswith(_LOCAL_SUFFIXES):
+        if is_hub_id(name) and not name.endswith(_LOCAL_SUFFIXES):
             return name, _read_hub(name, split)
         raise DataError(f"{name}: file not found")
     suffix = path.suffix.lower()

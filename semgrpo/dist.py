@@ -1,9 +1,21 @@
-"""Rank helpers that work with and without an initialised torch.distributed process group."""
+"""Rank helpers and the training step's collectives, with and without a torch.distributed process group.
+
+The step's counts and metrics are small CPU tensors. `session.init_distributed` therefore asks for a
+group with a CPU backend beside NCCL (`cpu:gloo,cuda:nccl`): NCCL alone has no CPU backend and fails
+such a call with "No backend type associated with device type cpu". With one process the collectives
+return their input unchanged; `SEMGRPO_FORCE_COLLECTIVES=1` runs them anyway, so a one-GPU machine can
+exercise every collective path the multi-GPU run takes.
+"""
 from __future__ import annotations
 
-from typing import Any
+import os
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
+import torch
 import torch.distributed as torch_dist
+
+T = TypeVar("T")
 
 
 def _initialized() -> bool:
@@ -43,3 +55,41 @@ def broadcast_object(obj: Any, *, src: int = 0) -> Any:
     box = [obj if rank() == src else None]
     torch_dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def _skip() -> bool:
+    if not (torch_dist.is_available() and torch_dist.is_initialized()):
+        return True
+    return world_size() == 1 and os.environ.get("SEMGRPO_FORCE_COLLECTIVES", "0") in ("", "0")
+
+
+def gather_cat(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's equally shaped tensor along dim 0 (same order on every rank)."""
+    if _skip():
+        return t
+    parts = [torch.empty_like(t) for _ in range(world_size())]
+    torch_dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
+
+
+def sum_across(t: torch.Tensor) -> torch.Tensor:
+    """Element-wise sum over ranks (one all-reduce for a whole vector of statistics)."""
+    if _skip():
+        return t
+    t = t.clone()
+    torch_dist.all_reduce(t)
+    return t
+
+
+def rank_share(items: Sequence[T]) -> tuple[list[T], int]:
+    """This rank's contiguous share of `items`, padded so that every rank gets the same number.
+
+    Collective work (ZeRO-3 forward passes gather parameters) needs every rank to run the same number of
+    rows: each rank takes ceil(len / world) items and a short one repeats its last item (the first of
+    `items` when it has none). Returns `(share, n_real)`: only `share[:n_real]` are its own items.
+    """
+    per_rank = -(-len(items) // world_size())
+    share = list(items[rank() * per_rank:(rank() + 1) * per_rank])
+    n_real = len(share)
+    fill = share[-1:] or list(items[:1])
+    return share + fill * (per_rank - n_real), n_real

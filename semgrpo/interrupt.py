@@ -21,7 +21,7 @@ import threading
 import torch
 
 from semgrpo import dist
-from semgrpo.collectives import sum_across
+from semgrpo.dist import sum_across
 
 EXIT_CODE = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C
 
@@ -42,7 +42,7 @@ class GracefulInterrupt:
         self._previous = None
         self._installed = False
 
-    def __enter__(self) -> "GracefulInterrupt":
+    def __enter__(self) -> GracefulInterrupt:
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handle)
             self._installed = True

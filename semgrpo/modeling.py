@@ -1,17 +1,15 @@
 """Load the policy (+LoRA), its tokenizer and the frozen reward encoder; wrap the policy in DeepSpeed."""
 from __future__ import annotations
 
-import json
 import math
 import os
-import re
 from pathlib import Path
 
 import torch
 
 from semgrpo.config import ConfigError, LoraConfig, ModelConfig
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+from semgrpo.files import is_hub_id
+from semgrpo.lineage import adapter_chain
 
 
 def resolve_dtype(name: str) -> str:
@@ -39,7 +37,7 @@ def check_model_source(path: str, what: str, *, kind: str = "model") -> str:
     if Path(path).exists():
         _check_local_dir(Path(path), what, kind)
         return path
-    if _HUB_ID.match(path) and not path.startswith((".", "/")):
+    if is_hub_id(path):
         if os.environ.get("HF_HUB_OFFLINE") == "1":
             raise ConfigError(f"{what} {path!r} does not exist locally and HF_HUB_OFFLINE=1 forbids the hub")
         return path
@@ -53,7 +51,8 @@ def _check_local_dir(root: Path, what: str, kind: str) -> None:
         raise ConfigError(f"{what} {str(root)!r} is an empty directory")
     if kind == "tokenizer":
         if not any((root / name).is_file() for name in _TOKENIZER_FILES):
-            raise ConfigError(f"{what} {str(root)!r} holds no tokenizer files (looked for {', '.join(_TOKENIZER_FILES)})")
+            raise ConfigError(f"{what} {str(root)!r} holds no tokenizer files "
+                              f"(looked for {', '.join(_TOKENIZER_FILES)})")
         return
     if not (root / "config.json").is_file():
         raise ConfigError(f"{what} {str(root)!r} holds no config.json; expected a saved model directory")
@@ -94,10 +93,20 @@ class _Loading:
 
 
 def load_tokenizer(model_cfg: ModelConfig):
+    path = check_model_source(model_cfg.tokenizer or model_cfg.path, "model.tokenizer", kind="tokenizer")
+    return load_tokenizer_from(path, "model.tokenizer")
+
+
+def load_tokenizer_from(path: str, what: str):
+    """The tokenizer at `path` (a checked local directory or a hub id), set up as training and evaluation
+    use it: the eos token pads when there is no pad token, and padding sits on the left.
+
+    Raises:
+        ConfigError: `what` (the setting that named `path`) cannot be loaded, or has neither pad nor eos.
+    """
     from transformers import AutoTokenizer
 
-    path = check_model_source(model_cfg.tokenizer or model_cfg.path, "model.tokenizer", kind="tokenizer")
-    with _Loading("model.tokenizer", path):
+    with _Loading(what, path):
         tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token_id is None:
         if tok.eos_token_id is None:
@@ -105,81 +114,6 @@ def load_tokenizer(model_cfg: ModelConfig):
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"  # generation batches are left padded
     return tok
-
-
-def find_adapter_dir(init_from: str) -> Path:
-    """Accept an adapter dir, a checkpoint dir, or the output_dir of train_sft.py (its newest checkpoint)."""
-    from semgrpo.checkpoint import find_latest_checkpoint
-
-    root = Path(init_from)
-    latest = find_latest_checkpoint(root)
-    for cand in (root, root / "adapter", latest / "adapter" if latest else None):
-        if cand is not None and (cand / "adapter_config.json").is_file():
-            return cand
-    raise ConfigError(
-        f"model.init_from {init_from!r} holds no adapter (looked for adapter_config.json in it, in adapter/ "
-        "and in its newest complete checkpoint); pass the output_dir of bin/train_sft.py"
-    )
-
-
-def run_config(source: str | Path) -> dict | None:
-    """The resolved config of the run that `source` (a run dir, a checkpoint or its adapter) belongs to.
-
-    It is the config saved with the checkpoint that `find_adapter_dir(source)` picks (the one named, or
-    the run's newest complete one): `<run>/config.json` is rewritten by every later start of the run,
-    which may have changed it. Checkpoints saved without their own config fall back to the run's.
-    """
-    from semgrpo.checkpoint import checkpoint_config, find_latest_checkpoint, is_complete_checkpoint
-
-    path = Path(source)
-    for run_dir in (path, path.parent, path.parent.parent, path.parent.parent.parent):
-        if not (run_dir / "checkpoints").is_dir():
-            continue
-        ckpt = next((p for p in (path, path.parent) if p.parent == run_dir / "checkpoints"
-                     and is_complete_checkpoint(p)), None) or find_latest_checkpoint(run_dir)
-        cfg = checkpoint_config(ckpt) if ckpt is not None else None
-        if cfg is None:
-            cfg_file = run_dir / "config.json"
-            if not cfg_file.is_file():
-                continue
-            try:
-                cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-            except ValueError:
-                raise ConfigError(f"{cfg_file} is not valid JSON") from None
-        return cfg if isinstance(cfg, dict) and isinstance(cfg.get("model"), dict) else None
-    return None
-
-
-def adapter_chain(init_from: str) -> list[Path]:
-    """Every adapter to apply, in order, to rebuild the policy saved under `init_from`.
-
-    A run started from another run (`model.init_from`, recorded in its config.json) trained its adapter
-    on top of that run's merged policy, so GRPO after a cold start is base + SFT adapter + GRPO adapter.
-    """
-    chain: list[Path] = []
-    source = init_from
-    while source:
-        adapter = find_adapter_dir(source)
-        if adapter.resolve() in {a.resolve() for a in chain}:
-            raise ConfigError(f"model.init_from chain loops back to {adapter}")
-        chain.insert(0, adapter)
-        cfg = run_config(source)
-        parent = cfg["model"].get("init_from", "") if cfg else ""
-        source = _locate(parent, near=source) if parent else ""
-    return chain
-
-
-def _locate(recorded: str, *, near: str | Path) -> str:
-    """A path recorded in a run's config.json; a relative one may be relative to any ancestor of the run
-    (the directory the run was launched from), so evaluation works from another working directory."""
-    if Path(recorded).exists() or Path(recorded).is_absolute():
-        if not Path(recorded).exists():
-            raise ConfigError(f"{str(near)!r} was trained from model.init_from {recorded!r}, which no longer exists")
-        return recorded
-    for ancestor in Path(near).resolve().parents:
-        if (ancestor / recorded).exists():
-            return str(ancestor / recorded)
-    raise ConfigError(f"{str(near)!r} was trained from model.init_from {recorded!r}, which no longer exists")
 
 
 def load_policy(model_cfg: ModelConfig, *, dtype: str):
@@ -272,7 +206,3 @@ def build_engine(model, ds_config: dict, *, lr: float, weight_decay: float, sche
         model=model, optimizer=optimizer, lr_scheduler=schedule, config=ds_config
     )
     return engine
-
-
-def zero_stage(engine) -> int:
-    return engine.zero_optimization_stage() if hasattr(engine, "zero_optimization_stage") else 0

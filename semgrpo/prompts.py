@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["TaskSpec", "TASKS", "get_task", "render_prompt"]
+__all__ = ["TaskSpec", "TASKS", "get_task", "render_prompt", "render_chat"]
 
 
 @dataclass(frozen=True)
@@ -103,8 +103,16 @@ def render_prompt(task: str | TaskSpec, source_text: str, tokenizer: Any = None)
         got = "empty string" if isinstance(source_text, str) else type(source_text).__name__
         raise ValueError(f"source_text must be a non-empty string, got {got}")
     content = f"{spec.instruction}\n{source_text}"
+    rendered = render_chat(tokenizer, content)
+    return content + "\n" if rendered is None else rendered
+
+
+def render_chat(tokenizer: Any, content: str) -> str | None:
+    """`content` as one user message through the tokenizer's chat template, ready for the assistant's turn
+    (`add_generation_prompt=True, enable_thinking=False`); None when there is no tokenizer or no template.
+    """
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        return content + "\n"
+        return None
     rendered = tokenizer.apply_chat_template(
         [{"role": "user", "content": content}],
         tokenize=False,

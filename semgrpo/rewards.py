@@ -9,14 +9,14 @@ component is NaN gets NaN, which group_advantages turns into advantage 0.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from semgrpo.config import ConfigError, RewardConfig
 from semgrpo.ops import semantic_reward
 from semgrpo.script import script_consistent
-from semgrpo.text import tibetan_syllables
+from semgrpo.script.text import tibetan_syllables
 
 RewardFn = Callable[[Sequence[str], Sequence[str], Sequence[str]], list]
 
@@ -36,25 +36,30 @@ class SemanticSimilarity:
                                    normalize_embeddings=False, show_progress_bar=False)
 
     def similarity(self, completions: Sequence[str], references: Sequence[str]) -> torch.Tensor:
-        """Raw cosine s per sample; an empty completion has similarity 0 (it says nothing).
+        """Raw cosine s per sample; an empty completion has similarity 0 (it says nothing)."""
+        return self._scored(completions, references, tau=0.0)[1]
+
+    def _scored(self, completions, references, *, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(R_sim, s) from the fused op: cosine and the threshold-rescale at `tau` happen there.
 
         A GRPO group repeats its reference G times, so each distinct reference is encoded once and its
-        embedding reused for every row that has it.
+        embedding reused for every row that has it. An empty completion's embedding is zeroed, which the
+        op scores as s = 0 (a zero vector is normalized to zero, not NaN).
         """
         distinct = list(dict.fromkeys(references))
         row_of = {text: i for i, text in enumerate(distinct)}
         c, r = self.embed(completions), self.embed(distinct)
         r = r[torch.tensor([row_of[text] for text in references], dtype=torch.long, device=r.device)]
+        empty = torch.tensor([not s.strip() for s in completions], dtype=torch.bool, device=c.device)
+        c = c.masked_fill(empty[:, None], 0.0)
         no_lang = torch.zeros(len(completions), device=c.device)
-        _, sim = semantic_reward(c, r, no_lang, tau=0.0, w_sim=1.0, w_lang=0.0)
-        empty = torch.tensor([not s.strip() for s in completions], device=sim.device)
-        return sim.masked_fill(empty, 0.0)
+        # w_lang=0: R_lang is its own reward function, weighted in `score` like every other component
+        return semantic_reward(c, r, no_lang, tau=tau, w_sim=1.0, w_lang=0.0)
 
     def __call__(self, prompts, completions, references) -> list[float]:
         if self.tau is None:
             raise RuntimeError("SemanticSimilarity.tau is unset: measure it (reward.tau=auto) or set a number")
-        s = self.similarity(completions, references)
-        r_sim = torch.where(s > self.tau, (s - self.tau) / (1.0 - self.tau), torch.zeros_like(s))
+        r_sim, _ = self._scored(completions, references, tau=float(self.tau))
         return r_sim.float().cpu().tolist()
 
 
@@ -130,7 +135,8 @@ def score(functions: dict[str, RewardFn], weights: dict[str, float], prompts, co
     for name, fn in functions.items():
         values = fn(prompts, completions, references)
         if len(values) != len(completions):
-            raise ValueError(f"reward function {name!r} returned {len(values)} values for {len(completions)} completions")
+            raise ValueError(f"reward function {name!r} returned {len(values)} values "
+                             f"for {len(completions)} completions")
         per_fn[name] = torch.tensor([float("nan") if v is None else float(v) for v in values],
                                     dtype=torch.float32, device=device)
     stacked = torch.stack([per_fn[n] * weights.get(n, 1.0) for n in functions], dim=1)

@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from semgrpo import dist
-from semgrpo.checkpoint import checkpoint_config, list_checkpoints, resolve_resume, write_json_atomic
-from semgrpo.config import Config, ConfigError, to_dict
+from semgrpo.checkpoint import checkpoint_config, list_checkpoints, resolve_resume
+from semgrpo.config import Config, ConfigError, to_dict, upgrade_saved_config
+from semgrpo.files import write_json_atomic
 
 LOCK_FILE = ".lock"
 CONFIG_FILE = "config.json"
@@ -38,13 +39,12 @@ RUN_DIRS = ("checkpoints", "tensorboard")
 RUN_FILES = ("metrics.jsonl", "summary.json", CONFIG_FILE, DEEPSPEED_RECORD, "reward_curve.png",
              "tracker_state.json")
 
-# Keys a resume may change: logging/saving cadence and the live evaluation meter. train.max_steps may
+# Keys a resume may change: logging/saving cadence and the live alignment-tax meter. grpo.max_steps may
 # only grow (or stay); see `compare_configs`.
-MAY_CHANGE = ("train.max_steps", "train.log_every", "train.sample_every", "train.save_every", "train.keep_last",
-              "eval.", "resume", "overwrite", "demo")
+MAY_CHANGE = ("grpo.max_steps", "run.log_every", "run.sample_every", "run.save_every", "run.keep_last",
+              "tax_meter.", "resume", "overwrite", "demo")
 # Keys SFT never reads: a cold start resumed after a GRPO-only change is still the same cold start.
-SFT_UNUSED = ("grpo.", "reward.", "eval.", "train.lr", "train.scheduler", "train.warmup_ratio", "train.epochs",
-              "train.max_steps", "train.sample_every", "sft.before_grpo")
+SFT_UNUSED = ("grpo.", "reward.", "tax_meter.", "run.sample_every", "sft.before_grpo")
 
 
 def _matches(key: str, prefixes: tuple[str, ...]) -> bool:
@@ -120,10 +120,11 @@ def compare_configs(old: dict, new: dict, *, stage: str = "grpo") -> tuple[list,
     """(applied, refused): lists of (key, old, new) for every key whose value differs.
 
     `output_dir` is not compared (a run folder may move, or resume another's checkpoint), and paths
-    inside it compare relative to it. A key missing from `old` (a config saved by an older version) counts as unchanged when the new
-    value is the default. `stage="sft"` ignores the keys SFT does not read.
+    inside it compare relative to it. A key missing from `old` (a config saved by an older version) counts
+    as unchanged when the new value is the default; keys saved under their old names (`train.*`, `eval.*`)
+    compare under their new ones. `stage="sft"` ignores the keys SFT does not read.
     """
-    old_flat, new_flat = _normal(old), _normal(new)
+    old_flat, new_flat = _normal(upgrade_saved_config(old)), _normal(upgrade_saved_config(new))
     defaults = _normal(to_dict(Config()))
     applied, refused = [], []
     for key in sorted(set(old_flat) | set(new_flat)):
@@ -140,7 +141,7 @@ def compare_configs(old: dict, new: dict, *, stage: str = "grpo") -> tuple[list,
         if key == "output_dir" or a == b or \
                 _inside(a, old_flat.get("output_dir")) == _inside(b, new_flat.get("output_dir")):
             continue
-        if key == "train.max_steps":
+        if key == "grpo.max_steps":
             ok = isinstance(a, int) and isinstance(b, int) and 0 < a < b
         else:
             ok = _matches(key, MAY_CHANGE)
@@ -167,21 +168,22 @@ def deepspeed_record(cfg: Config) -> dict | None:
     """The DeepSpeed JSON's content and the world size, or None when the file is unreadable (the
     config checks in session.prepare then report it)."""
     try:
-        content = json.loads(Path(cfg.train.deepspeed).read_text(encoding="utf-8"))
+        content = json.loads(Path(cfg.run.deepspeed).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return {"file": str(cfg.train.deepspeed), "content": content, "world_size": dist.world_size()}
+    return {"file": str(cfg.run.deepspeed), "content": content, "world_size": dist.world_size()}
 
 
 def recorded_config(resume_from: Path) -> tuple[dict | None, dict | None]:
     """(config, deepspeed record) the checkpoint's run started with: the checkpoint's own config.json,
-    else (older checkpoints) its run folder's; the DeepSpeed record from the run folder."""
+    else (older checkpoints) its run folder's; the DeepSpeed record from the run folder. Old section names
+    come back under the current ones (`config.upgrade_saved_config`)."""
     run_dir = Path(resume_from).parent.parent
     cfg = checkpoint_config(resume_from)
     if cfg is None and (run_dir / CONFIG_FILE).is_file():
         cfg = _read_json(run_dir / CONFIG_FILE)
     ds = _read_json(run_dir / DEEPSPEED_RECORD) if (run_dir / DEEPSPEED_RECORD).is_file() else None
-    return cfg, ds
+    return upgrade_saved_config(cfg), ds
 
 
 def _read_json(path: Path) -> dict | None:
@@ -199,10 +201,10 @@ def check_resume_config(cfg: Config, resume_from: Path, *, stage: str) -> str | 
     new_ds = deepspeed_record(cfg)
     if old_ds is not None and new_ds is not None:
         # The recorded content is what counts: the JSON may move, as long as it says the same.
-        applied += [c for c in refused if c[0] == "train.deepspeed"]
-        refused = [c for c in refused if c[0] != "train.deepspeed"]
+        applied += [c for c in refused if c[0] == "run.deepspeed"]
+        refused = [c for c in refused if c[0] != "run.deepspeed"]
         if old_ds.get("content") != new_ds["content"]:
-            refused.append((f"content of train.deepspeed ({new_ds['file']})",
+            refused.append((f"content of run.deepspeed ({new_ds['file']})",
                             json.dumps(old_ds.get("content"), sort_keys=True),
                             json.dumps(new_ds["content"], sort_keys=True)))
         if old_ds.get("world_size") != new_ds["world_size"]:
@@ -235,7 +237,7 @@ class RunLock:
     def acquire(self) -> None:
         """Take the lock now or raise ConfigError naming the holder. Creates the folder if needed."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(self.path, "a+", encoding="utf-8")
+        f = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held open: the lock lives with the file
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

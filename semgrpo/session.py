@@ -23,6 +23,7 @@ from semgrpo.data import Example, build_examples, load_records
 from semgrpo.modeling import check_model_source, load_tokenizer, resolve_dtype
 from semgrpo.prompts import TaskSpec, get_task
 
+
 @dataclass
 class RunSetup:
     cfg: Config
@@ -48,7 +49,7 @@ def init_distributed() -> None:
 
     ds_logger.setLevel(logging.WARNING)
     if not torch.distributed.is_initialized():
-        # NCCL has no CPU backend; the step's counts and metrics are CPU tensors (collectives.py).
+        # NCCL has no CPU backend; the step's counts and metrics are CPU tensors (dist.py).
         deepspeed.init_distributed(dist_backend=DIST_BACKEND_CUDA if torch.cuda.is_available() else "gloo")
     check_cpu_backend()
     if torch.cuda.is_available():
@@ -72,13 +73,13 @@ def check_cpu_backend() -> None:
 def seed_everything(seed: int) -> None:
     """Same seed for the model init on every rank; per-rank offsets for sampling come from the seed too."""
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - libraries draw from the global state
     torch.manual_seed(seed)
 
 
 def apply_demo(cfg: Config) -> None:
     """Fill model/data/encoder paths from the offline demo assets (built once, cached)."""
-    from semgrpo.demo import build_demo
+    from semgrpo.demo.assets import build_demo
 
     say = print if dist.is_main() else (lambda *_: None)
     if dist.is_main():
@@ -90,7 +91,7 @@ def apply_demo(cfg: Config) -> None:
     cfg.data.train = cfg.data.train or str(assets.train_path)
     cfg.data.dev = cfg.data.dev or str(assets.dev_path)
     cfg.reward.encoder = cfg.reward.encoder or str(assets.encoder_path)
-    cfg.eval.ood_passages = cfg.eval.ood_passages or str(assets.ood_path)
+    cfg.tax_meter.ood_passages = cfg.tax_meter.ood_passages or str(assets.ood_path)
 
 
 def prepare(cfg: Config, *, need_encoder: bool) -> RunSetup:
@@ -105,7 +106,7 @@ def prepare(cfg: Config, *, need_encoder: bool) -> RunSetup:
     if not cfg.data.train:
         raise ConfigError("data.train is not set (a JSONL/Parquet file, a folder, or a hub id)")
     dtype = resolve_dtype(cfg.model.dtype)
-    ds_config, plan = load_ds_config(cfg.train.deepspeed, dtype=dtype, world_size=dist.world_size())
+    ds_config, plan = load_ds_config(cfg.run.deepspeed, dtype=dtype, world_size=dist.world_size())
     try:
         task = get_task(cfg.data.task)
     except ValueError as exc:

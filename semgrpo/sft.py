@@ -12,9 +12,9 @@ import torch
 from semgrpo import dist, run_folder
 from semgrpo.batching import PromptOrder
 from semgrpo.checkpoint import clean_stale_tmp, load_checkpoint, save_checkpoint
-from semgrpo.collectives import sum_across
 from semgrpo.config import Config, to_dict
 from semgrpo.data import collate_sft, sft_tensors
+from semgrpo.dist import sum_across
 from semgrpo.interrupt import GracefulInterrupt
 from semgrpo.modeling import build_engine, load_policy
 from semgrpo.session import init_distributed, prepare, seed_everything
@@ -40,7 +40,7 @@ def train_sft(cfg: Config) -> dict:
 
     seed_everything(cfg.seed)
     engine = build_engine(load_policy(cfg.model, dtype=setup.dtype), setup.ds_config, lr=cfg.sft.lr,
-                          weight_decay=cfg.train.weight_decay, scheduler=cfg.sft.scheduler,
+                          weight_decay=cfg.run.weight_decay, scheduler=cfg.sft.scheduler,
                           warmup_ratio=cfg.sft.warmup_ratio, total_updates=total_steps)
     folder.start(cfg)  # lock output_dir, clear an overwritten run, record the config of a fresh one
     start = load_checkpoint(engine, resume_from)["step"] if resume_from is not None else 0
@@ -65,8 +65,8 @@ def train_sft(cfg: Config) -> dict:
             totals = sum_across(torch.tensor([loss_sum, float(tokens)], dtype=torch.float64))
             tracker.log(step + 1, {"sft/loss": float(totals[0] / totals[1].clamp(min=1)), "lr": engine.get_lr()[0]})
             stop = step + 1 < total_steps and interrupt.should_stop()  # collective: every rank, every step
-            if stop or (step + 1) % cfg.train.save_every == 0 or step + 1 == total_steps:
-                saved = save_checkpoint(engine, cfg.output_dir, step=step + 1, keep_last=cfg.train.keep_last,
+            if stop or (step + 1) % cfg.run.save_every == 0 or step + 1 == total_steps:
+                saved = save_checkpoint(engine, cfg.output_dir, step=step + 1, keep_last=cfg.run.keep_last,
                                         client_state={"step": step + 1}, config=to_dict(cfg))
             if stop:
                 tracker.close()

@@ -7,28 +7,23 @@ from __future__ import annotations
 
 import torch
 
-from semgrpo import dist
-from semgrpo.collectives import sum_across
+from semgrpo.dist import rank_share, sum_across
 from semgrpo.rollout import generate, generation_model, needs_synced_generation
 
 
-def measure_tau(run, cfg) -> float:
-    examples = (run.setup.dev or run.setup.train)[: cfg.reward.tau_samples]
+def measure_tau(engine, tokenizer, examples, similarity, *, eos_ids: list[int], gather: bool,
+                max_new_tokens: int, batch_size: int) -> float:
+    """tau from the policy's greedy outputs on `examples` (split over ranks), scored by `similarity`
+    (`SemanticSimilarity.similarity`: completions, references -> raw cosines)."""
     # Every rank generates the same number of prompts (padding with repeats) so ZeRO-3 gathers match.
-    per_rank = -(-len(examples) // dist.world_size())
-    mine = examples[dist.rank() * per_rank:(dist.rank() + 1) * per_rank]
-    weight = len(mine)
-    mine = mine or examples[:1]
-    mine = mine + [mine[-1]] * (per_rank - len(mine))
-    tok = run.setup.tokenizer
-    gather = cfg.grpo.gather_for_generation
-    with generation_model(run.engine, gather=gather) as model:
-        rollout = generate(model, [ex.prompt_ids for ex in mine], device=run.engine.device, pad_id=tok.pad_token_id,
-                           eos_ids=run.eos, max_new_tokens=cfg.grpo.max_completion_length, temperature=1.0,
-                           top_p=1.0, greedy=True, batch_size=cfg.grpo.generation_batch_size,
-                           synced_gpus=needs_synced_generation(run.engine, gather=gather))
-    completions = tok.batch_decode(rollout.completion_ids, skip_special_tokens=True)
-    sim = run.rewards["semantic"].similarity(completions, [ex.reference for ex in mine])[:weight]
+    mine, weight = rank_share(examples)
+    with generation_model(engine, gather=gather) as model:
+        rollout = generate(model, [ex.prompt_ids for ex in mine], device=engine.device,
+                           pad_id=tokenizer.pad_token_id, eos_ids=eos_ids, max_new_tokens=max_new_tokens,
+                           temperature=1.0, top_p=1.0, greedy=True, batch_size=batch_size,
+                           synced_gpus=needs_synced_generation(engine, gather=gather))
+    completions = tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
+    sim = similarity(completions, [ex.reference for ex in mine])[:weight]
     total = sum_across(torch.tensor([sim.sum().item(), float(weight)], dtype=torch.float64))
     return clamp_tau(float(total[0] / total[1]))
 

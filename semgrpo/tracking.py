@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from semgrpo.checkpoint import write_json_atomic
+from semgrpo.files import write_json_atomic, write_text_atomic
 
 METRICS_FILE = "metrics.jsonl"
 STATE_FILE = "tracker_state.json"
@@ -99,12 +99,7 @@ def _truncate_metrics(path: Path, start_step: int) -> None:
                 continue
             if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= start_step:
                 kept.append(json.dumps(row, allow_nan=False) + "\n")
-    tmp = path.with_name(f".tmp-{path.name}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(kept)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(kept))
 
 
 class RunTracker:
@@ -155,7 +150,7 @@ class RunTracker:
         self._writer = SummaryWriter(
             log_dir=str(self.output_dir / TENSORBOARD_DIR), purge_step=start_step + 1 if start_step else None
         )
-        self._metrics = open(metrics, "a", encoding="utf-8")
+        self._metrics = open(metrics, "a", encoding="utf-8")  # noqa: SIM115 - open for the run, closed by close()
         self._bar = tqdm(total=total_steps, initial=start_step, desc=desc, file=sys.stderr, dynamic_ncols=True,
                          unit="step")
 
@@ -319,7 +314,7 @@ class RunTracker:
         self._writer.close()
         self._bar.close()
 
-    def __enter__(self) -> "RunTracker":
+    def __enter__(self) -> RunTracker:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -41,14 +41,14 @@ def main() -> None:
         metrics.append(grpo_step(run, [run.setup.train[i] for i in ids])[0])
     after = gathered_state(run.engine)
     # The live tax meter (windows split over ranks) vs every rank measuring all windows itself.
-    from semgrpo.metrics import summarize
-    from semgrpo.ood import drift_per_token, encode_windows, load_passages
+    from semgrpo.eval.metrics import summarize
+    from semgrpo.eval.ood import drift_per_token, encode_windows, load_passages
 
     tax = run.tax_meter.measure(run.engine)
     model = run.engine.module
     model.eval()
-    windows = encode_windows(run.setup.tokenizer, load_passages(cfg.eval.ood_passages, limit=cfg.eval.ood_samples),
-                             max_tokens=cfg.eval.ood_max_tokens)
+    windows = encode_windows(run.setup.tokenizer, load_passages(cfg.tax_meter.ood_passages, limit=cfg.tax_meter.ood_samples),
+                             max_tokens=cfg.tax_meter.ood_max_tokens)
 
     def logits(ids, mask):
         return model(input_ids=ids, attention_mask=mask, use_cache=False).logits

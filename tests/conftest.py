@@ -12,13 +12,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 if "TRITON_INTERPRET" not in os.environ and not (os.path.exists("/dev/nvidia0") or shutil.which("nvidia-smi")):
     os.environ["TRITON_INTERPRET"] = "1"
 
-import pytest  # noqa: E402
+import pytest
 
 
 @pytest.fixture(scope="session")
 def demo_assets():
     """The offline demo's assets, built once into the user's cache (as the demo itself does)."""
-    from semgrpo.demo import build_demo
+    from semgrpo.demo.assets import build_demo
 
     return build_demo(log=lambda *_: None)
 

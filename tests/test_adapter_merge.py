@@ -1,4 +1,4 @@
-"""semgrpo.adapter_merge: merged sampling equals the LoRA forward, and the base comes back bit-identical."""
+"""semgrpo.rollout: merged sampling equals the LoRA forward, and the base comes back bit-identical."""
 from __future__ import annotations
 
 import pytest
@@ -6,8 +6,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
-from semgrpo.adapter_merge import merged_adapter
-from semgrpo.decode import sample_completions
+from semgrpo.rollout import merged_adapter, sample_completions
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -72,9 +71,8 @@ def test_bf16_base_is_bit_identical_after_many_merges():
 def test_weights_are_restored_when_the_body_raises():
     model = _lora_model()
     before = _base_weights(model)
-    with pytest.raises(RuntimeError, match="boom"):
-        with merged_adapter(model):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), merged_adapter(model):
+        raise RuntimeError("boom")
     for name, w in _base_weights(model).items():
         assert torch.equal(w, before[name]), name
     assert not any(layer.disable_adapters for layer in model.modules() if hasattr(layer, "lora_A"))
@@ -90,13 +88,11 @@ def test_disabled_is_a_no_op():
 def test_rejects_models_it_cannot_merge():
     plain = Qwen3ForCausalLM(Qwen3Config(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                          num_attention_heads=4, num_key_value_heads=2, head_dim=8))
-    with pytest.raises(ValueError, match="no LoRA layers"):
-        with merged_adapter(plain):
-            pass
+    with pytest.raises(ValueError, match="no LoRA layers"), merged_adapter(plain):
+        pass
     dora = _lora_model(use_dora=True)
     before = _base_weights(dora)
-    with pytest.raises(ValueError, match="DoRA"):
-        with merged_adapter(dora):
-            pass
+    with pytest.raises(ValueError, match="DoRA"), merged_adapter(dora):
+        pass
     for name, w in _base_weights(dora).items():
         assert torch.equal(w, before[name]), name

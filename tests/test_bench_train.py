@@ -10,9 +10,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import bench_train  # noqa: E402
-from common import CSV_COLUMNS, CsvWriter  # noqa: E402
-from train_runners import BenchReward  # noqa: E402
+import bench_train
+from common import CSV_COLUMNS, CsvWriter
+from train_runners import BenchReward
 
 BO = "\u0f56\u0f7c\u0f51\u0f0b"  # a Tibetan syllable with tsheg, 4 characters
 
@@ -119,9 +119,8 @@ def test_derived_ds_config(tmp_path):
 
 def test_gpu_size_is_qwen3_06b_shaped():
     import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
     from train_runners import QWEN3_06B_SHAPE
+    from transformers import Qwen3Config, Qwen3ForCausalLM
 
     with torch.device("meta"):
         model = Qwen3ForCausalLM(Qwen3Config(**QWEN3_06B_SHAPE))

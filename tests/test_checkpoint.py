@@ -9,6 +9,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from _ds_single import ds_config, init_single_process, make_engine
 
 from semgrpo import dist
 from semgrpo.checkpoint import (
@@ -19,10 +20,8 @@ from semgrpo.checkpoint import (
     load_checkpoint,
     resolve_resume,
     save_checkpoint,
-    write_json_atomic,
 )
-
-from _ds_single import ds_config, init_single_process, make_engine
+from semgrpo.files import write_json_atomic
 
 VOCAB, SEQ, BATCH = 48, 6, 2
 

@@ -11,6 +11,8 @@ import shutil
 
 import pytest
 import torch
+from _ds_single import ds_config, init_single_process, make_engine
+from test_checkpoint import _peft_model, _train
 
 from semgrpo.checkpoint import (
     MANIFEST_FILE,
@@ -21,9 +23,6 @@ from semgrpo.checkpoint import (
     resolve_resume,
     save_checkpoint,
 )
-
-from _ds_single import ds_config, init_single_process, make_engine
-from test_checkpoint import _peft_model, _train
 
 
 @pytest.fixture(scope="module")

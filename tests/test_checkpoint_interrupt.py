@@ -6,7 +6,6 @@ import sys
 import time
 
 import pytest
-
 from _helpers import REPO, user_env
 
 QUICK = ["sft.before_grpo=false", "grpo.max_completion_length=8", "model.lora.r=4", "model.lora.alpha=8",

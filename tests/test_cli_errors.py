@@ -2,7 +2,6 @@
 import json
 
 import pytest
-
 from _helpers import run_cli
 
 FAST = ["train.max_steps=1", "sft.before_grpo=false"]
@@ -115,7 +114,7 @@ def _assert_rejected_early(proc, run_dir, *needles):
 
 
 @pytest.mark.parametrize("override,needle", [
-    ("train.log_every=0", "train.log_every must be >= 1, got 0"),
+    ("train.log_every=0", "run.log_every must be >= 1, got 0"),  # an old name: the error names the new one
     ("reward.script=klingon", "reward.script must be one of"),
 ])
 def test_out_of_range_value_is_rejected_before_the_run(tmp_path, override, needle):

@@ -49,7 +49,7 @@ def _run(body: str) -> subprocess.CompletedProcess:
 def test_every_step_collective_works_on_the_group_a_gpu_run_gets():
     proc = _run("""
         from semgrpo.session import init_distributed
-        from semgrpo.collectives import gather_cat, sum_across
+        from semgrpo.dist import gather_cat, sum_across
         init_distributed()
         print("asked", asked, td.get_backend_config())
         # the shapes and dtypes train.py, sft.py, tau.py and the tax meter reduce
@@ -67,7 +67,7 @@ def test_every_step_collective_works_on_the_group_a_gpu_run_gets():
 def test_the_stand_in_is_nccl_only():
     """The check above can fail: the same call on the NCCL-only stand-in raises as NCCL does."""
     proc = _run("""
-        from semgrpo.collectives import sum_across
+        from semgrpo.dist import sum_across
         td.init_process_group(backend="cuda:gloo")
         sum_across(torch.tensor([1.0]))
     """)
@@ -92,7 +92,7 @@ def test_a_group_initialised_elsewhere_without_cpu_backend_is_one_clear_error():
 def test_collectives_return_the_input_in_one_process_without_a_group():
     import torch
 
-    from semgrpo.collectives import gather_cat, sum_across
+    from semgrpo.dist import gather_cat, sum_across
 
     t = torch.tensor([1.0, 2.0])
     assert gather_cat(t) is t and sum_across(t) is t

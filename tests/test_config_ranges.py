@@ -41,7 +41,7 @@ def _rejects(override, *needles):
 
 def test_the_walk_finds_the_numeric_keys():
     keys = {k for k, _ in NUMERIC}
-    assert {"seed", "model.lora.r", "train.log_every", "grpo.temperature", "eval.batch_size"} <= keys
+    assert {"seed", "model.lora.r", "run.log_every", "grpo.temperature", "tax_meter.batch_size"} <= keys
     assert keys <= set(valid_keys())
 
 
@@ -58,23 +58,23 @@ def test_every_float_key_rejects_nan_and_inf(key, value):
 
 # The cases of issue #12.6 (crash late or accepted silently before), then one more per range rule.
 BAD = [
-    ("train.lr=-1", "train.lr must be a finite number > 0, got -1.0"),
-    ("train.lr=.nan", "train.lr must be a finite number > 0, got nan"),
-    ("train.weight_decay=-1", "train.weight_decay must be a finite number >= 0, got -1.0"),
+    ("grpo.lr=-1", "grpo.lr must be a finite number > 0, got -1.0"),
+    ("grpo.lr=.nan", "grpo.lr must be a finite number > 0, got nan"),
+    ("run.weight_decay=-1", "run.weight_decay must be a finite number >= 0, got -1.0"),
     ("seed=-1", "seed must be >= 0, got -1"),
     ("model.lora.r=0", "model.lora.r must be >= 1, got 0"),
     ("model.lora.dropout=2", "model.lora.dropout must be a number in [0, 1), got 2.0"),
     ("grpo.temperature=.inf", "grpo.temperature must be a finite number > 0, got inf"),
     ("grpo.generation_batch_size=-3", "grpo.generation_batch_size must be >= 0"),
-    ("train.log_every=0", "train.log_every must be >= 1, got 0"),
+    ("run.log_every=0", "run.log_every must be >= 1, got 0"),
     ("reward.script=klingon", "reward.script must be one of '', tibetan, han, latin; got 'klingon'"),
     ("reward.min_script_ratio=5", "reward.min_script_ratio must be a number in (0, 1], got 5.0"),
     ("reward.max_foreign=-1", "reward.max_foreign must be >= 0, got -1"),
-    ("train.warmup_ratio=5", "train.warmup_ratio must be a number in [0, 1], got 5.0"),
-    ("train.max_steps=-5", "train.max_steps must be >= 1, or -1 / 0 to train for train.epochs, got -5"),
+    ("grpo.warmup_ratio=5", "grpo.warmup_ratio must be a number in [0, 1], got 5.0"),
+    ("grpo.max_steps=-5", "grpo.max_steps must be >= 1, or -1 / 0 to train for grpo.epochs, got -5"),
     ("sft.epochs=0", "sft.epochs must be a finite number > 0, got 0.0"),
     ("sft.samples=-5", "sft.samples must be >= 0 (0 = all records), got -5"),
-    ("train.sample_every=-1", "train.sample_every must be >= 0 (0 = never), got -1"),
+    ("run.sample_every=-1", "run.sample_every must be >= 0 (0 = never), got -1"),
     # more of the table
     ("model.lora.dropout=1", "model.lora.dropout must be a number in [0, 1)"),
     ("model.lora.alpha=0", "model.lora.alpha must be >= 1"),
@@ -99,9 +99,9 @@ BAD = [
     ("reward.encoder_batch_size=0", "reward.encoder_batch_size must be >= 1"),
     ("data.task=mt_en_fr", "data.task must be one of mt_bo_zh"),
     ("model.dtype=fp8", "model.dtype must be one of auto, bf16, fp16, fp32; got 'fp8'"),
-    ("train.epochs=.inf", "train.epochs must be a finite number >= 0, got inf"),
-    ("train.epochs=0", "train.epochs must be > 0 when train.max_steps is unset"),
-    ("eval.every_steps=-1", "eval.every_steps must be >= 0 (0 = off), got -1"),
+    ("grpo.epochs=.inf", "grpo.epochs must be a finite number >= 0, got inf"),
+    ("grpo.epochs=0", "grpo.epochs must be > 0 when grpo.max_steps is unset"),
+    ("tax_meter.every_steps=-1", "tax_meter.every_steps must be >= 0 (0 = off), got -1"),
 ]
 
 
@@ -110,11 +110,11 @@ def test_bad_value_is_one_clear_error(override, message):
     _rejects(override, message)
 
 
-GOOD = ["train.max_steps=-1", "train.max_steps=0", "train.max_steps=5", "train.epochs=0.5", "sft.samples=0",
-        "train.sample_every=0", "grpo.generation_batch_size=0", "reward.tau=0", "reward.tau=0.75",
-        "reward.tau=auto", "train.warmup_ratio=1", "grpo.top_p=1", "model.lora.dropout=0", "grpo.beta=0",
+GOOD = ["grpo.max_steps=-1", "grpo.max_steps=0", "grpo.max_steps=5", "grpo.epochs=0.5", "sft.samples=0",
+        "run.sample_every=0", "grpo.generation_batch_size=0", "reward.tau=0", "reward.tau=0.75",
+        "reward.tau=auto", "grpo.warmup_ratio=1", "grpo.top_p=1", "model.lora.dropout=0", "grpo.beta=0",
         "reward.script=han", "reward.script=", "reward.min_script_ratio=1", "reward.max_foreign=0", "seed=0",
-        "eval.every_steps=0"]
+        "tax_meter.every_steps=0"]
 
 
 @pytest.mark.parametrize("override", GOOD)
@@ -123,4 +123,73 @@ def test_edge_values_are_accepted(override):
 
 
 def test_max_steps_with_epochs():
-    assert load_config([], ["train.max_steps=3", "train.epochs=0"]).train.max_steps == 3
+    assert load_config([], ["grpo.max_steps=3", "grpo.epochs=0"]).grpo.max_steps == 3
+
+
+# Issue #13.3: the renamed sections. Old names keep working until 0.3, with one deprecation line each.
+
+
+def _deprecations(err: str) -> list[str]:
+    return [ln for ln in err.splitlines() if "is deprecated" in ln]
+
+
+def test_old_key_names_are_applied_under_the_new_ones_with_one_line_each(tmp_path, capsys):
+    from semgrpo.config import RENAMED_KEYS
+
+    old = tmp_path / "old.yaml"
+    old.write_text("train:\n  lr: 1.0e-3\n  deepspeed: ds.json\n  save_every: 7\neval:\n  every_steps: 5\n")
+    cfg = load_config([old], ["train.lr=2.0e-3", "train.lr=3.0e-3", "eval.ood_samples=4", "train.max_steps=9"])
+    assert (cfg.grpo.lr, cfg.grpo.max_steps) == (3.0e-3, 9)
+    assert (cfg.run.deepspeed, cfg.run.save_every) == ("ds.json", 7)
+    assert (cfg.tax_meter.every_steps, cfg.tax_meter.ood_samples) == (5, 4)
+    lines = _deprecations(capsys.readouterr().err)
+    assert sorted(lines) == sorted(f"semgrpo: config key {k} is deprecated; use {RENAMED_KEYS[k]} (the old name "
+                                   "works until 0.3)" for k in ("train.lr", "train.deepspeed", "train.save_every",
+                                                                "eval.every_steps", "eval.ood_samples",
+                                                                "train.max_steps"))
+    # Every old name has its new key in the tree; the new names print nothing.
+    assert set(RENAMED_KEYS.values()) <= set(valid_keys())
+    load_config([], ["grpo.lr=1e-3", "run.save_every=3", "tax_meter.every_steps=2"])
+    assert _deprecations(capsys.readouterr().err) == []
+
+
+def test_old_and_new_name_together(tmp_path, capsys):
+    with pytest.raises(ConfigError) as err:
+        load_config([], ["train.lr=1e-3", "grpo.lr=2e-3"])
+    assert "train.lr" in str(err.value) and "grpo.lr" in str(err.value) and "\n" not in str(err.value)
+    both = tmp_path / "both.yaml"
+    both.write_text("eval:\n  every_steps: 5\ntax_meter:\n  every_steps: 6\n")
+    with pytest.raises(ConfigError, match=r"eval\.every_steps=5 and tax_meter\.every_steps=6 \(.*both\.yaml\)"):
+        load_config([both])
+    # The same value twice is no conflict (5e-7 is a string to YAML, 5.0e-7 a float: the same learning rate).
+    assert load_config([], ["train.lr=5e-7", "grpo.lr=5.0e-7"]).grpo.lr == 5e-7
+    # Across sources the later one wins as for any key: a new-style file, an old-style override.
+    new = tmp_path / "new.yaml"
+    new.write_text("grpo:\n  lr: 1.0e-3\n")
+    assert load_config([new], ["train.lr=2.0e-3"]).grpo.lr == 2.0e-3
+    # An unknown key under an old section is still an unknown key.
+    with pytest.raises(ConfigError, match="unknown config key 'train.lrr'"):
+        load_config([], ["train.lrr=1"])
+
+
+def test_saved_config_with_old_sections_is_upgraded():
+    from semgrpo.config import Config, to_dict, upgrade_saved_config
+
+    saved = to_dict(Config())
+    for key in ("lr", "scheduler", "warmup_ratio", "epochs", "max_steps"):
+        del saved["grpo"][key]
+    del saved["run"], saved["tax_meter"]
+    saved["train"] = {"deepspeed": "ds.json", "lr": 1e-3, "scheduler": "constant", "warmup_ratio": 0.0,
+                      "weight_decay": 0.1, "epochs": 1.0, "max_steps": 8, "save_every": 50, "keep_last": 2,
+                      "log_every": 1, "sample_every": 10}
+    saved["eval"] = {"every_steps": 5, "ood_passages": "p.json", "ood_samples": 32, "ood_max_tokens": 128,
+                     "batch_size": 8}
+    before = repr(saved)
+    up = upgrade_saved_config(saved)
+    assert repr(saved) == before  # the input is left alone
+    assert "train" not in up and "eval" not in up
+    assert (up["grpo"]["lr"], up["grpo"]["max_steps"], up["grpo"]["group_size"]) == (1e-3, 8, 8)
+    assert (up["run"]["deepspeed"], up["run"]["weight_decay"]) == ("ds.json", 0.1)
+    assert up["tax_meter"] == saved["eval"]
+    assert set(up) == set(to_dict(Config()))
+    assert upgrade_saved_config(to_dict(Config())) == to_dict(Config())

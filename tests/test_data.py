@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -26,7 +27,7 @@ from semgrpo.data import (
 from semgrpo.prompts import TaskSpec, get_task
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-WORDS = "Translate from Tibetan to Chinese Write a title for this text : b c d e f g".split()
+WORDS = ["Translate", "from", "Tibetan", "to", "Chinese", "Write", "a", "title", "for", "this", "text", ":", "b", "c", "d", "e", "f", "g"]
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>"
@@ -66,7 +67,7 @@ def test_task_specs():
     assert (zh_bo.source_field, zh_bo.target_field, zh_bo.target_script) == ("zh", "bo", "tibetan")
     assert (hg.source_field, hg.target_field, hg.target_script) == ("text", "title", "tibetan")
     assert hg.required_fields == ("text", "title")
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         bo_zh.name = "x"  # frozen
     assert get_task(hg) is hg
     with pytest.raises(ValueError, match=r"unknown task 'mt_en_bo' \(expected one of: mt_bo_zh, mt_zh_bo, hg_bo\)"):
@@ -233,7 +234,7 @@ def test_build_examples_tokens_and_filtering(tmp_path):
     assert got[0] == Example(id="short", prompt="Translate from Chinese to Tibetan:\nb\n",
                              prompt_ids=head + [v["b"]], reference="c d", reference_ids=[v["c"], v["d"]])
     assert got[1].prompt_ids == head + [v["b"], v["c"]]
-    assert got[1].reference_ids == [v[w] for w in "d e f g".split()]  # no eos appended
+    assert got[1].reference_ids == [v[w] for w in ["d", "e", "f", "g"]]  # no eos appended
     assert messages == [
         "toy: kept 2 of 4 (2 over max_prompt_length / max_sample_tokens: 1 with prompt > 8 tokens, "
         "1 with prompt + reference > 12 tokens)"

@@ -1,4 +1,4 @@
-"""semgrpo.decode: the rollout's sampling loop against HF's own warpers and `generate`."""
+"""semgrpo.rollout: the rollout's sampling loop against HF's own warpers and `generate`."""
 from __future__ import annotations
 
 import pytest
@@ -7,7 +7,7 @@ from transformers import Qwen3Config, Qwen3ForCausalLM
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
 from semgrpo.data import collate_left_padded
-from semgrpo.decode import next_token_probs, sample_completions
+from semgrpo.rollout import next_token_probs, sample_completions
 
 VOCAB, PAD, EOS = 48, 0, 1
 
@@ -65,7 +65,7 @@ def test_greedy_equals_hf_generate_on_left_padded_batch(tiny_lm):
                           eos_token_id=[EOS], pad_token_id=PAD)[:, ids.shape[1]:]
     assert ours.shape[1] <= 12
     width = max(ours.shape[1], hf.shape[1])
-    pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]), value=PAD)  # noqa: E731
+    pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]), value=PAD)
     assert torch.equal(pad(ours), pad(hf))
     # Some row ended early and was padded after its eos, so the eos/pad path ran.
     ended = (ours == EOS).any(1)

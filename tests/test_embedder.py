@@ -16,10 +16,10 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from semgrpo.demo import build_tokenizer, cldr_pairs  # noqa: E402
-from semgrpo.embedder import (  # noqa: E402
+from semgrpo.demo.assets import build_tokenizer, cldr_pairs
+from semgrpo.demo.tiny_encoder import build_tiny_encoder
+from semgrpo.embedder import (
     EmbedderInputError,
-    build_tiny_encoder,
     contrastive_loss,
     graded_diagnostic,
     partial_match,

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from _helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]

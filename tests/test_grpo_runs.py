@@ -1,6 +1,5 @@
 """Whole runs through the entry points: kill-and-resume equivalence, and the SFT -> GRPO hand-off."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -8,7 +7,6 @@ import time
 
 import pytest
 import torch
-
 from _helpers import REPO, run_cli, user_env
 
 # Small and fast: GRPO straight from the demo's base policy, short completions, a tiny LoRA.
@@ -73,7 +71,8 @@ def test_sft_checkpoint_hands_off_to_grpo(demo_assets, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from semgrpo.config import LoraConfig, ModelConfig
-    from semgrpo.modeling import find_adapter_dir, load_policy
+    from semgrpo.lineage import find_adapter_dir
+    from semgrpo.modeling import load_policy
 
     adapter = find_adapter_dir(str(sft_dir))
     base = AutoModelForCausalLM.from_pretrained(str(demo_assets.policy_path))

@@ -6,9 +6,15 @@ import torch
 
 from semgrpo.config import ConfigError, RewardConfig
 from semgrpo.ops import group_advantages, zero_std_groups
-from semgrpo.rewards import (LanguageConsistency, LengthConstraint, SemanticSimilarity, SentenceBLEU,
-                             build_reward_functions, score)
-from semgrpo.text import tibetan_syllables
+from semgrpo.rewards import (
+    LanguageConsistency,
+    LengthConstraint,
+    SemanticSimilarity,
+    SentenceBLEU,
+    build_reward_functions,
+    score,
+)
+from semgrpo.script.text import tibetan_syllables
 
 
 class TableEncoder:

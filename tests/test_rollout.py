@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _ds_single import init_single_process
 from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
-from _ds_single import init_single_process
 from semgrpo.rollout import generate
 
 VOCAB, PAD, EOS = 48, 0, 1
@@ -49,7 +49,7 @@ def _run(model, *, synced: bool, greedy: bool = True, **kw):
 
 def _same_tokens(a, b) -> bool:
     width = max(a.completion_ids.shape[1], b.completion_ids.shape[1])
-    pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]), value=PAD)  # noqa: E731
+    pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]), value=PAD)
     return (torch.equal(pad(a.completion_ids), pad(b.completion_ids))
             and torch.equal(pad(a.completion_mask), pad(b.completion_mask)))
 

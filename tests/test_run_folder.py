@@ -10,8 +10,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from _helpers import run_cli
+
 from semgrpo import run_folder as rf
 from semgrpo.config import Config, ConfigError, to_dict
 
@@ -68,22 +68,22 @@ def test_fresh_start_into_a_run_with_checkpoints_needs_overwrite(tmp_path):
 
 
 def test_compare_configs_sorts_changes_into_applied_and_refused():
-    old = to_dict(_cfg("runs/x", train__max_steps=8))
-    new = to_dict(_cfg("runs/x", train__max_steps=12, train__log_every=5, eval__every_steps=3, train__lr=1e-3,
+    old = to_dict(_cfg("runs/x", grpo__max_steps=8))
+    new = to_dict(_cfg("runs/x", grpo__max_steps=12, run__log_every=5, tax_meter__every_steps=3, grpo__lr=1e-3,
                        grpo__group_size=4, model__lora__r=8, seed=1))
     applied, refused = rf.compare_configs(old, new)
-    assert [k for k, *_ in applied] == ["eval.every_steps", "train.log_every", "train.max_steps"]
-    assert ("train.max_steps", 8, 12) in applied
-    assert {k for k, *_ in refused} == {"grpo.group_size", "model.lora.r", "seed", "train.lr"}
+    assert [k for k, *_ in applied] == ["grpo.max_steps", "run.log_every", "tax_meter.every_steps"]
+    assert ("grpo.max_steps", 8, 12) in applied
+    assert {k for k, *_ in refused} == {"grpo.group_size", "grpo.lr", "model.lora.r", "seed"}
     # max_steps may not shrink, nor switch to epochs (-1).
     for smaller in (4, -1):
-        _, refused = rf.compare_configs(old, to_dict(_cfg("runs/x", train__max_steps=smaller)))
-        assert [k for k, *_ in refused] == ["train.max_steps"]
+        _, refused = rf.compare_configs(old, to_dict(_cfg("runs/x", grpo__max_steps=smaller)))
+        assert [k for k, *_ in refused] == ["grpo.max_steps"]
     # A key an older version did not record: fine at its default, refused otherwise.
     older = {k: v for k, v in old.items() if k != "overwrite"}
     assert rf.compare_configs(older, old) == ([], [])
     # A moved run folder: paths inside it moved with it.
-    moved = to_dict(_cfg("elsewhere/x", train__max_steps=8, model__init_from="elsewhere/x/cold_start"))
+    moved = to_dict(_cfg("elsewhere/x", grpo__max_steps=8, model__init_from="elsewhere/x/cold_start"))
     assert rf.compare_configs(dict(old, model=dict(old["model"], init_from="runs/x/cold_start")), moved) == \
         ([], [])
     # SFT ignores what it never reads.
@@ -91,35 +91,67 @@ def test_compare_configs_sorts_changes_into_applied_and_refused():
 
 
 def test_resume_check_names_every_refused_key_with_both_values(tmp_path):
-    old = _cfg(tmp_path, train__max_steps=8)
+    old = _cfg(tmp_path, grpo__max_steps=8)
     ckpt = _ckpt(tmp_path, 8, to_dict(old))
-    line = rf.check_resume_config(_cfg(tmp_path, train__max_steps=12, train__log_every=5), ckpt, stage="grpo")
-    assert line == "semgrpo: resume from step-00000008: applying changed train.log_every 1 -> 5, train.max_steps 8 -> 12"
-    assert rf.check_resume_config(_cfg(tmp_path, train__max_steps=8), ckpt, stage="grpo") is None
+    line = rf.check_resume_config(_cfg(tmp_path, grpo__max_steps=12, run__log_every=5), ckpt, stage="grpo")
+    assert line == "semgrpo: resume from step-00000008: applying changed grpo.max_steps 8 -> 12, run.log_every 1 -> 5"
+    assert rf.check_resume_config(_cfg(tmp_path, grpo__max_steps=8), ckpt, stage="grpo") is None
     with pytest.raises(ConfigError) as err:
-        rf.check_resume_config(_cfg(tmp_path, train__max_steps=4, reward__tau="0.3", grpo__beta=0.1), ckpt,
+        rf.check_resume_config(_cfg(tmp_path, grpo__max_steps=4, reward__tau="0.3", grpo__beta=0.1), ckpt,
                                stage="grpo")
     msg = str(err.value)
-    assert "grpo.beta 0.0 -> 0.1" in msg and "reward.tau 'auto' -> '0.3'" in msg and "train.max_steps 8 -> 4" in msg
+    assert "grpo.beta 0.0 -> 0.1" in msg and "reward.tau 'auto' -> '0.3'" in msg and "grpo.max_steps 8 -> 4" in msg
     assert "\n" not in msg
 
 
 def test_resume_check_falls_back_to_the_run_config_and_compares_the_deepspeed_json(tmp_path):
     ds = tmp_path / "ds.json"
     ds.write_text(json.dumps({"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 8}))
-    old = _cfg(tmp_path, train__deepspeed=str(ds))
+    old = _cfg(tmp_path, run__deepspeed=str(ds))
     ckpt = _ckpt(tmp_path, 1, None)  # an old checkpoint without its own config.json
     (tmp_path / "config.json").write_text(json.dumps(to_dict(old)))
     (tmp_path / "deepspeed.json").write_text(json.dumps(rf.deepspeed_record(old)))
     with pytest.raises(ConfigError, match="seed 0 -> 3"):
-        rf.check_resume_config(_cfg(tmp_path, train__deepspeed=str(ds), seed=3), ckpt, stage="grpo")
-    assert rf.check_resume_config(_cfg(tmp_path, train__deepspeed=str(ds)), ckpt, stage="grpo") is None
+        rf.check_resume_config(_cfg(tmp_path, run__deepspeed=str(ds), seed=3), ckpt, stage="grpo")
+    assert rf.check_resume_config(_cfg(tmp_path, run__deepspeed=str(ds)), ckpt, stage="grpo") is None
     moved = tmp_path / "moved.json"
     moved.write_text(ds.read_text())
-    assert "train.deepspeed" in rf.check_resume_config(_cfg(tmp_path, train__deepspeed=str(moved)), ckpt, stage="grpo")
+    assert "run.deepspeed" in rf.check_resume_config(_cfg(tmp_path, run__deepspeed=str(moved)), ckpt, stage="grpo")
     ds.write_text(json.dumps({"zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": 8}))
-    with pytest.raises(ConfigError, match="content of train.deepspeed"):
-        rf.check_resume_config(_cfg(tmp_path, train__deepspeed=str(ds)), ckpt, stage="grpo")
+    with pytest.raises(ConfigError, match="content of run.deepspeed"):
+        rf.check_resume_config(_cfg(tmp_path, run__deepspeed=str(ds)), ckpt, stage="grpo")
+
+
+def _old_style(cfg: Config) -> dict:
+    """`cfg` as a version before 0.2 saved it: GRPO's optimisation and the shared run keys under `train`,
+    the tax meter under `eval`."""
+    tree = to_dict(cfg)
+    grpo, run, meter = tree["grpo"], tree.pop("run"), tree.pop("tax_meter")
+    tree["train"] = {**run, **{k: grpo.pop(k) for k in ("lr", "scheduler", "warmup_ratio", "epochs", "max_steps")}}
+    tree["eval"] = meter
+    return tree
+
+
+def test_a_checkpoint_saved_with_the_old_key_names_resumes_and_compares_under_the_new_ones(tmp_path):
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 8}))
+    old = _cfg(tmp_path, grpo__max_steps=8, run__deepspeed=str(ds), tax_meter__every_steps=5)
+    ckpt = _ckpt(tmp_path, 8, _old_style(old))
+    (tmp_path / "deepspeed.json").write_text(json.dumps(rf.deepspeed_record(old)))
+    same = _cfg(tmp_path, grpo__max_steps=8, run__deepspeed=str(ds), tax_meter__every_steps=5)
+    assert rf.check_resume_config(same, ckpt, stage="grpo") is None
+    assert rf.check_resume_config(same, ckpt, stage="sft") is None
+    assert rf.recorded_config(ckpt)[0] == to_dict(old)
+    line = rf.check_resume_config(_cfg(tmp_path, grpo__max_steps=12, run__deepspeed=str(ds), tax_meter__every_steps=2),
+                                  ckpt, stage="grpo")
+    assert line == ("semgrpo: resume from step-00000008: applying changed grpo.max_steps 8 -> 12, "
+                    "tax_meter.every_steps 5 -> 2")
+    with pytest.raises(ConfigError, match=r"grpo\.lr 5e-07 -> 0\.001") as err:
+        rf.check_resume_config(_cfg(tmp_path, grpo__max_steps=8, run__deepspeed=str(ds), grpo__lr=1e-3), ckpt,
+                               stage="grpo")
+    assert "train." not in str(err.value) and "eval." not in str(err.value)
+    # The other way round too (compare_configs takes either form on either side).
+    assert rf.compare_configs(to_dict(old), _old_style(old)) == ([], [])
 
 
 def test_lock_refuses_a_second_holder_and_is_not_stale_after_release(tmp_path):
@@ -135,32 +167,32 @@ def test_lock_refuses_a_second_holder_and_is_not_stale_after_release(tmp_path):
 
 def test_start_records_the_config_once_and_overwrite_clears_the_old_run(tmp_path):
     out = tmp_path / "run"
-    cfg = _cfg(out, train__max_steps=2)
+    cfg = _cfg(out, grpo__max_steps=2)
     folder = rf.plan(cfg, stage="grpo")
     assert folder.mode == "fresh" and not out.exists()  # planning writes nothing
     folder.start(cfg)
-    assert json.loads((out / "config.json").read_text())["train"]["max_steps"] == 2
+    assert json.loads((out / "config.json").read_text())["grpo"]["max_steps"] == 2
     with pytest.raises(ConfigError, match="in use"):
         rf.plan(cfg, stage="grpo").start(cfg)
     folder.close()
     # A resume that changes max_steps: applied, logged in the checkpoint, config.json untouched.
     _ckpt(out, 2, to_dict(cfg))
-    cfg3 = _cfg(out, train__max_steps=3)
+    cfg3 = _cfg(out, grpo__max_steps=3)
     resume = rf.plan(cfg3, stage="grpo")
-    assert resume.mode == "resume" and "train.max_steps 2 -> 3" in resume.note
+    assert resume.mode == "resume" and "grpo.max_steps 2 -> 3" in resume.note
     resume.start(cfg3)
     resume.close()
-    assert json.loads((out / "config.json").read_text())["train"]["max_steps"] == 2
+    assert json.loads((out / "config.json").read_text())["grpo"]["max_steps"] == 2
     # Fresh start with overwrite: the old run's files go, other files stay.
     for name in ("metrics.jsonl", "summary.json", "reward_curve.png", "notes.txt"):
         (out / name).write_text("old")
     (out / "tensorboard").mkdir()
-    cfg5 = _cfg(out, train__max_steps=5, resume="", overwrite=True)
+    cfg5 = _cfg(out, grpo__max_steps=5, resume="", overwrite=True)
     folder = rf.plan(cfg5, stage="grpo")
     folder.start(cfg5)
     folder.close()
     assert sorted(p.name for p in out.iterdir() if p.name != "deepspeed.json") == [".lock", "config.json", "notes.txt"]
-    assert json.loads((out / "config.json").read_text())["train"]["max_steps"] == 5
+    assert json.loads((out / "config.json").read_text())["grpo"]["max_steps"] == 5
 
 
 # ---------------------------------------------------------------------------------- entry points
@@ -205,7 +237,7 @@ def test_resume_refuses_changed_settings_and_writes_nothing(run_copy):
                    "model.lora.r=8")
     line = _error_line(proc)
     assert line.startswith("train_grpo.py: error: resume from step-00000002"), line
-    for needle in ("grpo.group_size 8 -> 4", "model.lora.r 4 -> 8", "train.max_steps 2 -> 1"):
+    for needle in ("grpo.group_size 8 -> 4", "model.lora.r 4 -> 8", "grpo.max_steps 2 -> 1"):
         assert needle in line, line
     assert _snapshot(run_copy) == before
 
@@ -214,13 +246,13 @@ def test_resume_applies_allowed_changes_in_one_line_and_keeps_the_recorded_confi
     recorded = (run_copy / "config.json").read_bytes()
     proc = run_cli("train_grpo.py", f"output_dir={run_copy}", *QUICK, "train.max_steps=3", "train.log_every=5")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert ("semgrpo: resume from step-00000002: applying changed train.log_every 1 -> 5, train.max_steps 2 -> 3"
+    assert ("semgrpo: resume from step-00000002: applying changed grpo.max_steps 2 -> 3, run.log_every 1 -> 5"
             in proc.stdout.splitlines()), proc.stdout
     assert (run_copy / "config.json").read_bytes() == recorded
     steps = [json.loads(ln)["step"] for ln in (run_copy / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]
     saved = json.loads((run_copy / "checkpoints" / "step-00000003" / "config.json").read_text())
-    assert saved["train"]["max_steps"] == 3
+    assert saved["grpo"]["max_steps"] == 3
 
 
 def test_fresh_start_into_a_finished_run_is_refused(run_copy):

@@ -61,12 +61,8 @@ def _run_measure_tau(similarity: float) -> float:
                                           num_attention_heads=2, num_key_value_heads=1, head_dim=8, pad_token_id=0,
                                           eos_token_id=1, bos_token_id=None))
     examples = [SimpleNamespace(prompt_ids=[5 + i, 7, 9], reference=f"ref {i}") for i in range(3)]
-    run = SimpleNamespace(setup=SimpleNamespace(dev=examples, train=examples, tokenizer=_Tokenizer()),
-                          engine=_Engine(policy), eos=[1], rewards={"semantic": _FixedSimilarity(similarity)})
-    cfg = SimpleNamespace(reward=SimpleNamespace(tau_samples=3),
-                          grpo=SimpleNamespace(gather_for_generation=True, max_completion_length=4,
-                                               generation_batch_size=0))
-    return measure_tau(run, cfg)
+    return measure_tau(_Engine(policy), _Tokenizer(), examples, _FixedSimilarity(similarity).similarity,
+                       eos_ids=[1], gather=True, max_new_tokens=4, batch_size=0)
 
 
 @pytest.mark.parametrize("similarity,tau", [(-0.4, 0.0), (0.3, 0.3), (1.0, TAU_MAX)])

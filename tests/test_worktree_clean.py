@@ -1,7 +1,6 @@
 """Runs last (the file name sorts after every other test module): the tests of this session left the
 checkout as they found it, no new, changed or deleted file (the snapshot is taken in conftest.py)."""
 import pytest
-
 from _helpers import WORKTREE_KEY, worktree_state
 
 

@@ -20,7 +20,7 @@ _BACKENDS = ("auto", "triton", "torch")
 def triton_available() -> bool:
     """Whether ``import triton`` succeeds (cached)."""
     try:
-        import triton  # noqa: F401
+        import triton
         import triton.language  # noqa: F401
     except Exception:  # pragma: no cover - depends on the install
         return False

@@ -1,7 +1,8 @@
 """Triton kernels and autograd wrapper behind :func:`semgrpo.ops.grpo_loss`.
 
 Forward: one program per token row (or a persistent grid, see ``_launch_config``) streams the row's V
-logits once with an online logsumexp in fp32; the per-token loss and ``d loss / d logp`` follow from the
+logits once with an online logsumexp in fp32 (``logprobs.row_token_logp``, the loop ``token_logprobs``
+runs too); the per-token loss and ``d loss / d logp`` follow from the
 scalar ``logp``. Per row it keeps two fp32 scalars, ``lse`` and ``coef = w * dl/dlogp / temperature``;
 nothing [N, V] is written.
 
@@ -32,6 +33,16 @@ except Exception:  # pragma: no cover - depends on the install
 
 
 if triton is not None:
+    from .logprobs import row_token_logp
+
+    @triton.jit
+    def _persistent_row(it, T, x_ptr, s_xb, s_xt):
+        """Iteration `it` of a persistent program: program p of P handles rows p, p + P, p + 2P, ...
+        Returns the flat row, its (b, t) and the address of its logits."""
+        row = tl.program_id(0).to(tl.int64) + it * tl.num_programs(0).to(tl.int64)
+        b = row // T
+        t = row % T
+        return row, b, t, x_ptr + b * s_xb + t * s_xt
 
     @triton.jit
     def _grpo_loss_fwd_kernel(
@@ -42,34 +53,12 @@ if triton is not None:
         HAS_OLD: tl.constexpr, HAS_REF: tl.constexpr, USE_KL: tl.constexpr, BLOCK_V: tl.constexpr,
     ):
         # out holds 6 planes of N fp32: w*loss, kl, clipped-low, clipped-high, lse, coef (0 when masked).
-        # Persistent: program p handles rows p, p + P, p + 2P, ...
-        cols = tl.arange(0, BLOCK_V)
-        pid = tl.program_id(0).to(tl.int64)
-        nprog = tl.num_programs(0).to(tl.int64)
         for it in range(0, tl.cdiv(N - tl.program_id(0), tl.num_programs(0))):
-            row = pid + it * nprog
-            b = row // T
-            t = row % T
-            xb = x_ptr + b * s_xb + t * s_xt
+            row, b, t, xb = _persistent_row(it, T, x_ptr, s_xb, s_xt)
             on = tl.load(m_ptr + row).to(tl.float32) != 0.0
             if on:
-                # lse = logsumexp(x / temp), online per lane (no cross-warp reduction in the loop)
-                mx = tl.full([BLOCK_V], float("-inf"), tl.float32)
-                se = tl.zeros([BLOCK_V], tl.float32)
-                for v0 in range(0, V, BLOCK_V):
-                    v = v0 + cols
-                    x = tl.load(xb + v * s_xv, mask=v < V, other=float("-inf")).to(tl.float32) * inv_temp
-                    m_new = tl.maximum(mx, x)
-                    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-                    se = se * tl.exp(mx - m_safe) + tl.exp(x - m_safe)
-                    mx = m_new
-                mrow = tl.max(mx, axis=0)
-                lse = mrow + tl.log(tl.sum(se * tl.exp(mx - mrow), axis=0))
                 tok = tl.load(ids_ptr + b * s_ib + t * s_it).to(tl.int64)
-                ok = (tok >= 0) & (tok < V)
-                tok = tl.where(ok, tok, 0)
-                xt = tl.load(xb + tok * s_xv).to(tl.float32) * inv_temp
-                logp = tl.where(ok, xt - lse, float("nan"))
+                logp, lse = row_token_logp(xb, tok, s_xv, V, inv_temp, BLOCK_V)
                 # clipped surrogate: l = -min(r*A, clip(r, lo, hi)*A), r = exp(logp - old)
                 if HAS_OLD:
                     old = tl.load(old_ptr + row).to(tl.float32)
@@ -114,13 +103,8 @@ if triton is not None:
         # g may alias x (inplace_grad): each block is read before the same addresses are written.
         cols = tl.arange(0, BLOCK_V)
         gout = tl.load(gout_ptr).to(tl.float32)
-        pid = tl.program_id(0).to(tl.int64)
-        nprog = tl.num_programs(0).to(tl.int64)
         for it in range(0, tl.cdiv(N - tl.program_id(0), tl.num_programs(0))):
-            row = pid + it * nprog
-            b = row // T
-            t = row % T
-            xb = x_ptr + b * s_xb + t * s_xt
+            row, b, t, xb = _persistent_row(it, T, x_ptr, s_xb, s_xt)
             gb = g_ptr + b * s_gb + t * s_gt
             coef = tl.load(coef_ptr + row) * gout
             if coef != 0.0:  # NaN (bad id) passes and spreads over the row, as in torch

@@ -19,7 +19,7 @@ try:  # Triton is optional: CPU installs use the torch reference.
 except Exception:  # pragma: no cover - depends on the install
     triton = None
 
-_SCALES = ("group", "batch", "none")
+SCALES = ("group", "batch", "none")
 _SCALE_CODE = {"group": 0, "batch": 1, "none": 2}
 
 
@@ -69,8 +69,8 @@ def _check(rewards: torch.Tensor, group_size: int, scale: str, eps: float) -> No
         raise ValueError(
             f"rewards length {rewards.numel()} must be a positive multiple of group_size={group_size}"
         )
-    if scale not in _SCALES:
-        raise ValueError(f"scale must be one of {_SCALES}, got {scale!r}")
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
         raise ValueError(f"eps must be a number >= 0, got {eps!r}")
 

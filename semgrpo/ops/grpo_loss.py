@@ -30,7 +30,8 @@ def _validate(logits, ids, mask, adv, old, ref, temperature, eps_low, eps_high, 
     check_float_tensor("logits", logits, ndim=3)
     B, T, _ = logits.shape
     if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"completion_ids must be an int64/int32 tensor, got {getattr(ids, 'dtype', type(ids).__name__)}")
+        got = getattr(ids, "dtype", type(ids).__name__)
+        raise TypeError(f"completion_ids must be an int64/int32 tensor, got {got}")
     if tuple(ids.shape) != (B, T):
         raise ValueError(f"completion_ids shape {tuple(ids.shape)} must be logits.shape[:2] = {(B, T)}")
     if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != (B, T):
@@ -66,9 +67,9 @@ def _validate(logits, ids, mask, adv, old, ref, temperature, eps_low, eps_high, 
         or max_completion_length < 1
     ):
         raise ValueError(f"max_completion_length must be an int >= 1 or None, got {max_completion_length!r}")
-    if num_items_in_batch is not None and not isinstance(num_items_in_batch, torch.Tensor):
-        if isinstance(num_items_in_batch, bool) or not isinstance(num_items_in_batch, (int, float)) \
-                or not num_items_in_batch > 0:
+    if num_items_in_batch is not None and not isinstance(num_items_in_batch, torch.Tensor) and (
+            isinstance(num_items_in_batch, bool) or not isinstance(num_items_in_batch, (int, float))
+            or not num_items_in_batch > 0):
             raise ValueError(f"num_items_in_batch must be a number > 0, a tensor or None, got {num_items_in_batch!r}")
 
 

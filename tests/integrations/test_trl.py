@@ -8,11 +8,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 trl = pytest.importorskip("trl", reason="trl is not installed (optional integration)")
 torch = pytest.importorskip("torch")
 
-from datasets import Dataset  # noqa: E402
-from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
+from datasets import Dataset
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from semgrpo.integrations.trl import unsupported_reason, use_semgrpo_loss  # noqa: E402
+from semgrpo.integrations.trl import unsupported_reason, use_semgrpo_loss
 
 WORDS = ["<pad>", "<eos>", "<unk>"] + [f"w{i}" for i in range(45)]
 

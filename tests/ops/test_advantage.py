@@ -2,10 +2,9 @@ import math
 
 import pytest
 import torch
+from _ops_ref import naive_advantages
 
 from semgrpo.ops import group_advantages, group_advantages_torch, zero_std_groups
-
-from _ops_ref import naive_advantages
 
 NAN = float("nan")
 

@@ -5,12 +5,11 @@ import os
 
 import pytest
 import torch
+from _ops_ref import naive_grpo_loss
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from semgrpo.ops import _grpo_kernel, grpo_loss
-
-from _ops_ref import naive_grpo_loss
 
 DEVICES = (["cpu"] if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") else []) + (
     ["cuda"] if torch.cuda.is_available() else []

@@ -1,10 +1,9 @@
 import pytest
 import torch
-
-from semgrpo.ops import token_logprobs, token_logprobs_torch
-from semgrpo.ops import logprobs as logprobs_mod
-
 from _ops_ref import naive_logps
+
+from semgrpo.ops import logprobs as logprobs_mod
+from semgrpo.ops import token_logprobs, token_logprobs_torch
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-4), (torch.float16, 1e-4)])

@@ -9,11 +9,10 @@ import os
 
 import pytest
 import torch
+from _ops_ref import naive_grpo_loss, naive_logps
 
 from semgrpo.ops import LOSS_TYPES, _grpo_kernel, grpo_loss, token_logprobs
 from semgrpo.ops import logprobs as logprobs_mod
-
-from _ops_ref import naive_grpo_loss, naive_logps
 
 DEVICES = (["cpu"] if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") else []) + (
     ["cuda"] if torch.cuda.is_available() else []

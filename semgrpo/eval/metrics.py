@@ -1,0 +1,247 @@
+"""Evaluation metrics: BLEU / chrF / ROUGE-L, CMRC 2018 EM/F1, OOD token NLL and KL, summary statistics.
+
+Scales: BLEU, chrF and ROUGE-L are corpus-level scores in [0, 100] (sacrebleu's scale; the paper prints
+BLEU and ROUGE-L divided by 100). CMRC EM/F1/Avg are in [0, 100] as the official script reports them.
+
+Tokenization by output script (``script``):
+
+- ``"tibetan"``: tokens are syllables, split at tsheg and shad (and their variants) and whitespace by
+  `semgrpo.script.text.tibetan_syllables`; the delimiters are dropped. BLEU sees the syllables joined by one
+  space with sacrebleu's ``tokenize="none"``; chrF sees the same string (chrF ignores whitespace, so its
+  character n-grams run over syllable letters without tsheg/shad); ROUGE-L's tokens are the syllables.
+- ``"han"`` (Chinese): BLEU uses sacrebleu's ``zh`` tokenizer; chrF the raw text; ROUGE-L's tokens are the
+  characters that are not whitespace.
+- ``"latin"``: BLEU uses sacrebleu's default ``13a``; chrF the raw text; ROUGE-L rouge-score's default
+  tokenizer (lower-cased alphanumeric words).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from semgrpo.eval.cmrc import cmrc_scores
+from semgrpo.script.text import tibetan_syllables
+
+__all__ = ["METRIC_SCRIPTS", "bleu", "chrf", "rouge_l", "cmrc_scores", "token_nll_kl", "summarize",
+           "nll_kl_summary", "similarity_stats", "metric_tokens"]
+
+METRIC_SCRIPTS = ("tibetan", "han", "latin")
+_BLEU_TOKENIZE = {"tibetan": "none", "han": "zh", "latin": "13a"}
+
+
+def _check_pairs(hypotheses: Sequence[str], references: Sequence[str], script: str) -> None:
+    if script not in METRIC_SCRIPTS:
+        raise ValueError(f"script must be one of {METRIC_SCRIPTS}, got {script!r}")
+    for name, xs in (("hypotheses", hypotheses), ("references", references)):
+        if isinstance(xs, str) or not isinstance(xs, Sequence):
+            raise ValueError(f"{name} must be a list of strings, got {type(xs).__name__}")
+        bad = next((i for i, x in enumerate(xs) if not isinstance(x, str)), None)
+        if bad is not None:
+            raise ValueError(f"{name}[{bad}] must be a str, got {type(xs[bad]).__name__}")
+    if len(hypotheses) != len(references):
+        raise ValueError(f"hypotheses and references must have the same length, got "
+                         f"{len(hypotheses)} and {len(references)}")
+    if not hypotheses:
+        raise ValueError("hypotheses and references are empty: nothing to score")
+
+
+def metric_tokens(text: str, *, script: str) -> list[str]:
+    """The tokens ROUGE-L counts for one text (see the module docstring); Tibetan: syllables."""
+    if script == "tibetan":
+        return tibetan_syllables(text)
+    if script == "han":
+        return [c for c in text if not c.isspace()]
+    if script == "latin":
+        from rouge_score.tokenize import tokenize
+        return tokenize(text, None)
+    raise ValueError(f"script must be one of {METRIC_SCRIPTS}, got {script!r}")
+
+
+def _prepare(texts: Sequence[str], script: str) -> list[str]:
+    if script == "tibetan":
+        return [" ".join(tibetan_syllables(t)) for t in texts]
+    return list(texts)
+
+
+def bleu(hypotheses: Sequence[str], references: Sequence[str], *, script: str) -> float:
+    """Corpus BLEU-4 (sacrebleu defaults, one reference per hypothesis), in [0, 100].
+
+    Args:
+        hypotheses: Model outputs, one per sample.
+        references: Reference texts, aligned with `hypotheses`.
+        script: Output script, one of `METRIC_SCRIPTS` (decides the tokenization).
+
+    Raises:
+        ValueError: unknown script, non-str items, length mismatch or empty input.
+    """
+    import sacrebleu
+
+    _check_pairs(hypotheses, references, script)
+    return float(sacrebleu.corpus_bleu(_prepare(hypotheses, script), [_prepare(references, script)],
+                                       tokenize=_BLEU_TOKENIZE[script]).score)
+
+
+def chrf(hypotheses: Sequence[str], references: Sequence[str], *, script: str) -> float:
+    """Corpus chrF (sacrebleu defaults: character 6-grams, beta 2), in [0, 100].
+
+    Args and Raises: as `bleu`.
+    """
+    import sacrebleu
+
+    _check_pairs(hypotheses, references, script)
+    return float(sacrebleu.corpus_chrf(_prepare(hypotheses, script), [_prepare(references, script)]).score)
+
+
+class _ScriptTokenizer:
+    """rouge-score tokenizer interface (``tokenize(text) -> list[str]``) over `metric_tokens`."""
+
+    def __init__(self, script: str):
+        self.script = script
+
+    def tokenize(self, text: str) -> list[str]:
+        return metric_tokens(text, script=self.script)
+
+
+def rouge_l(hypotheses: Sequence[str], references: Sequence[str], *, script: str) -> float:
+    """ROUGE-L F1 (rouge-score, LCS of tokens) averaged over the samples, in [0, 100].
+
+    The tokens are Tibetan syllables for ``script="tibetan"`` (module docstring for the others). A pair
+    where either side has no token scores 0.
+
+    Args and Raises: as `bleu`.
+    """
+    _check_pairs(hypotheses, references, script)
+    try:
+        from rouge_score import rouge_scorer
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("rouge_l needs the rouge-score package (pip install rouge-score)") from e
+    scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_ScriptTokenizer(script))
+    f = [scorer.score(ref, hyp)["rougeL"].fmeasure for hyp, ref in zip(hypotheses, references)]
+    return 100.0 * float(np.mean(f))
+
+
+def _as_values(values, name: str) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        values = values.detach().float().cpu().numpy()
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty: nothing to summarize")
+    if not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr)).sum())
+        raise ValueError(f"{name} holds {bad} non-finite value(s); expected finite numbers")
+    return arr
+
+
+def summarize(values) -> dict:
+    """Mean, median and 90th percentile (linear interpolation, numpy's default) of a 1-D sample.
+
+    Shape:
+        values: [N] (list, numpy array or tensor), N >= 1, finite.
+    """
+    v = _as_values(values, "values")
+    return {"mean": float(v.mean()), "median": float(np.median(v)), "p90": float(np.percentile(v, 90))}
+
+
+def similarity_stats(sims) -> dict:
+    """Mean, median, 10th and 90th percentile of per-sample semantic similarities.
+
+    Shape:
+        sims: [N] (list, numpy array or tensor), N >= 1, finite.
+    """
+    v = _as_values(sims, "sims")
+    return {"mean": float(v.mean()), "median": float(np.median(v)),
+            "p10": float(np.percentile(v, 10)), "p90": float(np.percentile(v, 90))}
+
+
+@torch.no_grad()
+def token_nll_kl(base_logits: torch.Tensor, adapted_logits: torch.Tensor, target_ids: torch.Tensor,
+                 mask: torch.Tensor, *, chunk_rows: int = 1024) -> dict:
+    """Per-token NLL of the target under both models and KL(base || adapted) of their next-token laws.
+
+    Position t of the logits predicts ``target_ids[:, t]`` (already shifted, as in `grpo_loss`). Only
+    positions where `mask` is set are measured; the math is fp32 on the logits' device, ``chunk_rows``
+    selected positions at a time so no fp32 [B, T, V] copy is made.
+
+        nll = -log softmax(logits)[target];   kl = sum_v p_base(v) * (log p_base(v) - log p_adapted(v))
+
+    Args:
+        base_logits: Logits of the base (reference) model.
+        adapted_logits: Logits of the adapted model, same shape.
+        target_ids: Target token ids in [0, V).
+        mask: 1/True where a target token counts.
+        chunk_rows: Positions processed per chunk (memory bound), >= 1.
+
+    Returns:
+        ``{"nll_base", "nll_adapted", "kl", "delta_nll"}``: float64 numpy arrays [N] over the masked
+        positions in row-major order, N = mask.sum(); ``delta_nll = nll_adapted - nll_base`` per token.
+        `nll_kl_summary` turns (concatenated) arrays into the paper's mean / median / p90 table.
+
+    Shape:
+        base_logits, adapted_logits: [B, T, V]; target_ids, mask: [B, T].
+
+    Raises:
+        ValueError: shape mismatch, non-float logits, ids out of range, a mask that selects nothing.
+    """
+    if not isinstance(base_logits, torch.Tensor) or base_logits.dim() != 3:
+        raise ValueError(f"base_logits must be a [B, T, V] tensor, got "
+                         f"{getattr(base_logits, 'shape', type(base_logits).__name__)}")
+    if not isinstance(adapted_logits, torch.Tensor) or adapted_logits.shape != base_logits.shape:
+        raise ValueError(f"adapted_logits must have the shape of base_logits {tuple(base_logits.shape)}, got "
+                         f"{getattr(adapted_logits, 'shape', type(adapted_logits).__name__)}")
+    if not (base_logits.is_floating_point() and adapted_logits.is_floating_point()):
+        raise ValueError(f"logits must be floating point, got {base_logits.dtype} and {adapted_logits.dtype}")
+    b, t, v = base_logits.shape
+    for name, x in (("target_ids", target_ids), ("mask", mask)):
+        if not isinstance(x, torch.Tensor) or tuple(x.shape) != (b, t):
+            raise ValueError(f"{name} must be a [B, T] = [{b}, {t}] tensor, got "
+                             f"{getattr(x, 'shape', type(x).__name__)}")
+    if target_ids.is_floating_point() or target_ids.dtype == torch.bool:
+        raise ValueError(f"target_ids must be an integer tensor, got {target_ids.dtype}")
+    if not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be an int >= 1, got {chunk_rows!r}")
+    sel = mask.to(base_logits.device).bool()
+    if not sel.any():
+        raise ValueError("mask selects no token: nothing to measure")
+    ids = target_ids.to(base_logits.device)[sel].long()
+    if ids.min() < 0 or ids.max() >= v:
+        raise ValueError(f"target_ids must lie in [0, {v}) where mask is set, got range "
+                         f"[{int(ids.min())}, {int(ids.max())}]")
+    base_rows, adapted_rows = base_logits[sel], adapted_logits.to(base_logits.device)[sel]  # [N, V]
+    nll_b, nll_a, kl = [], [], []
+    for s in range(0, ids.numel(), chunk_rows):
+        lb = torch.log_softmax(base_rows[s:s + chunk_rows].float(), dim=-1)
+        la = torch.log_softmax(adapted_rows[s:s + chunk_rows].float(), dim=-1)
+        tgt = ids[s:s + chunk_rows, None]
+        nll_b.append(-lb.gather(-1, tgt).squeeze(-1))
+        nll_a.append(-la.gather(-1, tgt).squeeze(-1))
+        pb = lb.exp()  # a base probability of exactly 0 contributes 0, whatever the adapted one is
+        kl.append(torch.where(pb > 0, pb * (lb - la), torch.zeros_like(pb)).sum(-1).clamp_min(0.0))
+    as_np = lambda xs: torch.cat(xs).double().cpu().numpy()
+    out = {"nll_base": as_np(nll_b), "nll_adapted": as_np(nll_a), "kl": as_np(kl)}
+    out["delta_nll"] = out["nll_adapted"] - out["nll_base"]
+    return out
+
+
+def nll_kl_summary(token_stats: dict) -> dict:
+    """Paper Appendix C numbers from `token_nll_kl` outputs (concatenate batches first).
+
+    Returns:
+        ``{"nll_base", "nll_adapted", "kl"}``: each `summarize`d; ``"delta"``: nll_adapted minus
+        nll_base for each of mean, median, p90 (the paper's "change vs the base model").
+
+    Shape:
+        token_stats["nll_base"], ["nll_adapted"], ["kl"]: [N] each, same N.
+    """
+    missing = [k for k in ("nll_base", "nll_adapted", "kl") if k not in token_stats]
+    if missing:
+        raise ValueError(f"token_stats misses {missing}; expected the dict of token_nll_kl")
+    sizes = {k: len(token_stats[k]) for k in ("nll_base", "nll_adapted", "kl")}
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"token_stats arrays must have one length, got {sizes}")
+    out = {k: summarize(token_stats[k]) for k in ("nll_base", "nll_adapted", "kl")}
+    out["delta"] = {k: out["nll_adapted"][k] - out["nll_base"][k] for k in ("mean", "median", "p90")}
+    return out
