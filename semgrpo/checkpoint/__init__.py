@@ -35,19 +35,24 @@ import json
 import logging
 import os
 import pickle
-import random
 import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
-import xxhash
 
 from semgrpo import dist
-from semgrpo.errors import UserError
+from semgrpo.checkpoint.integrity import MANIFEST_FILE as MANIFEST_FILE  # re-exported
+from semgrpo.checkpoint.integrity import verify_checkpoint, write_manifest
+from semgrpo.checkpoint.state_files import (
+    CheckpointError,
+    read_json,
+    read_rng_state,
+    rng_state,
+    set_rng_state,
+    weights_only_load,
+)
 from semgrpo.files import fsync_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -57,16 +62,11 @@ ENGINE_TAG = "state"
 ADAPTER_DIR = "adapter"
 COMPLETE_FILE = "COMPLETE"
 CONFIG_FILE = "config.json"
-MANIFEST_FILE = "MANIFEST.json"
 CLIENT_STATE_FILE = "client_state.json"
-_HASH_CHUNK = 8 << 20
 TMP_PREFIX = ".tmp-"
 _CLIENT_KEY = "semgrpo_client_state"  # our state under one key: DeepSpeed mixes its own keys in
 _STEP_RE = re.compile(r"^step-(\d+)$")
-
-
-class CheckpointError(UserError):
-    """A checkpoint path that does not exist, is not complete, or failed to load."""
+_WARNED: set[tuple[str, str]] = set()  # damaged checkpoints already reported in this process
 
 
 def _step_name(step: int) -> str:
@@ -111,85 +111,6 @@ def find_latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
         if dist.is_main() and (str(path), problem) not in _WARNED:  # once, though a start resolves twice
             _WARNED.add((str(path), problem))
             log.warning("checkpoint %s is damaged (%s): skipped, falling back to an older one", path, problem)
-    return None
-
-
-def _file_digest(path: Path) -> str:
-    h = xxhash.xxh3_64()
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _checkpoint_files(directory: Path) -> list[str]:
-    """Relative POSIX paths of the files a manifest covers (all but the manifest and COMPLETE)."""
-    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*")
-                  if p.is_file() and p.relative_to(directory).as_posix() not in (MANIFEST_FILE, COMPLETE_FILE))
-
-
-def _write_manifest(directory: Path) -> None:
-    """Collective: size and xxh3-64 of every file in `directory`; ranks hash a share each, rank 0 writes."""
-    names = dist.broadcast_object(_checkpoint_files(directory) if dist.is_main() else None)
-    mine = {n: {"size": (directory / n).stat().st_size, "xxh3_64": _file_digest(directory / n)}
-            for n in names[dist.rank()::dist.world_size()]}
-    if dist.world_size() > 1:
-        import torch.distributed as torch_dist
-
-        parts: list = [None] * dist.world_size()
-        torch_dist.all_gather_object(parts, mine)
-        entries = {k: v for part in parts for k, v in part.items()}
-    else:
-        entries = mine
-    if dist.is_main():
-        write_json_atomic(directory / MANIFEST_FILE, {"version": 1, "hash": "xxh3_64", "files": entries})
-
-
-def verify_checkpoint(path: str | os.PathLike) -> str | None:
-    """None when `path` matches its manifest (or has none: older checkpoints), else what is wrong, in words.
-
-    Checks every listed file: present, same size, same xxh3-64 checksum. The verdict is cached per
-    process for files whose sizes and modification times have not changed, so the second check of a
-    run start (after taking the run folder's lock) reads nothing again.
-    """
-    path = Path(path)
-    manifest_file = path / MANIFEST_FILE
-    if not manifest_file.is_file():
-        return None
-    try:
-        key = (str(path.resolve()), tuple((p.relative_to(path).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
-                                          for p in sorted(path.rglob("*")) if p.is_file()))
-    except OSError:
-        key = None
-    if key is not None and key in _VERDICTS:
-        return _VERDICTS[key]
-    verdict = _verify(path, manifest_file)
-    if key is not None:
-        _VERDICTS[key] = verdict
-    return verdict
-
-
-_VERDICTS: dict[tuple, str | None] = {}
-_WARNED: set[tuple[str, str]] = set()
-
-
-def _verify(path: Path, manifest_file: Path) -> str | None:
-    try:
-        manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
-        files = manifest["files"]
-        items = [(str(name), int(meta["size"]), str(meta["xxh3_64"])) for name, meta in files.items()]
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        return f"{MANIFEST_FILE} is unreadable: {exc}"
-    for name, size, _ in items:
-        file = path / name
-        if not file.is_file():
-            return f"{name} is missing"
-        actual = file.stat().st_size
-        if actual != size:
-            return f"{name} has {actual} bytes, expected {size}"
-    for name, _, digest in items:
-        if _file_digest(path / name) != digest:
-            return f"{name} fails its checksum"
     return None
 
 
@@ -243,42 +164,6 @@ def resolve_resume(resume: str | os.PathLike | None, output_dir: str | os.PathLi
         raise CheckpointError(f"resume={text!r} is damaged: {problem}; resume from an older checkpoint or "
                               f"resume=auto (the newest intact one)")
     return path
-
-
-# ------------------------------------------------------------------------------------------------- RNG
-
-
-def _rng_state() -> dict[str, Any]:
-    """This process's RNG states as plain JSON values (torch byte states as lists of ints)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002 - the global state is what we restore
-    version, internal, gauss = random.getstate()
-    state: dict[str, Any] = {
-        "python": [version, list(internal), gauss],
-        "numpy": [kind, keys.astype(np.int64).tolist(), int(pos), int(has_gauss), float(cached)],
-        "torch": torch.get_rng_state().tolist(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
-    return state
-
-
-def _bytes_tensor(values) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.uint8) if not torch.is_tensor(values) else values
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    keys = keys.numpy() if torch.is_tensor(keys) else np.asarray(keys, dtype=np.int64)
-    np.random.set_state((kind, keys.astype(np.uint32), pos, has_gauss, cached))  # noqa: NPY002
-    torch.set_rng_state(_bytes_tensor(state["torch"]))
-    if "cuda" in state and torch.cuda.is_available():
-        if len(state["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all([_bytes_tensor(s) for s in state["cuda"]])
-        else:
-            log.warning("checkpoint holds CUDA RNG state for %d devices, this process sees %d: not restored",
-                        len(state["cuda"]), torch.cuda.device_count())
 
 
 # --------------------------------------------------------------------------------------------- adapter
@@ -365,14 +250,14 @@ def save_checkpoint(engine, output_dir: str | os.PathLike, *, step: int, client_
     dist.barrier()
 
     engine.save_checkpoint(str(tmp), tag=ENGINE_TAG, client_state={})
-    write_json_atomic(tmp / f"rng_rank{dist.rank()}.json", _rng_state())
+    write_json_atomic(tmp / f"rng_rank{dist.rank()}.json", rng_state())
     _save_adapter(engine.module, tmp / ADAPTER_DIR)
     if dist.is_main():
         write_json_atomic(tmp / CLIENT_STATE_FILE, client_state)
         if config is not None:
             write_json_atomic(tmp / CONFIG_FILE, config)
     dist.barrier()
-    _write_manifest(tmp)
+    write_manifest(tmp, skip=(COMPLETE_FILE,))
     dist.barrier()
 
     if dist.is_main():
@@ -421,15 +306,15 @@ def load_checkpoint(engine, path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{str(path)!r} is not a complete checkpoint "
                               f"(a step-NNNNNNNN dir holding {COMPLETE_FILE})")
     client_file = path / CLIENT_STATE_FILE
-    own_client = _read_json(client_file, path) if client_file.is_file() else None
+    own_client = read_json(client_file, path) if client_file.is_file() else None
     if own_client is not None and not isinstance(own_client, dict):
         raise CheckpointError(f"{path}: {CLIENT_STATE_FILE} holds a {type(own_client).__name__}, expected an object")
-    rng_state = _read_rng_state(path)
+    rng_state = read_rng_state(path)
 
     checkpoint_engine = getattr(engine, "checkpoint_engine", None)
     patched = checkpoint_engine is not None and hasattr(checkpoint_engine, "load")
     if patched:
-        checkpoint_engine.load = _weights_only_load  # instance attribute: shadows DeepSpeed's unpickling load
+        checkpoint_engine.load = weights_only_load  # instance attribute: shadows DeepSpeed's unpickling load
     try:
         load_path, ds_client = engine.load_checkpoint(
             str(path), tag=ENGINE_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
@@ -444,7 +329,7 @@ def load_checkpoint(engine, path: str | os.PathLike) -> dict:
     if load_path is None:
         raise CheckpointError(f"DeepSpeed found no engine state under {str(path / ENGINE_TAG)!r}")
     if rng_state is not None:
-        _set_rng_state(rng_state)
+        set_rng_state(rng_state)
     if own_client is not None:
         return own_client
     if not ds_client or _CLIENT_KEY not in ds_client:  # checkpoints saved before client_state.json
@@ -452,48 +337,3 @@ def load_checkpoint(engine, path: str | os.PathLike) -> dict:
     return ds_client[_CLIENT_KEY]
 
 
-def _read_json(file: Path, checkpoint: Path) -> Any:
-    try:
-        return json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{checkpoint}: {file.name} is not valid JSON ({type(exc).__name__}); "
-                              f"the checkpoint is damaged or untrusted") from None
-
-
-def _read_rng_state(path: Path) -> dict | None:
-    """This rank's RNG state: rng_rank{r}.json, or an older checkpoint's .pt (tensors only), or None."""
-    json_file, legacy = path / f"rng_rank{dist.rank()}.json", path / f"rng_rank{dist.rank()}.pt"
-    if json_file.is_file():
-        state = _read_json(json_file, path)
-        if not isinstance(state, dict) or not {"python", "numpy", "torch"} <= set(state):
-            raise CheckpointError(f"{path}: {json_file.name} is not an RNG state")
-        return state
-    if legacy.is_file():
-        try:
-            return torch.load(legacy, weights_only=True)
-        except Exception as exc:
-            raise CheckpointError(f"{path}: {legacy.name} cannot be loaded ({type(exc).__name__})") from None
-    log.warning("%s is missing (saved with another world size?): RNG state not restored", json_file)
-    return None
-
-
-def _deepspeed_safe_globals() -> list:
-    """The non-tensor classes DeepSpeed 0.19 pickles into its optimizer files: plain data, no code."""
-    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
-
-    safe = [ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address]
-    try:
-        from deepspeed.runtime.zero.offload_config import OffloadDeviceEnum, OffloadStateTypeEnum
-    except ImportError:
-        pass
-    else:
-        safe += [OffloadDeviceEnum, OffloadStateTypeEnum]
-    return safe
-
-
-def _weights_only_load(path: str, map_location=None):
-    """DeepSpeed's checkpoint-engine `load`, with torch's restricted unpickler instead of a full one."""
-    with torch.serialization.safe_globals(_deepspeed_safe_globals()):
-        return torch.load(path, map_location=map_location, weights_only=True)

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
-import os
-import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +16,6 @@ from typing import Any
 import yaml
 
 from semgrpo.errors import UserError
-from semgrpo.ops.advantage import SCALES as SCALE_REWARDS  # the choices live with the ops that use them
-from semgrpo.ops.grpo_loss import LOSS_TYPES
 
 REWARD_FUNCTIONS = ("semantic", "language", "bleu", "length")
 PAPER_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -205,25 +200,15 @@ def valid_keys(cls=Config, prefix="") -> list[str]:
     return keys
 
 
-# Renamed keys (0.2): old dotted name -> new one. `load_config` still takes the old names, with one
-# deprecation line each, until DEPRECATED_UNTIL; saved configs with the old sections are read through
-# `upgrade_saved_config`.
-DEPRECATED_UNTIL = "0.3"
-RENAMED_KEYS = {
-    **{f"train.{k}": f"grpo.{k}" for k in ("lr", "scheduler", "warmup_ratio", "epochs", "max_steps")},
-    **{f"train.{k}": f"run.{k}" for k in ("deepspeed", "weight_decay", "save_every", "keep_last", "log_every",
-                                           "sample_every")},
-    **{f"eval.{k}": f"tax_meter.{k}" for k in ("every_steps", "ood_passages", "ood_samples", "ood_max_tokens",
-                                               "batch_size")},
-}
-
 
 def load_config(paths: str | Path | list | None = None, overrides: list[str] = ()) -> Config:
     """Build a Config from defaults, then YAML files (later ones win), then `key=value` overrides.
 
-    Old key names (`RENAMED_KEYS`) are applied under their new names, with one deprecation line per old
+    Old key names (`renames.RENAMED_KEYS`) are applied under their new names, with one deprecation line per old
     name on stderr; an old and a new name for the same key in one source with different values is an error.
     """
+    from semgrpo.config.renames import renamed  # it builds scratch Configs from this module
+
     cfg = Config()
     warned: set[str] = set()
     if isinstance(paths, (str, Path)):
@@ -238,7 +223,7 @@ def load_config(paths: str | Path | list | None = None, overrides: list[str] = (
             raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level, got {type(tree).__name__}")
-        for key, value in _renamed(list(_flatten(tree)), str(path), warned):
+        for key, value in renamed(list(_flatten(tree)), str(path), warned):
             set_key(cfg, key, value, origin=str(path))
     items = []
     for item in overrides:
@@ -250,72 +235,20 @@ def load_config(paths: str | Path | list | None = None, overrides: list[str] = (
         except yaml.YAMLError:
             value = raw
         items.append((key.strip(), value))
-    for key, value in _renamed(items, "command line", warned):
+    for key, value in renamed(items, "command line", warned):
         set_key(cfg, key, value, origin="command line")
+    from semgrpo.config.checks import validate  # the checks import this module
+
     validate(cfg)
     return cfg
 
 
-def _renamed(items: list[tuple[str, Any]], origin: str, warned: set[str]) -> list[tuple[str, Any]]:
-    """`items` (dotted key, value) of one source with old key names replaced by the new ones, in order.
-
-    Prints one deprecation line per old name (once per `warned` set, on one rank only); raises a
-    ConfigError when the source gives an old name and its new name with different values."""
-    given = {}  # new name -> (name as given, value): the last of each, as set_key applies them
-    for key, value in items:
-        given.setdefault(RENAMED_KEYS.get(key, key), {})[key] = value
-    for new, names in given.items():
-        if len(names) > 1:
-            (a, va), (b, vb) = names.items()
-            if _coerced(new, va) != _coerced(new, vb):
-                raise ConfigError(f"{a}={va!r} and {b}={vb!r} ({origin}) set the same key ({b} is the new name "
-                                  f"of {a}); give only {b}")
-    out = []
-    for key, value in items:
-        if key in RENAMED_KEYS:
-            new = RENAMED_KEYS[key]
-            if key not in warned:
-                warned.add(key)
-                if os.environ.get("RANK", "0") == "0":  # a launcher's other ranks stay quiet
-                    print(f"semgrpo: config key {key} is deprecated; use {new} (the old name works until "
-                          f"{DEPRECATED_UNTIL})", file=sys.stderr, flush=True)
-            key = new
-        out.append((key, value))
-    return out
-
-
-def _coerced(dotted: str, value: Any) -> Any:
-    """`value` as `set_key` would store it under `dotted` (for comparing two spellings of one value)."""
-    scratch = Config()
-    try:
-        set_key(scratch, dotted, value)
-    except ConfigError:
-        return ("invalid", repr(value))
-    return get_key(scratch, dotted)
-
-
-def upgrade_saved_config(tree: dict | None) -> dict | None:
-    """A saved config (run or checkpoint `config.json`, `to_dict` form) with the sections of older versions
-    (`train`, `eval`) moved to their new names (`RENAMED_KEYS`); a value already under its new name wins.
-    Keys it does not know stay where they are. Returns a new dict; the input is not changed."""
-    if not isinstance(tree, dict):
-        return tree
-    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in tree.items()}
-    for section in sorted({old.split(".")[0] for old in RENAMED_KEYS}):
-        old_sec = out.get(section)
-        if not isinstance(old_sec, dict) or section in _SECTIONS:
-            continue
-        for field_name in list(old_sec):
-            new = RENAMED_KEYS.get(f"{section}.{field_name}")
-            if new is None:
-                continue
-            new_sec, new_field = new.split(".")
-            target = out.setdefault(new_sec, {})
-            if isinstance(target, dict):
-                target.setdefault(new_field, old_sec.pop(field_name))
-        if not old_sec:
-            del out[section]
-    return out
+def get_key(cfg: Config, dotted: str) -> Any:
+    """The value of `a.b.c` in the tree."""
+    node = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
 
 
 def set_key(cfg: Config, dotted: str, value: Any, *, origin: str = "") -> None:
@@ -344,126 +277,6 @@ def set_key(cfg: Config, dotted: str, value: Any, *, origin: str = "") -> None:
             if isinstance(value, dict):  # a partial mapping keeps the other defaults
                 value = {**getattr(node, part), **value}
             setattr(node, part, value)
-
-
-def validate(cfg: Config) -> None:
-    """Range and choice checks that need no files: every numeric and choice key (tables below), then the
-    rules that tie several keys together. Each error names the key, the value and what is expected."""
-    for key, (ok, expected) in _RANGES.items():
-        value = get_key(cfg, key)
-        if not ok(value):
-            raise ConfigError(f"{key} must be {expected}, got {value!r}")
-    for key, choices in _choices().items():
-        _choice(key, get_key(cfg, key), choices)
-    g, r = cfg.grpo, cfg.reward
-    if not r.functions:
-        raise ConfigError("reward.functions is empty; choose from " + ", ".join(REWARD_FUNCTIONS))
-    for name in r.functions:
-        _choice("reward.functions", name, REWARD_FUNCTIONS)
-    for name, weight in r.weights.items():
-        _choice("reward.weights key", name, REWARD_FUNCTIONS)
-        if not math.isfinite(weight):
-            raise ConfigError(f"reward.weights.{name} must be a finite number, got {weight!r}")
-    if r.tau != "auto" and not (_is_number(r.tau) and 0.0 <= float(r.tau) < 1.0):
-        raise ConfigError(f"reward.tau must be 'auto' or a number in [0, 1), got {r.tau!r}")
-    if r.length_ratio_min > r.length_ratio_max:
-        raise ConfigError(f"reward.length_ratio_min {r.length_ratio_min!r} must be <= "
-                          f"reward.length_ratio_max {r.length_ratio_max!r}")
-    if g.merge_adapter_for_generation and not cfg.model.lora.enabled:
-        raise ConfigError("grpo.merge_adapter_for_generation needs model.lora.enabled (there is no adapter to merge)")
-    if g.max_steps <= 0 and g.epochs <= 0:
-        raise ConfigError(f"grpo.epochs must be > 0 when grpo.max_steps is unset (-1 or 0), got {g.epochs!r}")
-
-
-def get_key(cfg: Config, dotted: str) -> Any:
-    """The value of `a.b.c` in the tree."""
-    node = cfg
-    for part in dotted.split("."):
-        node = getattr(node, part)
-    return node
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _at_least(minimum: int, note: str = ""):
-    """An integer >= minimum."""
-    return (lambda v: v >= minimum), f">= {minimum}{note}"
-
-
-def _within(lo: float, hi: float = math.inf, *, lo_open: bool = False, hi_open: bool = False):
-    """A finite float in [lo, hi] (either end open on request); hi = inf means no upper bound."""
-    def ok(v):
-        return (math.isfinite(v) and (v > lo if lo_open else v >= lo)
-                and (v < hi if hi_open else v <= hi))
-    if hi == math.inf:
-        expected = f"a finite number {'>' if lo_open else '>='} {lo:g}"
-    else:
-        expected = f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
-    return ok, expected
-
-
-# Every int/float key of the tree and its valid range (tests/test_config_ranges.py checks that none is missing).
-_RANGES = {
-    "seed": _at_least(0),
-    "model.lora.r": _at_least(1),
-    "model.lora.alpha": _at_least(1),
-    "model.lora.dropout": _within(0, 1, hi_open=True),
-    "data.max_prompt_length": _at_least(1),
-    "data.max_sample_tokens": _at_least(2),
-    "sft.samples": _at_least(0, " (0 = all records)"),
-    "sft.epochs": _within(0, lo_open=True),
-    "sft.lr": _within(0, lo_open=True),
-    "sft.warmup_ratio": _within(0, 1),
-    "sft.max_length": _at_least(2),
-    "reward.tau_samples": _at_least(1),
-    "reward.min_script_ratio": _within(0, 1, lo_open=True),
-    "reward.max_foreign": _at_least(0),
-    "reward.length_ratio_min": _within(0, lo_open=True),
-    "reward.length_ratio_max": _within(0, lo_open=True),
-    "reward.encoder_batch_size": _at_least(1),
-    "grpo.group_size": _at_least(2),
-    "grpo.temperature": _within(0, lo_open=True),
-    "grpo.top_p": _within(0, 1, lo_open=True),
-    "grpo.max_completion_length": _at_least(1),
-    "grpo.beta": _within(0),
-    "grpo.advantage_eps": _within(0),
-    "grpo.eps_low": _within(0, 1, hi_open=True),
-    "grpo.eps_high": _within(0),  # DAPO-style clip-higher may exceed 1
-    "grpo.num_iterations": _at_least(1),
-    "grpo.generation_batch_size": _at_least(0, " (0 = all of this rank's completions)"),
-    "grpo.lr": _within(0, lo_open=True),
-    "grpo.warmup_ratio": _within(0, 1),
-    "grpo.epochs": _within(0),
-    "grpo.max_steps": ((lambda v: v >= -1), ">= 1, or -1 / 0 to train for grpo.epochs"),
-    "run.weight_decay": _within(0),
-    "run.save_every": _at_least(1),
-    "run.keep_last": _at_least(1),
-    "run.log_every": _at_least(1),
-    "run.sample_every": _at_least(0, " (0 = never)"),
-    "tax_meter.every_steps": _at_least(0, " (0 = off)"),
-    "tax_meter.ood_samples": _at_least(1),
-    "tax_meter.ood_max_tokens": _at_least(2),
-    "tax_meter.batch_size": _at_least(1),
-}
-_SCHEDULERS = ("constant", "cosine", "linear")
-
-
-def _choices() -> dict[str, tuple]:
-    """Every choice key and its values ('' where the empty string means a default)."""
-    from semgrpo.prompts import TASKS
-    from semgrpo.script.tables import SCRIPTS
-
-    return {
-        "model.dtype": ("auto", "bf16", "fp16", "fp32"),
-        "data.task": tuple(TASKS),
-        "sft.scheduler": _SCHEDULERS,
-        "reward.script": ("",) + tuple(SCRIPTS),
-        "grpo.loss_type": LOSS_TYPES,
-        "grpo.scale_rewards": SCALE_REWARDS,
-        "grpo.scheduler": _SCHEDULERS,
-    }
 
 
 _SECTIONS = frozenset(f.name for f in dataclasses.fields(Config) if dataclasses.is_dataclass(f.default_factory))
@@ -535,7 +348,6 @@ def _coerce(key: str, value: Any, hint) -> Any:
     raise ConfigError(f"{key}: unsupported type {hint}")  # pragma: no cover - programming error
 
 
-def _choice(key, value, choices):
-    if value not in choices:
-        shown = ", ".join(repr(c) if c == "" else c for c in choices)
-        raise ConfigError(f"{key} must be one of {shown}; got {value!r}")
+# Re-exported: callers read saved configs through `semgrpo.config.upgrade_saved_config`.
+from semgrpo.config.renames import RENAMED_KEYS as RENAMED_KEYS  # noqa: E402
+from semgrpo.config.renames import upgrade_saved_config as upgrade_saved_config  # noqa: E402

@@ -1,0 +1,130 @@
+"""Range and choice checks of a Config: every numeric and choice key, then the rules that tie keys together.
+
+Each error names the key, the value and what is expected (ConfigError).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from semgrpo.config import REWARD_FUNCTIONS, Config, ConfigError, get_key
+from semgrpo.ops.advantage import SCALES as SCALE_REWARDS  # the choices live with the ops that use them
+from semgrpo.ops.grpo_loss import LOSS_TYPES
+
+
+def validate(cfg: Config) -> None:
+    """Range and choice checks that need no files: every numeric and choice key (tables below), then the
+    rules that tie several keys together. Each error names the key, the value and what is expected."""
+    for key, (ok, expected) in _RANGES.items():
+        value = get_key(cfg, key)
+        if not ok(value):
+            raise ConfigError(f"{key} must be {expected}, got {value!r}")
+    for key, choices in _choices().items():
+        _choice(key, get_key(cfg, key), choices)
+    g, r = cfg.grpo, cfg.reward
+    if not r.functions:
+        raise ConfigError("reward.functions is empty; choose from " + ", ".join(REWARD_FUNCTIONS))
+    for name in r.functions:
+        _choice("reward.functions", name, REWARD_FUNCTIONS)
+    for name, weight in r.weights.items():
+        _choice("reward.weights key", name, REWARD_FUNCTIONS)
+        if not math.isfinite(weight):
+            raise ConfigError(f"reward.weights.{name} must be a finite number, got {weight!r}")
+    if r.tau != "auto" and not (_is_number(r.tau) and 0.0 <= float(r.tau) < 1.0):
+        raise ConfigError(f"reward.tau must be 'auto' or a number in [0, 1), got {r.tau!r}")
+    if r.length_ratio_min > r.length_ratio_max:
+        raise ConfigError(f"reward.length_ratio_min {r.length_ratio_min!r} must be <= "
+                          f"reward.length_ratio_max {r.length_ratio_max!r}")
+    if g.merge_adapter_for_generation and not cfg.model.lora.enabled:
+        raise ConfigError("grpo.merge_adapter_for_generation needs model.lora.enabled (there is no adapter to merge)")
+    if g.max_steps <= 0 and g.epochs <= 0:
+        raise ConfigError(f"grpo.epochs must be > 0 when grpo.max_steps is unset (-1 or 0), got {g.epochs!r}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _at_least(minimum: int, note: str = ""):
+    """An integer >= minimum."""
+    return (lambda v: v >= minimum), f">= {minimum}{note}"
+
+
+def _within(lo: float, hi: float = math.inf, *, lo_open: bool = False, hi_open: bool = False):
+    """A finite float in [lo, hi] (either end open on request); hi = inf means no upper bound."""
+    def ok(v):
+        return (math.isfinite(v) and (v > lo if lo_open else v >= lo)
+                and (v < hi if hi_open else v <= hi))
+    if hi == math.inf:
+        expected = f"a finite number {'>' if lo_open else '>='} {lo:g}"
+    else:
+        expected = f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    return ok, expected
+
+
+# Every int/float key of the tree and its valid range (tests/test_config_ranges.py checks that none is missing).
+_RANGES = {
+    "seed": _at_least(0),
+    "model.lora.r": _at_least(1),
+    "model.lora.alpha": _at_least(1),
+    "model.lora.dropout": _within(0, 1, hi_open=True),
+    "data.max_prompt_length": _at_least(1),
+    "data.max_sample_tokens": _at_least(2),
+    "sft.samples": _at_least(0, " (0 = all records)"),
+    "sft.epochs": _within(0, lo_open=True),
+    "sft.lr": _within(0, lo_open=True),
+    "sft.warmup_ratio": _within(0, 1),
+    "sft.max_length": _at_least(2),
+    "reward.tau_samples": _at_least(1),
+    "reward.min_script_ratio": _within(0, 1, lo_open=True),
+    "reward.max_foreign": _at_least(0),
+    "reward.length_ratio_min": _within(0, lo_open=True),
+    "reward.length_ratio_max": _within(0, lo_open=True),
+    "reward.encoder_batch_size": _at_least(1),
+    "grpo.group_size": _at_least(2),
+    "grpo.temperature": _within(0, lo_open=True),
+    "grpo.top_p": _within(0, 1, lo_open=True),
+    "grpo.max_completion_length": _at_least(1),
+    "grpo.beta": _within(0),
+    "grpo.advantage_eps": _within(0),
+    "grpo.eps_low": _within(0, 1, hi_open=True),
+    "grpo.eps_high": _within(0),  # DAPO-style clip-higher may exceed 1
+    "grpo.num_iterations": _at_least(1),
+    "grpo.generation_batch_size": _at_least(0, " (0 = all of this rank's completions)"),
+    "grpo.lr": _within(0, lo_open=True),
+    "grpo.warmup_ratio": _within(0, 1),
+    "grpo.epochs": _within(0),
+    "grpo.max_steps": ((lambda v: v >= -1), ">= 1, or -1 / 0 to train for grpo.epochs"),
+    "run.weight_decay": _within(0),
+    "run.save_every": _at_least(1),
+    "run.keep_last": _at_least(1),
+    "run.log_every": _at_least(1),
+    "run.sample_every": _at_least(0, " (0 = never)"),
+    "tax_meter.every_steps": _at_least(0, " (0 = off)"),
+    "tax_meter.ood_samples": _at_least(1),
+    "tax_meter.ood_max_tokens": _at_least(2),
+    "tax_meter.batch_size": _at_least(1),
+}
+_SCHEDULERS = ("constant", "cosine", "linear")
+
+
+def _choices() -> dict[str, tuple]:
+    """Every choice key and its values ('' where the empty string means a default)."""
+    from semgrpo.prompts import TASKS
+    from semgrpo.script.tables import SCRIPTS
+
+    return {
+        "model.dtype": ("auto", "bf16", "fp16", "fp32"),
+        "data.task": tuple(TASKS),
+        "sft.scheduler": _SCHEDULERS,
+        "reward.script": ("",) + tuple(SCRIPTS),
+        "grpo.loss_type": LOSS_TYPES,
+        "grpo.scale_rewards": SCALE_REWARDS,
+        "grpo.scheduler": _SCHEDULERS,
+    }
+
+
+def _choice(key, value, choices):
+    if value not in choices:
+        shown = ", ".join(repr(c) if c == "" else c for c in choices)
+        raise ConfigError(f"{key} must be one of {shown}; got {value!r}")

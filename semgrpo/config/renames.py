@@ -1,0 +1,86 @@
+"""Config keys renamed in 0.2 and how the old names keep working for one release.
+
+`load_config` applies an old name under its new one with one deprecation line; saved configs (a run's or
+a checkpoint's `config.json`) written with the old sections are read through `upgrade_saved_config`.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from semgrpo.config import _SECTIONS, Config, ConfigError, get_key, set_key
+
+# Renamed keys (0.2): old dotted name -> new one. `load_config` still takes the old names, with one
+# deprecation line each, until DEPRECATED_UNTIL; saved configs with the old sections are read through
+# `upgrade_saved_config`.
+DEPRECATED_UNTIL = "0.3"
+RENAMED_KEYS = {
+    **{f"train.{k}": f"grpo.{k}" for k in ("lr", "scheduler", "warmup_ratio", "epochs", "max_steps")},
+    **{f"train.{k}": f"run.{k}" for k in ("deepspeed", "weight_decay", "save_every", "keep_last", "log_every",
+                                           "sample_every")},
+    **{f"eval.{k}": f"tax_meter.{k}" for k in ("every_steps", "ood_passages", "ood_samples", "ood_max_tokens",
+                                               "batch_size")},
+}
+
+
+def renamed(items: list[tuple[str, Any]], origin: str, warned: set[str]) -> list[tuple[str, Any]]:
+    """`items` (dotted key, value) of one source with old key names replaced by the new ones, in order.
+
+    Prints one deprecation line per old name (once per `warned` set, on one rank only); raises a
+    ConfigError when the source gives an old name and its new name with different values."""
+    given = {}  # new name -> (name as given, value): the last of each, as set_key applies them
+    for key, value in items:
+        given.setdefault(RENAMED_KEYS.get(key, key), {})[key] = value
+    for new, names in given.items():
+        if len(names) > 1:
+            (a, va), (b, vb) = names.items()
+            if _coerced(new, va) != _coerced(new, vb):
+                raise ConfigError(f"{a}={va!r} and {b}={vb!r} ({origin}) set the same key ({b} is the new name "
+                                  f"of {a}); give only {b}")
+    out = []
+    for key, value in items:
+        if key in RENAMED_KEYS:
+            new = RENAMED_KEYS[key]
+            if key not in warned:
+                warned.add(key)
+                if os.environ.get("RANK", "0") == "0":  # a launcher's other ranks stay quiet
+                    print(f"semgrpo: config key {key} is deprecated; use {new} (the old name works until "
+                          f"{DEPRECATED_UNTIL})", file=sys.stderr, flush=True)
+            key = new
+        out.append((key, value))
+    return out
+
+
+def _coerced(dotted: str, value: Any) -> Any:
+    """`value` as `set_key` would store it under `dotted` (for comparing two spellings of one value)."""
+    scratch = Config()
+    try:
+        set_key(scratch, dotted, value)
+    except ConfigError:
+        return ("invalid", repr(value))
+    return get_key(scratch, dotted)
+
+
+def upgrade_saved_config(tree: dict | None) -> dict | None:
+    """A saved config (run or checkpoint `config.json`, `to_dict` form) with the sections of older versions
+    (`train`, `eval`) moved to their new names (`RENAMED_KEYS`); a value already under its new name wins.
+    Keys it does not know stay where they are. Returns a new dict; the input is not changed."""
+    if not isinstance(tree, dict):
+        return tree
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in tree.items()}
+    for section in sorted({old.split(".")[0] for old in RENAMED_KEYS}):
+        old_sec = out.get(section)
+        if not isinstance(old_sec, dict) or section in _SECTIONS:
+            continue
+        for field_name in list(old_sec):
+            new = RENAMED_KEYS.get(f"{section}.{field_name}")
+            if new is None:
+                continue
+            new_sec, new_field = new.split(".")
+            target = out.setdefault(new_sec, {})
+            if isinstance(target, dict):
+                target.setdefault(new_field, old_sec.pop(field_name))
+        if not old_sec:
+            del out[section]
+    return out
