@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -31,10 +30,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _load_cli():
-    spec = importlib.util.spec_from_file_location("train_embedder_cli", REPO / "bin" / "train_embedder.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """bin/train_embedder.py's logic: `main(argv)` returns its exit status."""
+    from types import SimpleNamespace
+
+    from semgrpo.cli import main_embedder
+
+    return SimpleNamespace(main=main_embedder)
 
 
 @pytest.fixture(scope="module")

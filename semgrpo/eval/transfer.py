@@ -27,7 +27,7 @@ from semgrpo.eval.models import ModelSpec, resolve_model
 from semgrpo.lineage import run_config
 
 PROG = "transfer.py"
-BIN = Path(__file__).resolve().parents[1] / "bin"
+BIN = Path(__file__).resolve().parents[2] / "bin"
 # A source name becomes a folder under --output: a plain identifier, so it cannot climb out of it.
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
 
