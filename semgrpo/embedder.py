@@ -8,7 +8,6 @@ offline. ``graded_diagnostic`` checks the property a reward needs: true > partly
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +17,7 @@ import regex
 import torch
 import torch.nn.functional as F
 
+from semgrpo.data import iter_json_lines
 from semgrpo.errors import UserError
 
 # One unit of meaning for the partial-match diagnostic: a Tibetan syllable with its tsheg, one Han
@@ -33,29 +33,21 @@ def read_pairs_jsonl(path: str | Path, *, fields: Sequence[str]) -> list[dict]:
     """Read JSONL records that each hold non-empty string ``fields``.
 
     Raises:
-        EmbedderInputError: Missing file, bad JSON or missing/empty field, naming ``file:line``.
+        EmbedderInputError: Missing file, or a record that is not an object or lacks a field.
+        DataError: A line that is not valid UTF-8 or JSON (both name ``file:line``).
     """
     path = Path(path)
     if not path.is_file():
         raise EmbedderInputError(f"{path}: no such file")
     records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise EmbedderInputError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise EmbedderInputError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-            for field in fields:
-                value = rec.get(field)
-                if not isinstance(value, str) or not value.strip():
-                    raise EmbedderInputError(
-                        f"{path}:{lineno}: field {field!r} must be a non-empty string, got {value!r}"
-                    )
-            records.append(rec)
+    for where, rec in iter_json_lines(path, str(path)):  # bad UTF-8 or JSON: a DataError naming file:line
+        if not isinstance(rec, dict):
+            raise EmbedderInputError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+        for field in fields:
+            value = rec.get(field)
+            if not isinstance(value, str) or not value.strip():
+                raise EmbedderInputError(f"{where}: field {field!r} must be a non-empty string, got {value!r}")
+        records.append(rec)
     if not records:
         raise EmbedderInputError(f"{path}: no records")
     return records

@@ -25,6 +25,7 @@ from semgrpo.embedder import (
     read_pairs_jsonl,
     train_embedder,
 )
+from semgrpo.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -148,13 +149,13 @@ def test_read_pairs_jsonl_errors_name_file_and_line(tmp_path):
         read_pairs_jsonl(tmp_path / "missing.jsonl", fields=("bo", "zh"))
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(good) + "\n{oops\n", encoding="utf-8")
-    with pytest.raises(EmbedderInputError, match=r"bad.jsonl:2: invalid JSON"):
+    with pytest.raises(UserError, match=r"bad.jsonl:2: not valid JSON"):
         read_pairs_jsonl(bad, fields=("bo", "zh"))
     _write_jsonl(bad, [good, good, {"id": "c", "bo": "ཀ"}])
     with pytest.raises(EmbedderInputError, match=r"bad.jsonl:3: field 'zh'"):
         read_pairs_jsonl(bad, fields=("bo", "zh"))
     bad.write_text("[1, 2]\n", encoding="utf-8")
-    with pytest.raises(EmbedderInputError, match=r"bad.jsonl:1: expected a JSON object"):
+    with pytest.raises(EmbedderInputError, match=r"bad.jsonl: record 1: expected a JSON object"):  # a JSON array file
         read_pairs_jsonl(bad, fields=("bo",))
     _write_jsonl(bad, [good, good])
     assert read_pairs_jsonl(bad, fields=("bo", "zh")) == [good, good]
@@ -232,7 +233,7 @@ def test_cli_user_errors_exit_2_with_one_line(plain_encoder_dir, pairs, tmp_path
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(pairs[0], ensure_ascii=False) + "\nnot json\n", encoding="utf-8")
     assert cli.main(_cli_args(plain_encoder_dir, bad, tmp_path / "o")) == 2
-    _one_error_line(capsys, "bad.jsonl:2: invalid JSON")
+    _one_error_line(capsys, "bad.jsonl:2: not valid JSON")
     _write_jsonl(bad, [pairs[0], {"id": "x", "bo": "ཀ"}])
     assert cli.main(_cli_args(plain_encoder_dir, bad, tmp_path / "o")) == 2
     _one_error_line(capsys, "bad.jsonl:2: field 'zh'")
