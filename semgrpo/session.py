@@ -78,9 +78,17 @@ def seed_everything(seed: int) -> None:
 
 
 def apply_demo(cfg: Config) -> None:
-    """Fill model/data/encoder paths from the offline demo assets (built once, cached)."""
+    """Fill model/data/encoder paths from the offline demo assets (built once, cached).
+
+    Idempotent: the run folder's checks fill the paths before `prepare` runs, so a second call does nothing
+    (no second cache check, barrier or log line).
+    """
     from semgrpo.demo.assets import build_demo
 
+    filled = (cfg.model.path, cfg.model.tokenizer, cfg.data.train, cfg.data.dev, cfg.reward.encoder,
+              cfg.tax_meter.ood_passages)
+    if all(filled):
+        return
     say = print if dist.is_main() else (lambda *_: None)
     if dist.is_main():
         assets = build_demo(seed=cfg.seed, log=say)
