@@ -116,30 +116,65 @@ def load_tokenizer_from(path: str, what: str):
     return tok
 
 
-def load_policy(model_cfg: ModelConfig, *, dtype: str):
+def load_policy(model_cfg: ModelConfig, *, dtype: str, ds_config: dict | None = None, lora: bool | None = None):
     """Base model, with the stage-1 adapter chain merged in when `init_from` is set, plus a fresh LoRA.
 
     Merging the cold-start adapter makes "adapter disabled" equal the cold-start policy, which is the
-    GRPO reference, without a second copy of the model in memory.
+    GRPO reference, without a second copy of the model in memory. Under ZeRO-3 with several ranks
+    (`ds_config`), the weights are partitioned while they load and the chain is merged layer by layer
+    (semgrpo.partitioned). `lora=False` builds the same policy without an adapter (a frozen reference).
     """
     from transformers import AutoModelForCausalLM
 
-    path = check_model_source(model_cfg.path, "model.path")
-    with _Loading("model.path", path):
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=TORCH_DTYPES[dtype])
-    if model_cfg.init_from:
-        from peft import PeftModel
+    from semgrpo.partitioned import is_partitioned, load_pretrained_partitioned, merge_adapters_partitioned
 
-        for adapter in adapter_chain(model_cfg.init_from):
-            model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    path = check_model_source(model_cfg.path, "model.path")
+    partitioned = is_partitioned(ds_config)
+    with _Loading("model.path", path):
+        if partitioned:
+            model = load_pretrained_partitioned(path, dtype=TORCH_DTYPES[dtype], ds_config=ds_config)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=TORCH_DTYPES[dtype])
+    if model_cfg.init_from:
+        chain = adapter_chain(model_cfg.init_from)
+        if partitioned:
+            model = merge_adapters_partitioned(model, chain)
+        else:
+            from peft import PeftModel
+
+            for adapter in chain:
+                model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     model.config.use_cache = True
-    if model_cfg.lora.enabled:
+    if model_cfg.lora.enabled if lora is None else lora:
         model = add_lora(model, model_cfg.lora)
     if model_cfg.gradient_checkpointing:
         # PEFT + ZeRO-3 need the reentrant variant and inputs that require grad (TRL #2514).
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
         model.enable_input_require_grads()
     return model
+
+
+def build_reference(model_cfg: ModelConfig, *, dtype: str, ds_config: dict, device):
+    """The frozen starting policy of a full-parameter run (the KL term's reference), in eval mode.
+
+    Under ZeRO-3 it is loaded partitioned like the policy and wrapped in a DeepSpeed engine without an
+    optimizer, so each rank holds 1/world of it and its layers are gathered one at a time in the forward.
+    Otherwise it is a whole frozen copy on this rank's device.
+    """
+    model = load_policy(model_cfg, dtype=dtype, ds_config=ds_config, lora=False)
+    model.requires_grad_(False)
+    model.eval()
+    if ds_config.get("zero_optimization", {}).get("stage", 0) != 3:
+        return model.to(device)
+    import deepspeed
+
+    inference = {k: v for k, v in ds_config.items() if k not in ("optimizer", "scheduler", "gradient_clipping")}
+    zero = dict(inference.get("zero_optimization", {}))
+    zero.pop("offload_optimizer", None)  # no optimizer; parameter offload (if any) stays
+    inference["zero_optimization"] = zero
+    engine, *_ = deepspeed.initialize(model=model, config=inference)
+    engine.eval()
+    return engine
 
 
 def add_lora(model, lora: LoraConfig):
@@ -191,13 +226,24 @@ def lr_lambda(*, scheduler: str, warmup_steps: int, total_steps: int):
 
 def build_engine(model, ds_config: dict, *, lr: float, weight_decay: float, scheduler: str,
                  warmup_ratio: float, total_updates: int):
-    """DeepSpeed engine over the trainable parameters with AdamW and our schedule."""
+    """DeepSpeed engine over the trainable parameters with AdamW and our schedule.
+
+    The AdamW is torch's, or DeepSpeed's vectorised CPU Adam when the JSON offloads the optimizer states
+    to the host (`zero_optimization.offload_optimizer`): there the update runs on the CPU, where torch's
+    per-tensor loop is several times slower (DeepSpeed warns about it and refuses it by default).
+    """
     import deepspeed
 
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("the model has no trainable parameters (LoRA disabled and base frozen?)")
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    offload = ds_config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")
+    if offload in ("cpu", "nvme"):
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        optimizer = DeepSpeedCPUAdam(params, lr=lr, weight_decay=weight_decay, adamw_mode=True)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     warmup = int(round(warmup_ratio * total_updates))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(scheduler=scheduler, warmup_steps=warmup, total_steps=total_updates)

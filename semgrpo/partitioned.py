@@ -1,0 +1,143 @@
+"""Build the policy already partitioned under ZeRO-3: each rank holds about 1/world of the weights from the
+first byte, instead of loading the whole model and handing it to DeepSpeed to cut up.
+
+The model is created by transformers inside `deepspeed.zero.Init` (an `HfDeepSpeedConfig` alive while it is
+built), then the checkpoint is copied in with transformers' own ZeRO-3 loader (each module gathered with
+`GatheredParameters(modifier_rank=0)`, rank 0's values scattered). One difference from `from_pretrained`:
+that reads the whole checkpoint into rank 0's memory first (a full copy of the model on one rank); here
+rank 0 reads one decoder layer's tensors at a time, so no rank ever holds the whole model. Adapters of a
+`model.init_from` chain are merged the same way, one layer at a time.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from semgrpo import dist
+
+
+def is_partitioned(ds_config: dict | None) -> bool:
+    """ZeRO-3 with more than one rank. ZeRO-2 and single-process runs load whole weights, as before."""
+    if not ds_config:
+        return False
+    stage = ds_config.get("zero_optimization", {}).get("stage", 0)
+    return stage == 3 and dist.world_size() > 1
+
+
+@contextlib.contextmanager
+def zero3_loading(ds_config: dict):
+    """`from_pretrained` / `from_config` inside this block create partitioned parameters.
+
+    transformers finds the DeepSpeed config through a weak reference to a live `HfDeepSpeedConfig`; the
+    object lives only for the block, so nothing later (generation, resizing) takes the ZeRO-3 branches of
+    transformers by surprise.
+    """
+    from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
+    live = HfDeepSpeedConfig(ds_config)
+    try:
+        yield live
+    finally:
+        unset_hf_deepspeed_config()
+        del live
+
+
+_LAYER = re.compile(r"^(.*?\blayers\.\d+)\.")
+
+
+def load_pretrained_partitioned(path: str, *, dtype: torch.dtype, ds_config: dict):
+    """`AutoModelForCausalLM.from_pretrained(path)` with every parameter partitioned from the start.
+
+    Collective: every rank calls it. Only rank 0 reads weights, one layer's tensors at a time (the other
+    ranks receive their slices from the gathers). Raises ValueError naming any model weight the checkpoint
+    did not provide.
+    """
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.integrations.deepspeed import _load_state_dict_into_zero3_model
+
+    with zero3_loading(ds_config):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype)
+        # Renamings/fusions (e.g. MoE experts) are applied per chunk; a layer's keys stay in one chunk.
+        load_config = _LoadConfig(get_model_conversion_mapping(model))
+        unloaded = set(model.state_dict())
+        for group in _key_groups(_weight_files(Path(path))):
+            chunk = {}
+            for file, keys in group.items():
+                with safe_open(str(file), framework="pt") as f:  # closed per group: its pages leave RSS
+                    for key in keys:
+                        chunk[key] = (f.get_tensor(key) if dist.rank() == 0 else
+                                      torch.empty(f.get_slice(key).get_shape(), device="meta"))
+            errors, missing = _load_state_dict_into_zero3_model(model, chunk, load_config)
+            if errors:
+                raise ValueError("; ".join(str(e) for e in errors)[:500])
+            unloaded &= set(missing)
+            del chunk
+        model.tie_weights()
+    loaded_ids = {id(p) for n, p in model.named_parameters(remove_duplicate=False) if n not in unloaded}
+    params = dict(model.named_parameters(remove_duplicate=False))
+    absent = sorted(n for n in unloaded if n in params and id(params[n]) not in loaded_ids)  # tied = loaded
+    if absent:
+        raise ValueError(f"the checkpoint has no weights for {', '.join(absent[:5])}"
+                         + (f" and {len(absent) - 5} more" if len(absent) > 5 else ""))
+    return model
+
+
+class _LoadConfig:
+    """The one field transformers' ZeRO-3 loader reads from its load config."""
+
+    def __init__(self, weight_mapping):
+        self.weight_mapping = weight_mapping
+
+
+def _weight_files(root: Path) -> dict[str, Path]:
+    """{tensor name: safetensors file} of a saved model (single file or sharded with an index)."""
+    index = root / "model.safetensors.index.json"
+    if index.is_file():
+        names = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        return {name: root / file for name, file in names.items()}
+    single = root / "model.safetensors"
+    if not single.is_file():
+        raise ValueError(f"{root} holds no model.safetensors (or index); partitioned loading reads safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(single), framework="pt") as f:
+        return {name: single for name in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+
+
+def _key_groups(files: dict[str, Path]) -> list[dict[Path, list[str]]]:
+    """Tensor names grouped by decoder layer (everything else in one last group), each as {file: names}."""
+    groups: dict[str, dict[Path, list[str]]] = {}
+    for name, file in files.items():
+        m = _LAYER.match(name)
+        groups.setdefault(m.group(1) if m else "", {}).setdefault(file, []).append(name)
+    return [groups[k] for k in sorted(groups, key=lambda k: (k == "", k))]
+
+
+def merge_adapters_partitioned(model, adapters: list, *, log=None):
+    """Merge each PEFT adapter of `adapters` (in order) into partitioned base weights; returns the plain model.
+
+    PEFT attaches the adapter (small, whole on every rank); each LoRA layer is then merged by PEFT's own
+    `merge()` while only its base weight is gathered (`modifier_rank=0`: rank 0's result is re-partitioned
+    to every rank), so the peak is one layer's weight, not the model.
+    """
+    import deepspeed
+    from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
+
+    for i, adapter in enumerate(adapters, 1):
+        if log is not None:
+            log(f"merging adapter {i}/{len(adapters)} ({adapter}) layer by layer into the partitioned weights")
+        peft_model = PeftModel.from_pretrained(model, str(adapter))
+        for module in peft_model.modules():
+            if isinstance(module, LoraLayer):
+                weights = [p for p in module.base_layer.parameters(recurse=False)]
+                with deepspeed.zero.GatheredParameters(weights, modifier_rank=0), torch.no_grad():
+                    module.merge()
+        model = peft_model.unload()  # drops the (now merged) LoRA modules, keeps the base
+    return model
