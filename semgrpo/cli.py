@@ -27,20 +27,78 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
                         f"(default: the offline demo, configs/{DEMO_CONFIG.name})")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. grpo.beta=0.04")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    plan = p.add_argument_group("memory plan (printed before the model loads; see semgrpo/memory_plan.py)")
+    plan.add_argument("--plan-only", action="store_true",
+                      help="print the memory plan for the config and exit, without loading weights, tokenizer "
+                           "or data, and without starting torch.distributed")
+    plan.add_argument("--gpu-memory", type=float, metavar="GIB",
+                      help="GPU memory per device to check the plan against (sets run.gpu_memory_gib; "
+                           "default: the CUDA device's size)")
+    plan.add_argument("--world-size", type=int, metavar="N",
+                      help="with --plan-only: the number of GPUs to plan for (default: $WORLD_SIZE or 1)")
+    plan.add_argument("--num-nodes", type=int, metavar="N",
+                      help="with --plan-only: the nodes they are spread over (default: the launcher's, or 1)")
     return p
 
 
-def _run(prog: str, description: str, job, argv=None) -> int:
+def _run(prog: str, description: str, job, argv=None, *, plan_stages=lambda cfg: ["grpo"]) -> int:
+    """Parse the command line and run `job(cfg)`, or, with --plan-only, print the plan of `plan_stages(cfg)`."""
     args = _parser(prog, description).parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     def main() -> int:
-        summary = job(load_config(args.config or [DEMO_CONFIG], args.overrides))
+        overrides = list(args.overrides)
+        if args.gpu_memory is not None:  # the flag wins over a key=value override, and gets the same range check
+            overrides.append(f"run.gpu_memory_gib={args.gpu_memory!r}")
+        cfg = load_config(args.config or [DEMO_CONFIG], overrides)
+        if args.plan_only:
+            return _print_plans(cfg, plan_stages(cfg), world_size=args.world_size, num_nodes=args.num_nodes)
+        if args.world_size is not None or args.num_nodes is not None:
+            raise ConfigError("--world-size and --num-nodes only go with --plan-only; a run takes them from its "
+                              "launcher (deepspeed --num_gpus N, --hostfile)")
+        summary = job(cfg)
         if int(os.environ.get("RANK", "0")) == 0:
             print(json.dumps(summary, indent=2, default=str))
         return 0
 
     return run_entry_point(prog, main)
+
+
+def _print_plans(cfg: Config, stages: list[str], *, world_size: int | None, num_nodes: int | None) -> int:
+    """--plan-only: the memory plan of each stage this command would run, from config.json alone."""
+    from semgrpo.batching import load_ds_config
+    from semgrpo.memory_plan import nodes_from_env, plan_lines
+    from semgrpo.modeling import resolve_dtype
+    from semgrpo.session import apply_demo
+
+    if world_size is None:
+        env = os.environ.get("WORLD_SIZE", "1")
+        world_size = int(env) if env.isdigit() else 1
+    if world_size < 1:
+        raise ConfigError(f"--world-size must be >= 1, got {world_size}")
+    if num_nodes is None:
+        num_nodes = nodes_from_env(world_size)
+    if num_nodes < 1:
+        raise ConfigError(f"--num-nodes must be >= 1, got {num_nodes}")
+    if world_size % num_nodes:
+        raise ConfigError(f"--world-size {world_size} cannot be spread evenly over --num-nodes {num_nodes}")
+    if int(os.environ.get("RANK", "0")) != 0:  # under a launcher, rank 0 alone plans (and builds demo assets)
+        return 0
+    if cfg.demo:
+        apply_demo(cfg)  # fills model.path (building the demo's assets once, if they are not cached)
+    if not cfg.model.path:
+        raise ConfigError("model.path is not set; the plan reads its config.json")
+    dtype = resolve_dtype(cfg.model.dtype)
+    ds_config, _ = load_ds_config(cfg.run.deepspeed, dtype=dtype, world_size=world_size)
+    plans = ["\n".join(plan_lines(cfg, world_size=world_size, ds_config=ds_config, dtype=dtype,
+                                  num_nodes=num_nodes, stage=stage)) for stage in stages]
+    print("\n\n".join(plans), flush=True)
+    return 0
+
+
+def _grpo_plan_stages(cfg: Config) -> list[str]:
+    """train_grpo.py runs a cold start first when sft.before_grpo is set and model.init_from is not."""
+    return ["sft", "grpo"] if cfg.sft.before_grpo and not cfg.model.init_from else ["grpo"]
 
 
 def run_grpo_stages(cfg: Config) -> dict:
@@ -68,14 +126,14 @@ def run_grpo_stages(cfg: Config) -> dict:
 
 def main_grpo(argv=None) -> int:
     return _run("train_grpo.py", "Semantic-reward GRPO under DeepSpeed (stage 2; stage 1 too with "
-                "sft.before_grpo=true).", run_grpo_stages, argv)
+                "sft.before_grpo=true).", run_grpo_stages, argv, plan_stages=_grpo_plan_stages)
 
 
 def main_sft(argv=None) -> int:
     from semgrpo.sft import train_sft
 
     return _run("train_sft.py", "Supervised fine-tuning: cold start (sft.samples=N) or Strong SFT "
-                "(sft.samples=0).", train_sft, argv)
+                "(sft.samples=0).", train_sft, argv, plan_stages=lambda cfg: ["sft"])
 
 
 EMBEDDER_DOC = "Bilingual contrastive adaptation of the reward encoder (paper section 3.4)."

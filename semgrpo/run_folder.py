@@ -39,10 +39,10 @@ RUN_DIRS = ("checkpoints", "tensorboard")
 RUN_FILES = ("metrics.jsonl", "summary.json", CONFIG_FILE, DEEPSPEED_RECORD, "reward_curve.png",
              "tracker_state.json")
 
-# Keys a resume may change: logging/saving cadence and the live alignment-tax meter. grpo.max_steps may
-# only grow (or stay); see `compare_configs`.
-MAY_CHANGE = ("grpo.max_steps", "run.log_every", "run.sample_every", "run.save_every", "run.keep_last",
-              "tax_meter.", "resume", "overwrite", "demo")
+# Keys a resume may change: logging/saving cadence, the memory budget and the live alignment-tax meter.
+# grpo.max_steps may only grow (or stay); see `compare_configs`.
+MAY_CHANGE = ("grpo.max_steps", "run.gpu_memory_gib", "run.log_every", "run.sample_every", "run.save_every",
+              "run.keep_last", "tax_meter.", "resume", "overwrite", "demo")
 # Keys SFT never reads: a cold start resumed after a GRPO-only change is still the same cold start.
 SFT_UNUSED = ("grpo.", "reward.", "tax_meter.", "run.sample_every", "sft.before_grpo")
 

@@ -148,6 +148,9 @@ class RunConfig:
     log_every: int = 1
     # Write a few completions to TensorBoard text every this many GRPO steps (0 = never).
     sample_every: int = 10
+    # GPU memory per device in GiB that the memory plan (semgrpo/memory_plan.py, printed before the model
+    # loads) warns against; 0 = the first CUDA device's size, and no check on a machine without one.
+    gpu_memory_gib: float = 0.0
 
 
 @dataclass

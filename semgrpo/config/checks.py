@@ -100,6 +100,7 @@ _RANGES = {
     "run.keep_last": _at_least(1),
     "run.log_every": _at_least(1),
     "run.sample_every": _at_least(0, " (0 = never)"),
+    "run.gpu_memory_gib": _within(0),  # 0 = detect
     "tax_meter.every_steps": _at_least(0, " (0 = off)"),
     "tax_meter.ood_samples": _at_least(1),
     "tax_meter.ood_max_tokens": _at_least(2),
