@@ -16,6 +16,7 @@ from semgrpo.config import Config, to_dict
 from semgrpo.data import collate_sft, sft_tensors
 from semgrpo.dist import sum_across
 from semgrpo.interrupt import GracefulInterrupt
+from semgrpo.memory_plan import announce_plan
 from semgrpo.modeling import build_engine, load_policy
 from semgrpo.session import init_distributed, prepare, seed_everything
 from semgrpo.tracking import RunTracker
@@ -38,10 +39,11 @@ def train_sft(cfg: Config) -> dict:
     order = PromptOrder(len(features), prompts_per_step=plan.global_batch, seed=cfg.seed)
     total_steps = order.total_steps(epochs=cfg.sft.epochs, max_steps=-1)
 
+    announce_plan(cfg, world_size=plan.world_size, ds_config=setup.ds_config, dtype=setup.dtype, stage="sft")
     seed_everything(cfg.seed)
-    engine = build_engine(load_policy(cfg.model, dtype=setup.dtype), setup.ds_config, lr=cfg.sft.lr,
-                          weight_decay=cfg.run.weight_decay, scheduler=cfg.sft.scheduler,
-                          warmup_ratio=cfg.sft.warmup_ratio, total_updates=total_steps)
+    policy = load_policy(cfg.model, dtype=setup.dtype, ds_config=setup.ds_config)
+    engine = build_engine(policy, setup.ds_config, lr=cfg.sft.lr, weight_decay=cfg.run.weight_decay,
+                          scheduler=cfg.sft.scheduler, warmup_ratio=cfg.sft.warmup_ratio, total_updates=total_steps)
     folder.start(cfg)  # lock output_dir, clear an overwritten run, record the config of a fresh one
     start = load_checkpoint(engine, resume_from)["step"] if resume_from is not None else 0
     if resume_from is None:

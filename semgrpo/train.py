@@ -19,7 +19,8 @@ from semgrpo.data import Example
 from semgrpo.dist import gather_cat, sum_across
 from semgrpo.eval.tax_meter import TaxMeter
 from semgrpo.interrupt import GracefulInterrupt
-from semgrpo.modeling import build_engine, load_policy, load_reward_encoder
+from semgrpo.memory_plan import announce_plan
+from semgrpo.modeling import build_engine, build_reference, load_policy, load_reward_encoder
 from semgrpo.ops import grpo_loss, token_logprobs
 from semgrpo.rewards import build_reward_functions, score
 from semgrpo.rollout import (
@@ -45,6 +46,7 @@ class GRPORun:
     rewards: dict
     eos: list[int]
     tax_meter: TaxMeter | None = None
+    reference: object | None = None  # full-parameter runs with beta > 0: the frozen starting policy
 
     @property
     def grpo(self) -> GRPOConfig:
@@ -98,9 +100,9 @@ def grpo_step(run: GRPORun, batch: list[Example]) -> tuple[dict[str, float], lis
         advantages = step.advantages.to(engine.device)
 
         # 5. Old log-probs (only when mu > 1) and reference log-probs (only when beta > 0), no grad.
-        old_logps = (_logps_per_micro_batch(weights.model, grpo, rollout, step.micro_batches)
+        old_logps = (_logps_per_micro_batch(weights.model, contextlib.nullcontext(), grpo, rollout, step.micro_batches)
                      if grpo.num_iterations > 1 else None)
-        ref_logps = (_logps_per_micro_batch(weights.model, grpo, rollout, step.micro_batches, reference=True)
+        ref_logps = (_logps_per_micro_batch(*_reference_policy(run, weights.model), grpo, rollout, step.micro_batches)
                      if grpo.beta > 0 else None)
         timer.lap("logprobs")
 
@@ -165,12 +167,19 @@ def _step_metrics(engine, grpo: GRPOConfig, step: GlobalBatch, per_fn: dict, tot
     }
 
 
+def _reference_policy(run: GRPORun, policy):
+    """The frozen starting policy and the context to call it in: the separate reference of a full-parameter
+    run, or the LoRA policy with its adapter disabled (the cold start's weights are merged into its base)."""
+    if run.reference is not None:
+        return run.reference, contextlib.nullcontext()
+    return policy, policy.disable_adapter()
+
+
 @torch.no_grad()
-def _logps_per_micro_batch(model, grpo: GRPOConfig, rollout: Rollout, micro_batches, *, reference: bool = False):
-    """Per-token log-probs of the completions under the current (or, adapter disabled, reference) policy."""
-    ctx = model.disable_adapter() if reference else contextlib.nullcontext()
+def _logps_per_micro_batch(model, context, grpo: GRPOConfig, rollout: Rollout, micro_batches):
+    """Per-token log-probs of the completions under `model`, called inside `context`."""
     out = []
-    with ctx:
+    with context:
         for rows in micro_batches:
             mb = rollout.select(rows if len(rows) else torch.tensor([0]))
             out.append(token_logprobs(completion_logits(model, mb), mb.completion_ids, temperature=grpo.temperature))
@@ -194,26 +203,26 @@ def build_grpo_run(cfg: Config) -> tuple[GRPORun, PromptOrder, int]:
     setup = prepare(cfg, need_encoder=True)
     prompts_per_rank = check_group_fit(setup.plan, cfg.grpo.group_size, cfg.run.deepspeed)
     tax_meter = TaxMeter(cfg, setup.tokenizer) if cfg.tax_meter.every_steps > 0 else None
-    if cfg.grpo.beta > 0 and not cfg.model.lora.enabled:
-        raise ConfigError("grpo.beta > 0 needs model.lora.enabled: "
-                          "the reference is the policy with its adapter disabled")
     if (cfg.grpo.merge_adapter_for_generation and not cfg.grpo.gather_for_generation
             and setup.ds_config.get("zero_optimization", {}).get("stage", 0) == 3):
         raise ConfigError("grpo.merge_adapter_for_generation needs grpo.gather_for_generation under ZeRO-3 "
                           "(the weights to merge must be whole on each rank)")
     order = PromptOrder(len(setup.train), prompts_per_step=prompts_per_rank * setup.plan.world_size, seed=cfg.seed)
     total_steps = order.total_steps(epochs=cfg.grpo.epochs, max_steps=cfg.grpo.max_steps)
+    announce_plan(cfg, world_size=setup.plan.world_size, ds_config=setup.ds_config, dtype=setup.dtype, stage="grpo")
     seed_everything(cfg.seed)
-    policy = load_policy(cfg.model, dtype=setup.dtype)
+    policy = load_policy(cfg.model, dtype=setup.dtype, ds_config=setup.ds_config)
     engine = build_engine(policy, setup.ds_config, lr=cfg.grpo.lr, weight_decay=cfg.run.weight_decay,
                           scheduler=cfg.grpo.scheduler, warmup_ratio=cfg.grpo.warmup_ratio,
                           total_updates=total_steps * cfg.grpo.num_iterations)
+    reference = (build_reference(cfg.model, dtype=setup.dtype, ds_config=setup.ds_config, device=engine.device)
+                 if cfg.grpo.beta > 0 and not cfg.model.lora.enabled else None)
     encoder = (load_reward_encoder(cfg.reward.encoder, device=engine.device)
                if "semantic" in cfg.reward.functions else None)
     script = cfg.reward.script or setup.task.target_script
     rewards = build_reward_functions(cfg.reward, encoder=encoder, script=script)
     run = GRPORun(cfg=cfg, setup=setup, engine=engine, rewards=rewards, eos=eos_ids(setup.tokenizer),
-                  tax_meter=tax_meter)
+                  tax_meter=tax_meter, reference=reference)
     return run, order, total_steps
 
 

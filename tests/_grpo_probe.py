@@ -20,13 +20,15 @@ def gathered_state(engine) -> dict[str, torch.Tensor]:
         return {name: p.detach().clone().float() for name, p in params.items()}
 
 
-def main() -> None:
+def start_probe_run():
+    """The GRPO run of the command line `OUT.json key=value...` (demo config + overrides), tau fixed at 0 and
+    a per-rank seed; returns (out_path, cfg, run, order)."""
     args = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
     out_path, overrides = args[0], args[1:]
     from semgrpo import dist
     from semgrpo.config import load_config
     from semgrpo.session import init_distributed
-    from semgrpo.train import build_grpo_run, grpo_step
+    from semgrpo.train import build_grpo_run
 
     # The demo config's output_dir is the repository's runs/demo: tests write only in their tmp folders.
     cfg = load_config(["configs/demo.yaml"], [f"output_dir={Path(out_path).parent / 'probe_run'}", *overrides])
@@ -34,6 +36,14 @@ def main() -> None:
     run, order, _ = build_grpo_run(cfg)
     run.rewards["semantic"].tau = 0.0
     torch.manual_seed(1234 + dist.rank())
+    return out_path, cfg, run, order
+
+
+def main() -> None:
+    from semgrpo import dist
+    from semgrpo.train import grpo_step
+
+    out_path, cfg, run, order = start_probe_run()
     before = gathered_state(run.engine)
     metrics = []
     for step in range(2):

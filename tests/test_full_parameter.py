@@ -1,0 +1,97 @@
+"""Full-parameter GRPO (model.lora.enabled=false) with a KL term on 2 ranks under ZeRO-3: every base weight
+trains, the reference is a frozen partitioned copy that never moves, the optimizer state is split between the
+ranks, and kill + resume equals the straight run."""
+import json
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from _helpers import REPO, run_cli, user_env
+
+pytestmark = pytest.mark.skipif(shutil.which("deepspeed") is None, reason="the deepspeed launcher is not on PATH")
+
+ROOT = Path(__file__).resolve().parents[1]
+FULL = ["sft.before_grpo=false", "model.lora.enabled=false", "grpo.beta=0.04", "grpo.merge_adapter_for_generation=false",
+        "grpo.max_completion_length=8", "grpo.lr=1e-4", "reward.tau_samples=8", "tax_meter.every_steps=0"]
+
+
+def _launcher(port: int) -> list[str]:
+    return ["deepspeed", "--num_gpus", "2", "--master_port", str(port)]
+
+
+def test_full_parameter_grpo_trains_every_weight_against_a_frozen_partitioned_reference(demo_assets, tmp_path):
+    ds = json.loads((ROOT / "ds_configs" / "zero3.json").read_text())
+    ds["zero_optimization"]["stage3_param_persistence_threshold"] = 0  # every parameter partitioned
+    (tmp_path / "zero3.json").write_text(json.dumps(ds))
+    reports = _probe(tmp_path, "gathered", port=29751)  # the default: first policy pass on the gathered weights
+    rep = reports[0]
+    assert rep["zero_stage"] == 3 and not rep["reference_trainable"]
+    assert rep["trainable"] and not any("lora" in n for n in rep["trainable"])
+    assert rep["unchanged"] == [], rep["unchanged"]  # every trained base weight moved
+    assert rep["policy_logps_change"] > 1e-4
+    for r in reports:
+        assert r["ref_logps_change"] == 0.0, r["ref_logps_change"]  # the reference never moves
+        # The reference is partitioned too: each rank holds about half of it.
+        assert r["reference_held"] <= 0.5 * r["reference_numel"] + 2 * 64 * 16, (r["reference_held"], r["reference_numel"])
+    assert all(k > 0 for k in rep["kl"][1:])  # after the first update the policy has left its reference
+    total = rep["trainable_numel"]
+    parts = [sum(r["partition_numel"]) for r in reports]
+    assert all(0 < p < total for p in parts) and sum(parts) >= total and max(parts) - min(parts) <= 2 * 64 * 16
+    for r, p in zip(reports, parts):  # Adam's two moments, this rank's partition only
+        assert 2 * p <= r["optimizer_state_numel"] <= 2 * p + 64, (r["optimizer_state_numel"], p)
+    # The policy pass on the weights gathered for generation (ZeRO's hooks off) makes the same update as
+    # ZeRO-3's own layer-by-layer pass: full-size gradients still reach each rank's partition.
+    _probe(tmp_path, "hooked", "grpo.gathered_policy_pass=false", port=29759)
+    gathered, hooked = (torch.load(tmp_path / f"{n}.json.weights.pt") for n in ("gathered", "hooked"))
+    assert gathered.keys() == hooked.keys()
+    for name in gathered:
+        torch.testing.assert_close(gathered[name], hooked[name], atol=1e-5, rtol=1e-4)
+
+
+def _probe(tmp_path, name, *overrides, port):
+    out = tmp_path / f"{name}.json"
+    proc = run_cli("../tests/_full_param_probe.py", str(out), *FULL, f"run.deepspeed={tmp_path / 'zero3.json'}",
+                   *overrides, launcher=_launcher(port))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return [json.loads((tmp_path / f"{name}.json.rank{r}").read_text()) for r in (0, 1)]
+
+
+def _metrics(out_dir):
+    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]
+
+
+def test_full_parameter_kill_and_resume_equals_the_straight_run(demo_assets, tmp_path):
+    args = FULL + ["grpo.max_steps=3", "run.save_every=1"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    proc = run_cli("train_grpo.py", f"output_dir={straight}", *args, launcher=_launcher(29753))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    # The same run, killed (the launcher and both ranks) once its step-1 checkpoint is complete.
+    victim = subprocess.Popen(_launcher(29755) + [str(REPO / "bin" / "train_grpo.py"), f"output_dir={resumed}", *args],
+                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=user_env(),
+                              start_new_session=True)
+    marker = resumed / "checkpoints" / "step-00000001" / "COMPLETE"
+    deadline = time.time() + 600
+    while not marker.exists() and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    import os
+
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert marker.exists(), "the run never wrote its step-1 checkpoint"
+    assert not (resumed / "summary.json").exists(), "the run finished before it could be killed"
+
+    proc = run_cli("train_grpo.py", f"output_dir={resumed}", *args, launcher=_launcher(29757))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = _metrics(straight), _metrics(resumed)
+    assert [r["step"] for r in a] == [1, 2, 3] and [r["step"] for r in b][-2:] == [2, 3]
+    by_step = {r["step"]: r for r in b}
+    for ra in a[1:]:
+        rb = by_step[ra["step"]]
+        for key in ra:
+            assert ra[key] == pytest.approx(rb[key], rel=1e-5, abs=1e-7, nan_ok=True), (ra["step"], key)
