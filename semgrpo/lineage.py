@@ -21,6 +21,11 @@ def find_adapter_dir(init_from: str) -> Path:
     for cand in (root, root / "adapter", latest / "adapter" if latest else None):
         if cand is not None and (cand / "adapter_config.json").is_file():
             return cand
+    cfg = run_config(root) if latest is not None else None
+    if cfg and cfg["model"].get("lora", {}).get("enabled") is False:
+        raise ConfigError(f"{init_from!r} is a full-parameter run (model.lora.enabled=false): its checkpoints hold "
+                          f"ZeRO shards, not an adapter; export it (python bin/export.py {init_from} OUT_DIR) and "
+                          "use OUT_DIR as the model path")
     raise ConfigError(
         f"model.init_from {init_from!r} holds no adapter (looked for adapter_config.json in it, in adapter/ "
         "and in its newest complete checkpoint); pass the output_dir of bin/train_sft.py"

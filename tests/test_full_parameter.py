@@ -95,3 +95,15 @@ def test_full_parameter_kill_and_resume_equals_the_straight_run(demo_assets, tmp
         rb = by_step[ra["step"]]
         for key in ra:
             assert ra[key] == pytest.approx(rb[key], rel=1e-5, abs=1e-7, nan_ok=True), (ra["step"], key)
+
+
+def test_a_full_parameter_run_as_init_from_says_to_export_it(tmp_path):
+    from semgrpo.config import ConfigError
+    from semgrpo.lineage import find_adapter_dir
+
+    ckpt = tmp_path / "run" / "checkpoints" / "step-00000001"
+    (ckpt / "state").mkdir(parents=True)
+    (ckpt / "COMPLETE").write_text(json.dumps({"step": 1, "time": 0, "world_size": 2}))
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"model": {"lora": {"enabled": False}}}))
+    with pytest.raises(ConfigError, match="full-parameter run .* bin/export.py"):
+        find_adapter_dir(str(tmp_path / "run"))
