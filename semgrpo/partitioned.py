@@ -61,7 +61,10 @@ def load_pretrained_partitioned(path: str, *, dtype: torch.dtype, ds_config: dic
     from transformers.conversion_mapping import get_model_conversion_mapping
     from transformers.integrations.deepspeed import _load_state_dict_into_zero3_model
 
-    with zero3_loading(ds_config):
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    # from_config initialises the weights randomly before they are overwritten; fork the RNG so loading
+    # leaves the seed's stream (the fresh LoRA's init, sampling) as the whole-weight path leaves it.
+    with zero3_loading(ds_config), torch.random.fork_rng(devices=devices):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype)
         # Renamings/fusions (e.g. MoE experts) are applied per chunk; a layer's keys stay in one chunk.
         load_config = _LoadConfig(get_model_conversion_mapping(model))
