@@ -13,27 +13,43 @@ Semantics follow TRL/Liger number for number (DESIGN section 5)::
 Every aggregation is linear in ``l_t``: ``loss = sum_bt w_bt * l_t`` with a weight ``w`` known
 before the kernel runs, so the Triton forward reduces each row to two scalars (its logsumexp and
 ``w * dl/dlogp``) from which the backward writes ``d loss / d logits`` in one pass.
+
+``policy_loss_from_logps`` holds the per-token math of every TRL 1.16 loss type (also cispo, sapo, luspo,
+vespo, sequence-level importance sampling, delta, bias-corrected KL, vLLM IS ratios) on given log-probs;
+the torch reference here and ``linear_grpo_loss`` both call it.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 from ._dispatch import check_float_tensor, check_positive, use_triton
 from ._grpo_kernel import grpo_loss_triton
 
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")  # what grpo_loss (logits, Triton kernel) supports
+# Every loss type of TRL 1.16's GRPOTrainer; policy_loss_from_logps (and linear_grpo_loss) support all of them.
+TRL_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo")
+IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
 
 
-def _validate(logits, ids, mask, adv, old, ref, temperature, eps_low, eps_high, beta, loss_type,
-              max_completion_length, num_items_in_batch):
-    check_float_tensor("logits", logits, ndim=3)
-    B, T, _ = logits.shape
+def _is_number(x) -> bool:
+    return not isinstance(x, bool) and isinstance(x, (int, float))
+
+
+def _validate_loss_args(shape, device, source, ids, mask, adv, old, ref, *, temperature, eps_low, eps_high, beta,
+                        loss_type, max_completion_length, num_items_in_batch, loss_types=LOSS_TYPES,
+                        importance_sampling_level="token", delta=None, vllm_is_ratio=None, sapo_temperatures=(),
+                        vespo_params=()):
+    """Checks of everything but the logits / hidden states, whose leading dims are `shape` = (B, T) and which
+    live on `device`; `source` names them in messages."""
+    B, T = shape
     if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32):
         got = getattr(ids, "dtype", type(ids).__name__)
         raise TypeError(f"completion_ids must be an int64/int32 tensor, got {got}")
     if tuple(ids.shape) != (B, T):
-        raise ValueError(f"completion_ids shape {tuple(ids.shape)} must be logits.shape[:2] = {(B, T)}")
+        raise ValueError(f"completion_ids shape {tuple(ids.shape)} must be {source}.shape[:2] = {(B, T)}")
     if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != (B, T):
         raise ValueError(f"completion_mask must be a tensor of shape {(B, T)}, got {getattr(mask, 'shape', mask)}")
     if mask.is_complex():
@@ -46,35 +62,185 @@ def _validate(logits, ids, mask, adv, old, ref, temperature, eps_low, eps_high, 
             check_float_tensor(name, t, ndim=2)
             if tuple(t.shape) != (B, T):
                 raise ValueError(f"{name} shape {tuple(t.shape)} must be {(B, T)}")
+    if vllm_is_ratio is not None:
+        check_float_tensor("vllm_is_ratio", vllm_is_ratio, ndim=(1, 2))
+        if tuple(vllm_is_ratio.shape) not in ((B,), (B, 1), (B, T)):
+            raise ValueError(f"vllm_is_ratio shape {tuple(vllm_is_ratio.shape)} must be {(B, T)}, {(B, 1)} or {(B,)}")
     for name, t in (("completion_ids", ids), ("completion_mask", mask), ("advantages", adv),
-                    ("old_logps", old), ("ref_logps", ref)):
-        if t is not None and t.device != logits.device:
-            raise ValueError(f"{name} is on {t.device} but logits on {logits.device}")
+                    ("old_logps", old), ("ref_logps", ref), ("vllm_is_ratio", vllm_is_ratio)):
+        if t is not None and t.device != device:
+            raise ValueError(f"{name} is on {t.device} but {source} on {device}")
     check_positive("temperature", temperature)
     for name, e in (("eps_low", eps_low), ("eps_high", eps_high)):
-        if isinstance(e, bool) or not isinstance(e, (int, float)) or not 0 <= e < float("inf"):
+        if not _is_number(e) or not 0 <= e < float("inf"):
             raise ValueError(f"{name} must be a finite number >= 0, got {e!r}")
     if eps_low >= 1:
         raise ValueError(f"eps_low must be < 1 so that 1 - eps_low > 0, got {eps_low!r}")
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < float("inf"):
+    if not _is_number(beta) or not 0 <= beta < float("inf"):
         raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
     if beta > 0 and ref is None:
         raise ValueError(f"beta={beta} > 0 needs ref_logps (got None)")
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    if loss_type not in loss_types:
+        raise ValueError(f"loss_type must be one of {loss_types}, got {loss_type!r}")
+    if importance_sampling_level not in IMPORTANCE_SAMPLING_LEVELS:
+        raise ValueError(f"importance_sampling_level must be one of {IMPORTANCE_SAMPLING_LEVELS}, "
+                         f"got {importance_sampling_level!r}")
+    if delta is not None and (not _is_number(delta) or not 0 < delta < float("inf")):
+        raise ValueError(f"delta must be a finite number > 0 or None, got {delta!r}")
+    for name, v in sapo_temperatures:
+        if not _is_number(v) or not 0 < v < float("inf"):
+            raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+    for name, v in vespo_params:
+        if not _is_number(v) or not math.isfinite(v):
+            raise ValueError(f"{name} must be a finite number, got {v!r}")
     if max_completion_length is not None and (
         isinstance(max_completion_length, bool) or not isinstance(max_completion_length, int)
         or max_completion_length < 1
     ):
         raise ValueError(f"max_completion_length must be an int >= 1 or None, got {max_completion_length!r}")
     if num_items_in_batch is not None and not isinstance(num_items_in_batch, torch.Tensor) and (
-            isinstance(num_items_in_batch, bool) or not isinstance(num_items_in_batch, (int, float))
-            or not num_items_in_batch > 0):
-            raise ValueError(f"num_items_in_batch must be a number > 0, a tensor or None, got {num_items_in_batch!r}")
+            not _is_number(num_items_in_batch) or not num_items_in_batch > 0):
+        raise ValueError(f"num_items_in_batch must be a number > 0, a tensor or None, got {num_items_in_batch!r}")
+
+
+def _validate(logits, ids, mask, adv, old, ref, temperature, eps_low, eps_high, beta, loss_type,
+              max_completion_length, num_items_in_batch):
+    check_float_tensor("logits", logits, ndim=3)
+    _validate_loss_args(tuple(logits.shape[:2]), logits.device, "logits", ids, mask, adv, old, ref,
+                        temperature=temperature, eps_low=eps_low, eps_high=eps_high, beta=beta, loss_type=loss_type,
+                        max_completion_length=max_completion_length, num_items_in_batch=num_items_in_batch)
 
 
 def _masked_mean(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return (x * m).sum() / m.sum().clamp_min(1.0)
+
+
+def _stat_mean(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """TRL's logged mean: a per-sequence [B, 1] value averages over the B sequences, a per-token one over the
+    unmasked tokens."""
+    if x.shape[-1] == 1 and m.shape[-1] != 1:
+        return x.float().sum() / max(x.shape[0], 1)
+    return _masked_mean(x.float(), m)
+
+
+def _vespo_weights(adv, log_ratio, m, on, is_ratio, k_pos, lambda_pos, k_neg, lambda_neg):
+    """VESPO's detached gamma weight phi(w) = exp(lambda + k log w - lambda w) of the sequence ratio
+    w = exp(sum_t m*clamp(log r_t, +-20) [+ sum_t log is_t]), log w clamped to [log 1e-8, 20]; per sequence
+    [B, 1] (or [B, T] with per-token advantages, whose sign picks k and lambda)."""
+    floor = math.log(1e-8)
+    with torch.no_grad():
+        s = (log_ratio.clamp(-20.0, 20.0) * m).sum(-1, keepdim=True)
+        if is_ratio is not None:
+            log_is = torch.log(is_ratio).clamp(floor, 20.0)
+            if log_is.shape[-1] != 1:
+                log_is = torch.where(on, log_is, 0.0)  # masked tokens contribute ratio 1
+            s = s + log_is.sum(-1, keepdim=True)
+        log_w = s.clamp(floor, 20.0)
+        nonneg = adv >= 0
+        k = torch.where(nonneg, float(k_pos), float(k_neg))
+        lam = torch.where(nonneg, float(lambda_pos), float(lambda_neg)).clamp(min=1e-4)
+        phi = torch.exp(lam + k * log_w - lam * torch.exp(log_w))
+        return phi.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def policy_loss_from_logps(
+    logp, completion_mask, advantages, old_logps=None, ref_logps=None, *, eps_low=0.2, eps_high=0.2, beta=0.0,
+    loss_type="grpo", importance_sampling_level="token", delta=None, use_bias_correction_kl=False,
+    vllm_is_ratio=None, max_completion_length=None, num_items_in_batch=None, sapo_temperature_pos=1.0,
+    sapo_temperature_neg=1.05, vespo_k_pos=2.0, vespo_lambda_pos=3.0, vespo_k_neg=3.0, vespo_lambda_neg=2.0,
+    entropy=None,
+):
+    """TRL 1.16 ``GRPOTrainer._compute_loss`` on given per-token log-probs (plain torch autograd through `logp`).
+
+    The single home of the per-token GRPO math for every loss type in :data:`TRL_LOSS_TYPES`; ``grpo_loss_torch``
+    and ``linear_grpo_loss`` call it. Arguments are validated by the caller. With
+    ``r = exp(logp - old)`` (token level) or ``exp(sum_t m*(logp - old) / sum_t m)`` per sequence (``"sequence"``):
+
+    * clip types (grpo/bnpo/dr_grpo/dapo/luspo): ``-min(min(r, delta) * A, clip(r, 1-eps_low, 1+eps_high) * A)``
+    * cispo: ``-min(r, eps_high).detach() * A * logp``
+    * sapo: ``-sigmoid(tau * (r - 1)) * 4 / tau * A``, ``tau = sapo_temperature_pos if A > 0 else _neg``
+    * vespo: ``-phi(w).detach() * A * logp`` (see ``_vespo_weights``; ``vllm_is_ratio`` enters phi there)
+
+    then ``* vllm_is_ratio`` (all but vespo), ``+ beta * k3`` with ``k3 = exp(ref - logp) - (ref - logp) - 1``
+    (``* r`` when ``use_bias_correction_kl``), and ``loss = sum_bt token_weights * l_bt``. Masked tokens get
+    neutral old/ref/vllm_is_ratio values so garbage there never reaches the loss or its gradient.
+
+    Returns:
+        ``(loss, stats)``: fp32 scalar and detached 0-d fp32 stats ``kl`` (0 without ref), ``clip_ratio_low``,
+        ``clip_ratio_high``, ``clip_ratio_region`` (for cispo: the fraction with ``r > eps_high`` and ``A > 0`` as
+        ``clip_ratio_high``/``region``; 0 for sapo/vespo), ``vespo_phi_seq_mean`` for vespo, and ``entropy`` (masked
+        mean) when `entropy` is given.
+    """
+    m = completion_mask.float()
+    on = m != 0
+    lp_d = logp.detach()
+    old = lp_d if old_logps is None else torch.where(on, old_logps.float(), lp_d)
+    A = advantages.float()
+    A = A[:, None] if A.dim() == 1 else A
+    isr = None
+    if vllm_is_ratio is not None:
+        isr = vllm_is_ratio.float()
+        isr = isr[:, None] if isr.dim() == 1 else isr
+        if isr.shape[-1] != 1:
+            isr = torch.where(on, isr, 1.0)
+    log_ratio = logp - old
+    if importance_sampling_level == "token":
+        log_w = log_ratio
+    else:
+        log_w = (log_ratio * m).sum(-1, keepdim=True) / m.sum(-1, keepdim=True).clamp_min(1.0)
+    coef_1 = torch.exp(log_w)
+
+    kl = None
+    if ref_logps is not None:
+        d = torch.where(on, ref_logps.float(), lp_d) - logp
+        kl = torch.exp(d) - d - 1
+        if use_bias_correction_kl:
+            kl = kl * coef_1
+
+    zero = torch.zeros((), device=logp.device)
+    low = high = None
+    extra = {}
+    if loss_type == "cispo":
+        per_tok = -torch.clamp(coef_1, max=eps_high).detach() * A * logp
+        high = (coef_1.detach() > eps_high) & (A > 0)
+    elif loss_type == "sapo":
+        tau = torch.where(A > 0, float(sapo_temperature_pos), float(sapo_temperature_neg))
+        per_tok = -(torch.sigmoid(tau * (coef_1 - 1)) * 4 / tau) * A
+    elif loss_type == "vespo":
+        phi = _vespo_weights(A, log_ratio.detach(), m, on, isr, vespo_k_pos, vespo_lambda_pos, vespo_k_neg,
+                             vespo_lambda_neg)
+        per_tok = -phi * A * logp
+        extra["vespo_phi_seq_mean"] = _stat_mean(phi, m)
+    else:
+        coef_2 = torch.clamp(coef_1, 1 - eps_low, 1 + eps_high)
+        if delta is not None:
+            coef_1 = torch.clamp(coef_1, max=delta)  # TRL's clip stats below see this clamped ratio too
+        per_tok = -torch.min(coef_1 * A, coef_2 * A)
+        r = coef_1.detach()
+        low = (r < 1 - eps_low) & (A < 0)
+        high = (r > 1 + eps_high) & (A > 0)
+    if isr is not None and loss_type != "vespo":
+        per_tok = per_tok * isr
+    if kl is not None and beta != 0:
+        per_tok = per_tok + beta * kl
+    per_tok = torch.where(on, per_tok, 0.0)  # also broadcasts [B, 1] to [B, T]
+    w = token_weights(completion_mask, loss_type=loss_type, max_completion_length=max_completion_length,
+                      num_items_in_batch=num_items_in_batch)
+    loss = (w * per_tok).sum()
+
+    low_s = zero if low is None else _stat_mean(low, m)
+    high_s = zero if high is None else _stat_mean(high, m)
+    region = high if low is None else low | high
+    stats = {
+        "kl": zero if kl is None else _stat_mean(kl.detach(), m),
+        "clip_ratio_low": low_s,
+        "clip_ratio_high": high_s,
+        "clip_ratio_region": zero if region is None else _stat_mean(region, m),
+        **extra,
+    }
+    if entropy is not None:
+        stats["entropy"] = _stat_mean(entropy.detach(), m)
+    return loss, stats
 
 
 def grpo_loss_torch(
@@ -85,63 +251,34 @@ def grpo_loss_torch(
     """Torch reference of :func:`grpo_loss` (same arguments and results; materializes fp32 logits)."""
     _validate(logits, completion_ids, completion_mask, advantages, old_logps, ref_logps, temperature,
               eps_low, eps_high, beta, loss_type, max_completion_length, num_items_in_batch)
-    B, T, _ = logits.shape
-    m = completion_mask.float()
-    on = m != 0
     x = logits.float() / temperature
     logp = x.gather(-1, completion_ids.long().unsqueeze(-1)).squeeze(-1) - torch.logsumexp(x, dim=-1)
-    # masked tokens get neutral inputs so garbage there (padding, -inf) never reaches the loss
-    old = logp.detach() if old_logps is None else torch.where(on, old_logps.float(), logp.detach())
-    A = advantages.float()
-    A = A[:, None] if A.dim() == 1 else A
-    ratio = torch.exp(logp - old)
-    clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
-    per_tok = -torch.min(ratio * A, clipped * A)
-    if ref_logps is not None:
-        d = torch.where(on, ref_logps.float(), logp.detach()) - logp
-        kl = torch.exp(d) - d - 1
-        if beta != 0:
-            per_tok = per_tok + beta * kl
-        kl_stat = _masked_mean(kl.detach(), m)
-    else:
-        kl_stat = torch.zeros((), device=logits.device)
-    per_tok = torch.where(on, per_tok, 0.0)
-    if loss_type == "grpo":
-        loss = ((per_tok * m).sum(-1) / m.sum(-1).clamp_min(1.0)).mean()
-    elif loss_type == "bnpo":
-        loss = (per_tok * m).sum() / m.sum().clamp_min(1.0)
-    elif loss_type == "dr_grpo":
-        L = T if max_completion_length is None else max_completion_length
-        loss = (per_tok * m).sum() / (B * L)
-    else:
-        denom = m.sum().clamp_min(1.0) if num_items_in_batch is None else num_items_in_batch
-        loss = (per_tok * m).sum() / denom
-    r = ratio.detach()
-    low = ((r < 1 - eps_low) & (A < 0)).float()
-    high = ((r > 1 + eps_high) & (A > 0)).float()
-    stats = {
-        "kl": kl_stat,
-        "clip_ratio_low": _masked_mean(low, m),
-        "clip_ratio_high": _masked_mean(high, m),
-        "clip_ratio_region": _masked_mean(torch.maximum(low, high), m),
-    }
-    return loss, stats
+    return policy_loss_from_logps(
+        logp, completion_mask, advantages, old_logps, ref_logps, eps_low=eps_low, eps_high=eps_high, beta=beta,
+        loss_type=loss_type, max_completion_length=max_completion_length, num_items_in_batch=num_items_in_batch,
+    )
 
 
 def token_weights(completion_mask, *, loss_type, max_completion_length=None, num_items_in_batch=None):
-    """Per-token weight ``w`` with ``loss = sum(w * l_t)`` for each aggregation.
+    """Per-token weight ``w`` with ``loss = sum(w * l_t)`` for each aggregation (TRL 1.16's normalisations).
+
+    grpo/sapo: ``mean_b(sum_t m l / sum_t m)``; bnpo: ``sum m l / sum m``; dr_grpo:
+    ``sum m l / (B * max_completion_length)`` (default T); dapo/cispo/vespo: ``sum m l / num_items_in_batch``
+    (default ``sum m``); luspo: ``mean_b(sum_t m l)``.
 
     Shape:
         completion_mask: [B, T] -> [B, T] fp32
     """
     m = completion_mask.float()
     B, T = m.shape
-    if loss_type == "grpo":
+    if loss_type in ("grpo", "sapo"):
         return m / (m.sum(-1, keepdim=True).clamp_min(1.0) * B)
     if loss_type == "bnpo":
         return m / m.sum().clamp_min(1.0)
     if loss_type == "dr_grpo":
         return m / float(B * (T if max_completion_length is None else max_completion_length))
+    if loss_type == "luspo":
+        return m / float(max(B, 1))
     if num_items_in_batch is None:
         return m / m.sum().clamp_min(1.0)
     if isinstance(num_items_in_batch, torch.Tensor):

@@ -1,0 +1,371 @@
+"""GRPO loss straight from hidden states and the LM-head weight, never writing the [N, V] logits.
+
+The loss depends on the logits only through ``logp = z[id] - logsumexp(z)`` (and the entropy, for
+logging or a bonus), ``z = (hidden @ weight.T + bias) / temperature``. So a custom autograd Function
+streams the vocabulary in chunks to produce those two [N] vectors, and the per-token GRPO math (ratios,
+clipping, KL, normalisation: :func:`semgrpo.ops.grpo_loss.policy_loss_from_logps`, shared with the
+logits-level op) runs on [B, T] tensors with plain torch autograd.
+
+Chunked torch path (any device):
+
+* forward: for each vocabulary chunk and token chunk, one fp32 tile ``z = h_chunk @ W_chunk.T`` (bf16/fp16
+  products are never rounded: CUDA uses ``torch.mm(..., out_dtype=float32)``, elsewhere the operands are
+  upcast; autocast is switched off inside), folded into per-row running max, sum-exp, ``sum exp * z``
+  (entropy) and the target logit.
+* backward: recomputes each tile, turns it into ``d loss / d logits`` =
+  ``(g_logp * (onehot - p) - g_ent * p * (log p + H)) / temperature`` in place, and accumulates
+  ``grad_hidden += dlogits @ W_chunk`` and ``grad_W_chunk = dlogits.T @ h`` in fp32 (vocabulary chunks
+  outermost, so each weight chunk's gradient is complete before it is rounded to the weight's dtype).
+  ``grad_W``/``grad_bias`` are computed only when ``weight``/``bias`` require grad (a frozen LM head under
+  LoRA skips that matmul).
+
+Peak extra memory: two live [token_chunk, vocab_chunk] fp32 tiles, one fp32 [vocab_chunk, H] weight chunk
+(backward), the fp32 [N, H] ``grad_hidden`` accumulator and a few [N] vectors. ``_chunk_sizes`` picks the
+chunks from ``TILE_ELEMS``; ``CHUNK_OVERRIDE`` forces them (tests use small ones).
+
+A Triton kernel can replace ``_fwd_chunks`` / ``_bwd_chunks`` (same inputs and outputs) without touching
+the loss math.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from ._dispatch import check_float_tensor, check_positive
+from .grpo_loss import TRL_LOSS_TYPES, _validate_loss_args, policy_loss_from_logps
+
+TOKEN_CHUNK = 4096
+# fp32 elements of one logits tile (128 MiB); the chunked path keeps two tiles alive at a time
+TILE_ELEMS = 1 << 25
+# (token_chunk, vocab_chunk) forcing the chunk sizes, e.g. in tests; None picks them from TILE_ELEMS
+CHUNK_OVERRIDE: tuple[int, int] | None = None
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _chunk_sizes(n_tokens: int, vocab: int, hidden_size: int) -> tuple[int, int]:
+    """(token_chunk, vocab_chunk): a tile of at most TILE_ELEMS fp32 logits, and an fp32 weight chunk
+    ([vocab_chunk, H], upcast in the backward) of at most TILE_ELEMS too."""
+    if CHUNK_OVERRIDE is not None:
+        tok, voc = CHUNK_OVERRIDE
+        return max(1, int(tok)), max(1, int(voc))
+    tok = max(1, min(TOKEN_CHUNK, n_tokens))
+    voc = max(1, min(vocab, TILE_ELEMS // tok, TILE_ELEMS // max(hidden_size, 1)))
+    if voc < vocab and voc >= 256:
+        voc -= voc % 128
+    return tok, voc
+
+
+def _mm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` as fp32 with fp32 accumulation; half-precision operands are not rounded on the way."""
+    if a.is_cuda and a.dtype == b.dtype and a.dtype in _HALF:
+        return torch.mm(a, b, out_dtype=torch.float32)
+    return torch.mm(a.float(), b.float())
+
+
+def _tile(h: torch.Tensor, w_t: torch.Tensor, b: torch.Tensor | None, temperature: float) -> torch.Tensor:
+    """fp32 scaled logits ``(h @ w_t + b) / temperature`` of one [tokens, vocab] chunk."""
+    z = _mm_f32(h, w_t)
+    if b is not None:
+        z += b
+    if temperature != 1.0:
+        z /= temperature
+    return z
+
+
+def _fwd_chunks(h2, weight, bias, ids, temperature, with_entropy):
+    """Streams the vocabulary: per row returns (logp, lse, entropy or None), all fp32 [N]."""
+    N, V = h2.shape[0], weight.shape[0]
+    dev = h2.device
+    tok, voc = _chunk_sizes(N, V, h2.shape[1])
+    run_max = torch.full((N,), float("-inf"), dtype=torch.float32, device=dev)
+    run_sum = torch.zeros(N, dtype=torch.float32, device=dev)
+    run_zs = torch.zeros(N, dtype=torch.float32, device=dev) if with_entropy else None  # sum e^(z-max) (z-max)
+    target = torch.zeros(N, dtype=torch.float32, device=dev)
+    ids = ids.long()
+    for v0 in range(0, V, voc):
+        w_t = weight[v0 : v0 + voc].t()
+        c = w_t.shape[1]
+        b = None if bias is None else bias[v0 : v0 + voc].float()
+        for n0 in range(0, N, tok):
+            rows = slice(n0, n0 + tok)
+            z = _tile(h2[rows], w_t, b, temperature)
+            local = ids[rows] - v0
+            hit = (local >= 0) & (local < c)
+            zt = z.gather(1, local.clamp(0, c - 1)[:, None])[:, 0]
+            target[rows] = torch.where(hit, zt, target[rows])
+            m_old = run_max[rows]
+            m_new = torch.maximum(m_old, z.amax(1))
+            scale = torch.exp(m_old - m_new)  # 0 on the first chunk (m_old = -inf)
+            z -= m_new[:, None]
+            e = torch.exp(z)
+            if with_entropy:
+                shift = torch.where(torch.isfinite(m_old), m_old - m_new, 0.0)
+                run_zs[rows] = scale * (run_zs[rows] + shift * run_sum[rows]) + z.mul_(e).sum(1)
+            run_sum[rows] = run_sum[rows] * scale + e.sum(1)
+            run_max[rows] = m_new
+            del z, e
+    log_s = torch.log(run_sum)
+    lse = run_max + log_s
+    ent = log_s - run_zs / run_sum if with_entropy else None
+    return target - lse, lse, ent
+
+
+def _bwd_chunks(h2, weight, bias, ids, temperature, lse, ent, g_lp, g_ent, need_h, need_w, need_b):
+    """Gradients (hidden [N, H], weight [V, H], bias [V]; None where not needed) of
+    ``sum(g_lp * logp) + sum(g_ent * entropy)``."""
+    N, H = h2.shape
+    V = weight.shape[0]
+    dev = h2.device
+    tok, voc = _chunk_sizes(N, V, H)
+    ids = ids.long()
+    inv_t = 1.0 / temperature
+    gl = torch.zeros(N, dtype=torch.float32, device=dev) if g_lp is None else g_lp.float()
+    ge = None if g_ent is None else g_ent.float()
+    gh = torch.zeros(N, H, dtype=torch.float32, device=dev) if need_h else None
+    gw = torch.empty_like(weight) if need_w else None
+    gb = torch.empty_like(bias) if need_b else None
+    for v0 in range(0, V, voc):
+        w_c = weight[v0 : v0 + voc]
+        c = w_c.shape[0]
+        w_t = w_c.t()
+        w_f = w_c.float() if need_h else None
+        b = None if bias is None else bias[v0 : v0 + voc].float()
+        gw_c = torch.zeros(c, H, dtype=torch.float32, device=dev) if need_w else None
+        gb_c = torch.zeros(c, dtype=torch.float32, device=dev) if need_b else None
+        for n0 in range(0, N, tok):
+            rows = slice(n0, n0 + tok)
+            h = h2[rows]
+            z = _tile(h, w_t, b, temperature)
+            z -= lse[rows, None]  # log p
+            p = torch.exp(z)
+            if ge is None:
+                del z
+                d = p.mul_((-inv_t * gl[rows])[:, None])
+            else:
+                # d/dz of g_lp*logp + g_ent*H = g_lp*(onehot - p) - g_ent*p*(log p + H)
+                d = z.add_(ent[rows, None]).mul_(ge[rows, None]).add_(gl[rows, None]).mul_(p).mul_(-inv_t)
+                del p
+            local = ids[rows] - v0
+            hit = (local >= 0) & (local < c)
+            d.scatter_add_(1, local.clamp(0, c - 1)[:, None], torch.where(hit, inv_t * gl[rows], 0.0)[:, None])
+            if need_h:
+                gh[rows].addmm_(d, w_f)
+            if need_w:
+                gw_c.addmm_(d.t(), h.float())
+            if need_b:
+                gb_c += d.sum(0)
+            del d
+        if need_w:
+            gw[v0 : v0 + c] = gw_c
+        if need_b:
+            gb[v0 : v0 + c] = gb_c
+    return (None if gh is None else gh.to(h2.dtype)), gw, gb
+
+
+class _LinearLogprobEntropy(torch.autograd.Function):
+    """(logp, entropy) [N] fp32 of ``softmax((h2 @ weight.T + bias) / temperature)`` at ``ids``."""
+
+    @staticmethod
+    def forward(ctx, h2, weight, bias, ids, temperature, with_entropy):
+        # autocast (e.g. TRL's accelerator.autocast()) would run the chunk matmuls in bf16: keep them fp32
+        with torch.autocast(h2.device.type, enabled=False):
+            logp, lse, ent = _fwd_chunks(h2, weight, bias, ids, temperature, with_entropy)
+        ctx.save_for_backward(h2, weight, bias, ids, lse, ent)
+        ctx.temperature = temperature
+        ctx.set_materialize_grads(False)
+        if ent is None:
+            ent = torch.zeros_like(logp)
+            ctx.mark_non_differentiable(ent)
+        return logp, ent
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_lp, g_ent):
+        h2, weight, bias, ids, lse, ent = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        if ent is None:
+            g_ent = None
+        if (g_lp is None and g_ent is None) or not (need_h or need_w or need_b):
+            return None, None, None, None, None, None
+        with torch.autocast(h2.device.type, enabled=False):
+            gh, gw, gb = _bwd_chunks(h2, weight, bias, ids, ctx.temperature, lse, ent, g_lp, g_ent,
+                                     need_h, need_w, need_b and bias is not None)
+        return gh, gw, gb, None, None, None
+
+
+def _check_head(hidden, weight, bias, *, hidden_ndim):
+    check_float_tensor("hidden", hidden, ndim=hidden_ndim)
+    check_float_tensor("weight", weight, ndim=2)
+    if weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(f"weight shape {tuple(weight.shape)} must be [V, H] with H = hidden.shape[-1] = "
+                         f"{hidden.shape[-1]}")
+    if weight.shape[0] < 1:
+        raise ValueError(f"weight must have at least one row (vocabulary entry), got shape {tuple(weight.shape)}")
+    if weight.device != hidden.device:
+        raise ValueError(f"weight is on {weight.device} but hidden on {hidden.device}")
+    if bias is not None:
+        check_float_tensor("bias", bias, ndim=1)
+        if bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"bias shape {tuple(bias.shape)} must be ({weight.shape[0]},) = weight.shape[:1]")
+        if bias.device != hidden.device:
+            raise ValueError(f"bias is on {bias.device} but hidden on {hidden.device}")
+
+
+def _check_ids_range(name: str, ids: torch.Tensor, vocab: int) -> None:
+    if ids.numel() and bool(((ids < 0) | (ids >= vocab)).any()):  # one host sync
+        lo, hi = int(ids.min()), int(ids.max())
+        raise ValueError(f"{name} must lie in [0, {vocab}) (weight.shape[0]), got values in [{lo}, {hi}]")
+
+
+def linear_logprobs_and_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, *, bias: torch.Tensor | None = None,
+    temperature: float = 1.0, with_entropy: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Differentiable per-token ``(logp, entropy)`` of ``softmax((hidden @ weight.T + bias) / temperature)``.
+
+    The building block of :func:`linear_grpo_loss`, for trainers that need the log-probs and entropies
+    themselves (an entropy bonus, entropy masks). Nothing of size [N, V] is stored.
+
+    Args:
+        hidden: [..., H] hidden states, any float dtype, may be a strided view.
+        weight: [V, H] LM-head weight; its gradient is computed only when it requires grad.
+        ids: [...] token ids in ``[0, V)`` (int64/int32).
+        bias: Optional [V] LM-head bias.
+        temperature: Positive divisor of the logits.
+        with_entropy: False skips the entropy (returned as non-differentiable zeros).
+
+    Returns:
+        fp32 ``logp`` and ``entropy`` of shape ``ids.shape``.
+    """
+    _check_head(hidden, weight, bias, hidden_ndim=tuple(range(1, 9)))
+    if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"ids must be an int64/int32 tensor, got {getattr(ids, 'dtype', type(ids).__name__)}")
+    if tuple(ids.shape) != tuple(hidden.shape[:-1]):
+        raise ValueError(f"ids shape {tuple(ids.shape)} must equal hidden.shape[:-1] = {tuple(hidden.shape[:-1])}")
+    if ids.device != hidden.device:
+        raise ValueError(f"ids is on {ids.device} but hidden on {hidden.device}")
+    temperature = check_positive("temperature", temperature)
+    _check_ids_range("ids", ids, weight.shape[0])
+    h2 = hidden.reshape(-1, hidden.shape[-1])
+    logp, ent = _LinearLogprobEntropy.apply(h2, weight, bias, ids.reshape(-1), temperature, bool(with_entropy))
+    return logp.view(ids.shape), ent.view(ids.shape)
+
+
+def linear_token_logprobs(
+    hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, *, bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Log-probability of each id under ``softmax((hidden @ weight.T + bias) / temperature)``, without grad
+    (old-policy and reference log-probs), streamed over vocabulary chunks.
+
+    Shape:
+        hidden: [..., H], weight: [V, H], ids: [...] -> [...] fp32
+    """
+    with torch.no_grad():
+        logp, _ = linear_logprobs_and_entropy(hidden, weight, ids, bias=bias, temperature=temperature,
+                                              with_entropy=False)
+    return logp
+
+
+def linear_grpo_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    advantages: torch.Tensor,
+    old_logps: torch.Tensor | None = None,
+    ref_logps: torch.Tensor | None = None,
+    *,
+    bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+    beta: float = 0.0,
+    loss_type: str = "grpo",
+    importance_sampling_level: str = "token",
+    delta: float | None = None,
+    use_bias_correction_kl: bool = False,
+    vllm_is_ratio: torch.Tensor | None = None,
+    max_completion_length: int | None = None,
+    num_items_in_batch: int | float | torch.Tensor | None = None,
+    sapo_temperature_pos: float = 1.0,
+    sapo_temperature_neg: float = 1.05,
+    vespo_k_pos: float = 2.0,
+    vespo_lambda_pos: float = 3.0,
+    vespo_k_neg: float = 3.0,
+    vespo_lambda_neg: float = 2.0,
+    return_entropy: bool = False,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """TRL 1.16 GRPO loss (every loss type) from hidden states and the LM head, without [N, V] logits.
+
+    Same numbers as TRL 1.16's ``GRPOTrainer._compute_loss`` on logits ``hidden @ weight.T + bias`` divided
+    by `temperature` (see :func:`semgrpo.ops.grpo_loss.policy_loss_from_logps` for the formulas). Only the
+    unmasked positions are projected (one host sync to find them); masked positions may hold any id.
+
+    Args:
+        hidden: [B, T, H] hidden states, fp32/bf16/fp16, may be a strided view such as
+            ``last_hidden[:, P-1:-1]``; ``hidden[b, t]`` predicts ``completion_ids[b, t]``.
+        weight: [V, H] LM-head weight; gets a gradient only when it requires grad.
+        completion_ids: [B, T] sampled ids (int64/int32), in ``[0, V)`` where the mask is set.
+        completion_mask: [B, T] 1 for tokens in the loss, 0 for padding (bool/int/float).
+        advantages: [B] or [B, T].
+        old_logps: [B, T] sampling-policy log-probs; None means ``logp.detach()`` (ratio 1).
+        ref_logps: [B, T] reference log-probs; required when ``beta > 0``.
+        bias: Optional [V] LM-head bias.
+        temperature: Divides the logits.
+        eps_low, eps_high: Clip range ``[1 - eps_low, 1 + eps_high]``; for cispo ``eps_high`` is the
+            absolute cap of the ratio (TRL's ``epsilon_high``).
+        beta: KL coefficient.
+        loss_type: One of ``TRL_LOSS_TYPES``: grpo, bnpo, dr_grpo, dapo, cispo, sapo, luspo, vespo.
+        importance_sampling_level: ``"token"`` or ``"sequence"`` (GSPO).
+        delta: Upper bound of the unclipped ratio (two-sided clipping), clip loss types only.
+        use_bias_correction_kl: Multiply the per-token KL by the importance ratio (TRL's default is True).
+        vllm_is_ratio: [B, T] or [B, 1] truncated importance-sampling correction multiplied into the
+            policy loss (vespo folds it into its gamma weight instead).
+        max_completion_length: dr_grpo denominator length (default T).
+        num_items_in_batch: dapo/cispo/vespo denominator (TRL's rescaled ``num_items_in_batch``); default
+            the mask sum.
+        sapo_temperature_pos, sapo_temperature_neg: SAPO gate temperatures.
+        vespo_k_pos, vespo_lambda_pos, vespo_k_neg, vespo_lambda_neg: VESPO gamma parameters.
+        return_entropy: Also return ``stats["per_token_entropy"]``.
+
+    Returns:
+        ``(loss, stats)``: fp32 scalar loss; detached 0-d fp32 ``kl``, ``clip_ratio_low``,
+        ``clip_ratio_high``, ``clip_ratio_region``, ``entropy`` (mean over unmasked tokens),
+        ``vespo_phi_seq_mean`` for vespo; with `return_entropy`, ``per_token_entropy`` [B, T] fp32 (0 where
+        masked), which stays attached to the graph so a caller can add an entropy bonus.
+    """
+    _check_head(hidden, weight, bias, hidden_ndim=3)
+    B, T, _ = hidden.shape
+    _validate_loss_args(
+        (B, T), hidden.device, "hidden", completion_ids, completion_mask, advantages, old_logps, ref_logps,
+        temperature=temperature, eps_low=eps_low, eps_high=eps_high, beta=beta, loss_type=loss_type,
+        max_completion_length=max_completion_length, num_items_in_batch=num_items_in_batch,
+        loss_types=TRL_LOSS_TYPES, importance_sampling_level=importance_sampling_level, delta=delta,
+        vllm_is_ratio=vllm_is_ratio,
+        sapo_temperatures=(("sapo_temperature_pos", sapo_temperature_pos),
+                           ("sapo_temperature_neg", sapo_temperature_neg)),
+        vespo_params=(("vespo_k_pos", vespo_k_pos), ("vespo_lambda_pos", vespo_lambda_pos),
+                      ("vespo_k_neg", vespo_k_neg), ("vespo_lambda_neg", vespo_lambda_neg)),
+    )
+    on = completion_mask != 0
+    ids_on = completion_ids[on]
+    _check_ids_range("completion_ids (where completion_mask is set)", ids_on, weight.shape[0])
+    logp_on, ent_on = _LinearLogprobEntropy.apply(hidden[on], weight, bias, ids_on, float(temperature), True)
+    zeros = torch.zeros(B, T, dtype=torch.float32, device=hidden.device)
+    logp = zeros.masked_scatter(on, logp_on)
+    ent = zeros.masked_scatter(on, ent_on)
+    loss, stats = policy_loss_from_logps(
+        logp, completion_mask, advantages, old_logps, ref_logps, eps_low=eps_low, eps_high=eps_high, beta=beta,
+        loss_type=loss_type, importance_sampling_level=importance_sampling_level, delta=delta,
+        use_bias_correction_kl=use_bias_correction_kl, vllm_is_ratio=vllm_is_ratio,
+        max_completion_length=max_completion_length, num_items_in_batch=num_items_in_batch,
+        sapo_temperature_pos=sapo_temperature_pos, sapo_temperature_neg=sapo_temperature_neg,
+        vespo_k_pos=vespo_k_pos, vespo_lambda_pos=vespo_lambda_pos, vespo_k_neg=vespo_k_neg,
+        vespo_lambda_neg=vespo_lambda_neg, entropy=ent,
+    )
+    if return_entropy:
+        stats["per_token_entropy"] = ent
+    return loss, stats
