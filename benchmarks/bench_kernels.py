@@ -3,10 +3,16 @@
     python benchmarks/bench_kernels.py                  # CUDA: full shapes, CSV to benchmarks/results/
     python benchmarks/bench_kernels.py --smoke          # small shapes, torch paths only, seconds on CPU
     python benchmarks/bench_kernels.py --out DIR --providers ours,eager
+    python benchmarks/bench_kernels.py --fused-linear   # GRPO loss from hidden states: ours, TRL, Liger, eager
+    python benchmarks/bench_kernels.py --fused-linear --smoke   # the same at 2x32 tokens, H=64, V=1000
 
 Per op and shape: time p50/p20/p80 (ms), achieved GB/s and % of the device's peak bandwidth under a
 stated byte model, speedup vs torch eager, peak extra memory. One CSV row per metric
 (columns in ``common.CSV_COLUMNS``) and one summary line per op on stdout.
+
+``--fused-linear`` instead compares forward+backward of the GRPO loss from hidden states and the LM head
+(``bench_fused_linear.py``): time, peak extra memory, and errors against an fp32 eager reference, to
+``bench_kernels_fused_linear_<device>.csv`` and a Markdown table on stdout.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_fused_linear
 from common import CsvWriter, bench, device_name, peak_bandwidth, peak_extra_memory, quantiles
 
 from semgrpo.ops import (
@@ -270,7 +277,10 @@ def main(argv=None) -> int:
     p.add_argument("--shapes", default="4096x32000,4096x151936,16384x32000,16384x151936", help="NxV list")
     p.add_argument("--rep", type=int, default=20)
     p.add_argument("--tune", action="store_true", help="sweep grpo_loss launch configs at the last shape, print only")
+    bench_fused_linear.add_args(p)
     args = p.parse_args(argv)
+    if args.fused_linear:
+        return bench_fused_linear.run(args)
     if args.tune:
         N, V = (int(v) for v in args.shapes.split(",")[-1].split("x"))
         tune_grpo(N, V, args.rep)
