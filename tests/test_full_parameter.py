@@ -66,7 +66,7 @@ def _metrics(out_dir):
 
 
 def test_full_parameter_kill_and_resume_equals_the_straight_run(demo_assets, tmp_path):
-    args = FULL + ["grpo.max_steps=3", "run.save_every=1"]
+    args = FULL + ["grpo.max_steps=2", "run.save_every=1"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     proc = run_cli("train_grpo.py", f"output_dir={straight}", *args, launcher=_launcher(29753))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -89,7 +89,7 @@ def test_full_parameter_kill_and_resume_equals_the_straight_run(demo_assets, tmp
     proc = run_cli("train_grpo.py", f"output_dir={resumed}", *args, launcher=_launcher(29757))
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = _metrics(straight), _metrics(resumed)
-    assert [r["step"] for r in a] == [1, 2, 3] and [r["step"] for r in b][-2:] == [2, 3]
+    assert [r["step"] for r in a] == [1, 2] and [r["step"] for r in b][-1:] == [2]
     by_step = {r["step"]: r for r in b}
     for ra in a[1:]:
         rb = by_step[ra["step"]]

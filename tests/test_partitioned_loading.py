@@ -85,13 +85,13 @@ def test_a_300m_model_costs_each_of_2_ranks_at_most_0_65x_its_bytes(demo_assets,
     model_bytes = _write_300m_model(big, demo_assets.tokenizer_path, tmp_path / "stage1_adapter")
     assert model_bytes >= 300e6 * 4
     ds = json.loads((ROOT / "ds_configs" / "zero3.json").read_text())
-    ds.update(train_micro_batch_size_per_gpu=4, gradient_accumulation_steps=1)
+    ds.update(train_micro_batch_size_per_gpu=2, gradient_accumulation_steps=1)
     ds["zero_optimization"].update(stage3_max_live_parameters=16_000_000, stage3_max_reuse_distance=16_000_000,
                                    stage3_prefetch_bucket_size=16_000_000, reduce_bucket_size=16_000_000)
     (tmp_path / "zero3.json").write_text(json.dumps(ds))
     common = ["sft.before_grpo=false", "reward.tau=0.1", "reward.functions=[language]", "tax_meter.every_steps=0",
               "grpo.gather_for_generation=false", "grpo.gathered_policy_pass=false", "grpo.beta=0",
-              "grpo.merge_adapter_for_generation=false", "grpo.max_completion_length=4", "grpo.group_size=4",
+              "grpo.merge_adapter_for_generation=false", "grpo.max_completion_length=2", "grpo.group_size=2",
               "model.lora.r=4", "model.gradient_checkpointing=true", f"run.deepspeed={tmp_path / 'zero3.json'}"]
     tiny = _peak_rss(tmp_path, "tiny", 29743, *common)
     large = _peak_rss(tmp_path, "large", 29745, *common, f"model.path={big}", f"model.tokenizer={big}",
