@@ -36,8 +36,10 @@ from ._dispatch import check_float_tensor, check_positive
 from .grpo_loss import TRL_LOSS_TYPES, _validate_loss_args, policy_loss_from_logps
 
 TOKEN_CHUNK = 4096
-# fp32 elements of one logits tile (128 MiB); the chunked path keeps two tiles alive at a time
-TILE_ELEMS = 1 << 25
+# fp32 elements of one logits tile (32 MiB); the chunked path keeps two tiles alive at a time. Larger tiles
+# buy little: at 4096 x 2048 each matmul is already compute-bound, and 128 MiB tiles cost 1/7 of the
+# eager path's extra memory at N=4096, V=151936 (benchmarks/results/bench_kernels_fused_linear_cpu.csv).
+TILE_ELEMS = 1 << 23
 # (token_chunk, vocab_chunk) forcing the chunk sizes, e.g. in tests; None picks them from TILE_ELEMS
 CHUNK_OVERRIDE: tuple[int, int] | None = None
 

@@ -183,7 +183,8 @@ def test_chunk_sizes_do_not_change_results(monkeypatch, chunks):
 
 
 def test_default_chunk_sizes_respect_the_budget(monkeypatch):
-    assert lin._chunk_sizes(100, 151936, 4096) == (100, 8192)  # weight chunk [8192, 4096] fp32 = 128 MiB
+    # the fp32 weight chunk [voc, 4096] is the binding limit here: TILE_ELEMS elements (2048 rows at 32 MiB)
+    assert lin._chunk_sizes(100, 151936, 4096) == (100, lin.TILE_ELEMS // 4096)
     tok, voc = lin._chunk_sizes(16384, 151936, 896)
     assert tok == lin.TOKEN_CHUNK and tok * voc <= lin.TILE_ELEMS and voc % 128 == 0
     assert lin._chunk_sizes(7, 1000, 96) == (7, 1000)  # small problems: one tile
