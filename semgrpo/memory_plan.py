@@ -253,9 +253,11 @@ def zero_setup(ds_config: dict, dtype: str) -> ZeroSetup:
 
 
 def partitioned_loading(zero: ZeroSetup, world_size: int) -> bool:
-    """Whether the policy loads already partitioned (inside `deepspeed.zero.Init`): ZeRO-3 on several ranks,
-    the rule of `semgrpo.partitioned.is_partitioned`, here for a world size that need not be running."""
-    return zero.stage == 3 and world_size > 1
+    """Whether the policy loads already partitioned (inside `deepspeed.zero.Init`): `is_partitioned`'s rule
+    for a world size that need not be running."""
+    from semgrpo.partitioned import is_partitioned
+
+    return is_partitioned({"zero_optimization": {"stage": zero.stage}}, world_size)
 
 
 def deepspeed_estimate(zero: ZeroSetup, *, trainable: int, largest_layer: int, gpus_per_node: int,

@@ -20,12 +20,13 @@ import torch
 from semgrpo import dist
 
 
-def is_partitioned(ds_config: dict | None) -> bool:
-    """ZeRO-3 with more than one rank. ZeRO-2 and single-process runs load whole weights, as before."""
+def is_partitioned(ds_config: dict | None, world_size: int | None = None) -> bool:
+    """ZeRO-3 with more than one rank (this run's, or `world_size` when planning one that is not running).
+    ZeRO-2 and single-process runs load whole weights, as before."""
     if not ds_config:
         return False
     stage = ds_config.get("zero_optimization", {}).get("stage", 0)
-    return stage == 3 and dist.world_size() > 1
+    return stage == 3 and (dist.world_size() if world_size is None else world_size) > 1
 
 
 @contextlib.contextmanager
