@@ -23,8 +23,17 @@ Peak extra memory: two live [token_chunk, vocab_chunk] fp32 tiles, one fp32 [voc
 (backward), the fp32 [N, H] ``grad_hidden`` accumulator and a few [N] vectors. ``_chunk_sizes`` picks the
 chunks from ``TILE_ELEMS``; ``CHUNK_OVERRIDE`` forces them (tests use small ones).
 
-A Triton kernel can replace ``_fwd_chunks`` / ``_bwd_chunks`` (same inputs and outputs) without touching
-the loss math.
+Triton path (``backend``, default Triton when every tensor is on CUDA; ``_linear_kernel``): the same chunk
+loop and the same cuBLAS/torch matmuls (they hold nearly all the FLOPs and run at the device's matmul peak),
+but the elementwise work on each fp32 tile, 4-6 torch passes over it, becomes one fused kernel: the forward
+reads the tile once to update the row state, the backward reads it once and writes dlogits once (plus
+deterministic fp32 column sums for ``grad_bias``). With bf16 CUDA weights (``HALF_DLOGITS``) the backward
+rounds dlogits to bf16 as the kernel writes them and feeds cuBLAS bf16 operands with fp32 output for
+``grad_hidden``/``grad_W``: an fp32 GEMM runs an order of magnitude below the bf16 peak, the rounding is the
+one an eager bf16 backward applies to its logits gradient anyway, and the bf16 weight chunk needs no fp32
+copy (it holds a bf16 dlogits buffer, half a tile, and fp32 products of at most TILE_ELEMS instead). fp16
+keeps fp32 dlogits, since fp16's range would flush the many ``p * g / T`` entries below ~6e-8 to zero; on CPU
+(the interpreter) everything stays fp32.
 """
 
 from __future__ import annotations
@@ -32,7 +41,8 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from ._dispatch import check_float_tensor, check_positive
+from . import _linear_kernel
+from ._dispatch import check_float_tensor, check_positive, use_triton
 from .grpo_loss import TRL_LOSS_TYPES, _validate_loss_args, policy_loss_from_logps
 
 TOKEN_CHUNK = 4096
@@ -42,6 +52,10 @@ TOKEN_CHUNK = 4096
 TILE_ELEMS = 1 << 23
 # (token_chunk, vocab_chunk) forcing the chunk sizes, e.g. in tests; None picks them from TILE_ELEMS
 CHUNK_OVERRIDE: tuple[int, int] | None = None
+
+# Triton backward with bf16 hidden and weight: round dlogits to bf16 for the backward matmuls (module
+# docstring). None = on CUDA only; True/False force it on any device (tests run that code on CPU).
+HALF_DLOGITS: bool | None = None
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -66,65 +80,110 @@ def _mm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.mm(a.float(), b.float())
 
 
-def _tile(h: torch.Tensor, w_t: torch.Tensor, b: torch.Tensor | None, temperature: float) -> torch.Tensor:
-    """fp32 scaled logits ``(h @ w_t + b) / temperature`` of one [tokens, vocab] chunk."""
-    z = _mm_f32(h, w_t)
+def _addmm_f32(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``acc += a @ b`` with fp32 ``acc``. Half-precision operands take the ``_mm_f32`` route in row slices
+    whose fp32 product stays under TILE_ELEMS (the temporary that an out-of-place product needs)."""
+    if a.dtype == torch.float32 and b.dtype == torch.float32:
+        acc.addmm_(a, b)
+        return
+    step = max(1, TILE_ELEMS // max(acc.shape[1], 1))
+    for r0 in range(0, acc.shape[0], step):
+        acc[r0 : r0 + step] += _mm_f32(a[r0 : r0 + step], b)
+
+
+def _fwd_tile_torch(z, b, ids, v0, temperature, run_max, run_sum, run_acc, target):
+    """Fold the raw fp32 tile ``z = h @ W_c.T`` (vocabulary ids ``v0 ..``) into the rows' running max /
+    sum-exp / entropy accumulator (None: no entropy) / target logit, fp32 [n] views updated in place.
+    Same contract as ``_linear_kernel.fwd_tile``; `z` is clobbered."""
     if b is not None:
         z += b
     if temperature != 1.0:
         z /= temperature
-    return z
+    c = z.shape[1]
+    local = ids - v0
+    hit = (local >= 0) & (local < c)
+    zt = z.gather(1, local.clamp(0, c - 1)[:, None])[:, 0]
+    target.copy_(torch.where(hit, zt, target))
+    m_new = torch.maximum(run_max, z.amax(1))
+    scale = torch.exp(run_max - m_new)  # 0 on the first chunk (max -inf)
+    z -= m_new[:, None]
+    e = torch.exp(z)
+    if run_acc is not None:  # sum e^(z-max) (z-max), re-centred on the new max
+        shift = torch.where(torch.isfinite(run_max), run_max - m_new, 0.0)
+        run_acc.copy_(scale * (run_acc + shift * run_sum) + z.mul_(e).sum(1))
+    run_sum.mul_(scale).add_(e.sum(1))
+    run_max.copy_(m_new)
 
 
-def _fwd_chunks(h2, weight, bias, ids, temperature, with_entropy):
-    """Streams the vocabulary: per row returns (logp, lse, entropy or None), all fp32 [N]."""
+def _bwd_tile_torch(z, out, b, ids, v0, temperature, lse, ent, g_lp, g_ent, want_gb):
+    """Turn the raw fp32 tile `z` into ``d loss / d logits`` in place (`out` must be `z`); returns its fp32
+    column sum when `want_gb`. Same contract as ``_linear_kernel.bwd_tile``."""
+    assert out is z
+    inv_t = 1.0 / temperature
+    if b is not None:
+        z += b
+    if temperature != 1.0:
+        z /= temperature
+    z -= lse[:, None]  # log p
+    if g_ent is None:
+        d = z.exp_().mul_((-inv_t * g_lp)[:, None])
+    else:
+        # d/dz of g_lp*logp + g_ent*H = g_lp*(onehot - p) - g_ent*p*(log p + H)
+        p = torch.exp(z)
+        d = z.add_(ent[:, None]).mul_(g_ent[:, None]).add_(g_lp[:, None]).mul_(p).mul_(-inv_t)
+        del p
+    c = d.shape[1]
+    local = ids - v0
+    hit = (local >= 0) & (local < c)
+    d.scatter_add_(1, local.clamp(0, c - 1)[:, None], torch.where(hit, inv_t * g_lp, 0.0)[:, None])
+    return d.sum(0) if want_gb else None
+
+
+def _half_dlogits(h2: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the Triton backward rounds dlogits to bf16 for its two matmuls (bf16 hidden and weight)."""
+    on = weight.is_cuda if HALF_DLOGITS is None else bool(HALF_DLOGITS)  # tests force it on CPU
+    return on and weight.dtype == torch.bfloat16 and h2.dtype == weight.dtype
+
+
+def _fwd_chunks(h2, weight, bias, ids, temperature, with_entropy, triton=False):
+    """Streams the vocabulary: per row returns (logp, lse, entropy or None), all fp32 [N]. `triton` swaps the
+    per-tile elementwise step for the fused kernel; the matmuls and the loop are the same."""
     N, V = h2.shape[0], weight.shape[0]
     dev = h2.device
     tok, voc = _chunk_sizes(N, V, h2.shape[1])
+    step = _linear_kernel.fwd_tile if triton else _fwd_tile_torch
     run_max = torch.full((N,), float("-inf"), dtype=torch.float32, device=dev)
     run_sum = torch.zeros(N, dtype=torch.float32, device=dev)
-    run_zs = torch.zeros(N, dtype=torch.float32, device=dev) if with_entropy else None  # sum e^(z-max) (z-max)
+    run_acc = torch.zeros(N, dtype=torch.float32, device=dev) if with_entropy else None
     target = torch.zeros(N, dtype=torch.float32, device=dev)
-    ids = ids.long()
+    ids = ids.long().contiguous()
     for v0 in range(0, V, voc):
         w_t = weight[v0 : v0 + voc].t()
-        c = w_t.shape[1]
         b = None if bias is None else bias[v0 : v0 + voc].float()
         for n0 in range(0, N, tok):
             rows = slice(n0, n0 + tok)
-            z = _tile(h2[rows], w_t, b, temperature)
-            local = ids[rows] - v0
-            hit = (local >= 0) & (local < c)
-            zt = z.gather(1, local.clamp(0, c - 1)[:, None])[:, 0]
-            target[rows] = torch.where(hit, zt, target[rows])
-            m_old = run_max[rows]
-            m_new = torch.maximum(m_old, z.amax(1))
-            scale = torch.exp(m_old - m_new)  # 0 on the first chunk (m_old = -inf)
-            z -= m_new[:, None]
-            e = torch.exp(z)
-            if with_entropy:
-                shift = torch.where(torch.isfinite(m_old), m_old - m_new, 0.0)
-                run_zs[rows] = scale * (run_zs[rows] + shift * run_sum[rows]) + z.mul_(e).sum(1)
-            run_sum[rows] = run_sum[rows] * scale + e.sum(1)
-            run_max[rows] = m_new
-            del z, e
+            z = _mm_f32(h2[rows], w_t)
+            step(z, b, ids[rows], v0, temperature, run_max[rows], run_sum[rows],
+                 None if run_acc is None else run_acc[rows], target[rows])
+            del z
     log_s = torch.log(run_sum)
     lse = run_max + log_s
-    ent = log_s - run_zs / run_sum if with_entropy else None
+    ent = log_s - run_acc / run_sum if with_entropy else None
     return target - lse, lse, ent
 
 
-def _bwd_chunks(h2, weight, bias, ids, temperature, lse, ent, g_lp, g_ent, need_h, need_w, need_b):
+def _bwd_chunks(h2, weight, bias, ids, temperature, lse, ent, g_lp, g_ent, need_h, need_w, need_b, triton=False):
     """Gradients (hidden [N, H], weight [V, H], bias [V]; None where not needed) of
     ``sum(g_lp * logp) + sum(g_ent * entropy)``."""
     N, H = h2.shape
     V = weight.shape[0]
     dev = h2.device
     tok, voc = _chunk_sizes(N, V, H)
-    ids = ids.long()
-    inv_t = 1.0 / temperature
-    gl = torch.zeros(N, dtype=torch.float32, device=dev) if g_lp is None else g_lp.float()
-    ge = None if g_ent is None else g_ent.float()
+    step = _linear_kernel.bwd_tile if triton else _bwd_tile_torch
+    half = triton and _half_dlogits(h2, weight)
+    ids = ids.long().contiguous()
+    gl = torch.zeros(N, dtype=torch.float32, device=dev) if g_lp is None else g_lp.float().contiguous()
+    ge = None if g_ent is None else g_ent.float().contiguous()
     gh = torch.zeros(N, H, dtype=torch.float32, device=dev) if need_h else None
     gw = torch.empty_like(weight) if need_w else None
     gb = torch.empty_like(bias) if need_b else None
@@ -132,32 +191,24 @@ def _bwd_chunks(h2, weight, bias, ids, temperature, lse, ent, g_lp, g_ent, need_
         w_c = weight[v0 : v0 + voc]
         c = w_c.shape[0]
         w_t = w_c.t()
-        w_f = w_c.float() if need_h else None
+        w_m = (w_c if half else w_c.float()) if need_h else None  # right operand of dlogits @ W_c
         b = None if bias is None else bias[v0 : v0 + voc].float()
         gw_c = torch.zeros(c, H, dtype=torch.float32, device=dev) if need_w else None
         gb_c = torch.zeros(c, dtype=torch.float32, device=dev) if need_b else None
         for n0 in range(0, N, tok):
             rows = slice(n0, n0 + tok)
             h = h2[rows]
-            z = _tile(h, w_t, b, temperature)
-            z -= lse[rows, None]  # log p
-            p = torch.exp(z)
-            if ge is None:
-                del z
-                d = p.mul_((-inv_t * gl[rows])[:, None])
-            else:
-                # d/dz of g_lp*logp + g_ent*H = g_lp*(onehot - p) - g_ent*p*(log p + H)
-                d = z.add_(ent[rows, None]).mul_(ge[rows, None]).add_(gl[rows, None]).mul_(p).mul_(-inv_t)
-                del p
-            local = ids[rows] - v0
-            hit = (local >= 0) & (local < c)
-            d.scatter_add_(1, local.clamp(0, c - 1)[:, None], torch.where(hit, inv_t * gl[rows], 0.0)[:, None])
+            z = _mm_f32(h, w_t)
+            d = torch.empty(z.shape, dtype=weight.dtype, device=dev) if half else z
+            col_sum = step(z, d, b, ids[rows], v0, temperature, lse[rows], None if ge is None else ent[rows],
+                           gl[rows], None if ge is None else ge[rows], need_b)
+            del z
             if need_h:
-                gh[rows].addmm_(d, w_f)
+                _addmm_f32(gh[rows], d, w_m)
             if need_w:
-                gw_c.addmm_(d.t(), h.float())
+                _addmm_f32(gw_c, d.t(), h if half else h.float())
             if need_b:
-                gb_c += d.sum(0)
+                gb_c += col_sum
             del d
         if need_w:
             gw[v0 : v0 + c] = gw_c
@@ -170,12 +221,12 @@ class _LinearLogprobEntropy(torch.autograd.Function):
     """(logp, entropy) [N] fp32 of ``softmax((h2 @ weight.T + bias) / temperature)`` at ``ids``."""
 
     @staticmethod
-    def forward(ctx, h2, weight, bias, ids, temperature, with_entropy):
+    def forward(ctx, h2, weight, bias, ids, temperature, with_entropy, triton):
         # autocast (e.g. TRL's accelerator.autocast()) would run the chunk matmuls in bf16: keep them fp32
         with torch.autocast(h2.device.type, enabled=False):
-            logp, lse, ent = _fwd_chunks(h2, weight, bias, ids, temperature, with_entropy)
+            logp, lse, ent = _fwd_chunks(h2, weight, bias, ids, temperature, with_entropy, triton)
         ctx.save_for_backward(h2, weight, bias, ids, lse, ent)
-        ctx.temperature = temperature
+        ctx.temperature, ctx.triton = temperature, triton
         ctx.set_materialize_grads(False)
         if ent is None:
             ent = torch.zeros_like(logp)
@@ -187,14 +238,15 @@ class _LinearLogprobEntropy(torch.autograd.Function):
     def backward(ctx, g_lp, g_ent):
         h2, weight, bias, ids, lse, ent = ctx.saved_tensors
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        nones = (None,) * 4
         if ent is None:
             g_ent = None
         if (g_lp is None and g_ent is None) or not (need_h or need_w or need_b):
-            return None, None, None, None, None, None
+            return None, None, None, *nones
         with torch.autocast(h2.device.type, enabled=False):
             gh, gw, gb = _bwd_chunks(h2, weight, bias, ids, ctx.temperature, lse, ent, g_lp, g_ent,
-                                     need_h, need_w, need_b and bias is not None)
-        return gh, gw, gb, None, None, None
+                                     need_h, need_w, need_b and bias is not None, ctx.triton)
+        return gh, gw, gb, *nones
 
 
 def _check_head(hidden, weight, bias, *, hidden_ndim):
@@ -223,7 +275,7 @@ def _check_ids_range(name: str, ids: torch.Tensor, vocab: int) -> None:
 
 def linear_logprobs_and_entropy(
     hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, *, bias: torch.Tensor | None = None,
-    temperature: float = 1.0, with_entropy: bool = True,
+    temperature: float = 1.0, with_entropy: bool = True, backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Differentiable per-token ``(logp, entropy)`` of ``softmax((hidden @ weight.T + bias) / temperature)``.
 
@@ -237,6 +289,8 @@ def linear_logprobs_and_entropy(
         bias: Optional [V] LM-head bias.
         temperature: Positive divisor of the logits.
         with_entropy: False skips the entropy (returned as non-differentiable zeros).
+        backend: ``"auto"``/``"triton"``/``"torch"`` for the per-tile elementwise work; default from
+            ``SEMGRPO_OPS`` (auto: Triton when every tensor is on CUDA).
 
     Returns:
         fp32 ``logp`` and ``entropy`` of shape ``ids.shape``.
@@ -250,14 +304,15 @@ def linear_logprobs_and_entropy(
         raise ValueError(f"ids is on {ids.device} but hidden on {hidden.device}")
     temperature = check_positive("temperature", temperature)
     _check_ids_range("ids", ids, weight.shape[0])
+    tri = use_triton(hidden, weight, bias, ids, backend=backend)
     h2 = hidden.reshape(-1, hidden.shape[-1])
-    logp, ent = _LinearLogprobEntropy.apply(h2, weight, bias, ids.reshape(-1), temperature, bool(with_entropy))
+    logp, ent = _LinearLogprobEntropy.apply(h2, weight, bias, ids.reshape(-1), temperature, bool(with_entropy), tri)
     return logp.view(ids.shape), ent.view(ids.shape)
 
 
 def linear_token_logprobs(
     hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, *, bias: torch.Tensor | None = None,
-    temperature: float = 1.0,
+    temperature: float = 1.0, backend: str | None = None,
 ) -> torch.Tensor:
     """Log-probability of each id under ``softmax((hidden @ weight.T + bias) / temperature)``, without grad
     (old-policy and reference log-probs), streamed over vocabulary chunks.
@@ -267,7 +322,7 @@ def linear_token_logprobs(
     """
     with torch.no_grad():
         logp, _ = linear_logprobs_and_entropy(hidden, weight, ids, bias=bias, temperature=temperature,
-                                              with_entropy=False)
+                                              with_entropy=False, backend=backend)
     return logp
 
 
@@ -299,6 +354,7 @@ def linear_grpo_loss(
     vespo_k_neg: float = 3.0,
     vespo_lambda_neg: float = 2.0,
     return_entropy: bool = False,
+    backend: str | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """TRL 1.16 GRPO loss (every loss type) from hidden states and the LM head, without [N, V] logits.
 
@@ -332,6 +388,8 @@ def linear_grpo_loss(
         sapo_temperature_pos, sapo_temperature_neg: SAPO gate temperatures.
         vespo_k_pos, vespo_lambda_pos, vespo_k_neg, vespo_lambda_neg: VESPO gamma parameters.
         return_entropy: Also return ``stats["per_token_entropy"]``.
+        backend: ``"auto"``/``"triton"``/``"torch"`` for the per-tile elementwise work (the matmuls are
+            cuBLAS/torch either way); default from ``SEMGRPO_OPS`` (auto: Triton when every tensor is on CUDA).
 
     Returns:
         ``(loss, stats)``: fp32 scalar loss; detached 0-d fp32 ``kl``, ``clip_ratio_low``,
@@ -352,10 +410,11 @@ def linear_grpo_loss(
         vespo_params=(("vespo_k_pos", vespo_k_pos), ("vespo_lambda_pos", vespo_lambda_pos),
                       ("vespo_k_neg", vespo_k_neg), ("vespo_lambda_neg", vespo_lambda_neg)),
     )
+    tri = use_triton(hidden, weight, bias, completion_ids, backend=backend)
     on = completion_mask != 0
     ids_on = completion_ids[on]
     _check_ids_range("completion_ids (where completion_mask is set)", ids_on, weight.shape[0])
-    logp_on, ent_on = _LinearLogprobEntropy.apply(hidden[on], weight, bias, ids_on, float(temperature), True)
+    logp_on, ent_on = _LinearLogprobEntropy.apply(hidden[on], weight, bias, ids_on, float(temperature), True, tri)
     zeros = torch.zeros(B, T, dtype=torch.float32, device=hidden.device)
     logp = zeros.masked_scatter(on, logp_on)
     ent = zeros.masked_scatter(on, ent_on)
