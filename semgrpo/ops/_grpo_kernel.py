@@ -1,18 +1,30 @@
-"""Triton kernels and autograd wrapper behind :func:`semgrpo.ops.grpo_loss`.
+"""Triton kernels and autograd wrappers behind :func:`semgrpo.ops.grpo_loss`.
 
-Forward: one program per token row (or a persistent grid, see ``_launch_config``) streams the row's V
-logits once with an online logsumexp in fp32 (``logprobs.row_token_logp``, the loop ``token_logprobs``
-runs too); the per-token loss and ``d loss / d logp`` follow from the
-scalar ``logp``. Per row it keeps two fp32 scalars, ``lse`` and ``coef = w * dl/dlogp / temperature``;
-nothing [N, V] is written.
+Two autograd Functions share one backward kernel (``_softmax_grad_kernel``):
 
-Backward: a second kernel re-reads the logits and writes
-``d loss / d logits = grad_output * coef * (onehot - softmax)``, computed in fp32 and rounded once to the
-logits' dtype, into a fresh buffer or, with ``inplace_grad``, into the logits buffer itself. Applying
-``grad_output`` (DeepSpeed's loss scale, 1/accumulation) before that rounding keeps fp16 entries around
-``w * p / T`` (below fp16's 6e-8 subnormal floor before scaling) from flushing to zero, and the backward
-neither syncs the host nor allocates a second [N, V] tensor. By construction it moves 2 reads + 1 write
-of the logits.
+* ``_GRPOLossFunction`` (``grpo_loss_triton``), the fully fused loss for grpo/bnpo/dr_grpo/dapo at token
+  level without delta, bias-corrected KL, vLLM IS ratio or entropy. Every aggregation there is linear in
+  the per-token loss with a weight known in advance, so its forward kernel finishes the loss in-kernel: one
+  program per token row (or a persistent grid, see ``_launch_config``) streams the row's V logits once with
+  an online logsumexp in fp32 (``logprobs.row_token_logp``, the loop ``token_logprobs`` runs too); the
+  per-token loss and ``d loss / d logp`` follow from the scalar ``logp``. Per row it keeps two fp32
+  scalars, ``lse`` and ``coef = w * dl/dlogp / temperature``; nothing [N, V] is written.
+* ``_LogpEntropyFunction`` (``logp_entropy_triton``), differentiable per-token ``(logp, entropy)`` of
+  ``softmax(logits / temperature)`` for every other configuration: its forward streams each unmasked row
+  once (``_row_logp_entropy``: the same online logsumexp, plus a running ``sum p * log p`` when the entropy
+  is asked for) and keeps ``lse`` and the entropy per row; the loss math then runs in torch on [B, T]
+  tensors (``grpo_loss.policy_loss_from_logps``), whose autograd hands back ``g_lp = d loss / d logp`` and
+  ``g_ent = d loss / d entropy``.
+
+Backward: ``_softmax_grad_kernel`` re-reads the logits and writes
+``d loss / d logits = a * (onehot - p) - c * p * (log p + H)`` per row, with ``a = g_lp / temperature``
+(for the fused loss ``grad_output * coef``) and ``c = g_ent / temperature`` (0 without entropy), computed
+in fp32 and rounded once to the logits' dtype, into a fresh buffer or, with ``inplace_grad``, into the
+logits buffer itself. Applying ``grad_output`` (DeepSpeed's loss scale, 1/accumulation) before that
+rounding keeps fp16 entries around ``w * p / T`` (below fp16's 6e-8 subnormal floor before scaling) from
+flushing to zero, and the backward neither syncs the host nor allocates a second [N, V] tensor. Rows with
+``a = c = 0`` (masked, clipped without KL, grad_output 0) are zero-filled without reading the logits. By
+construction either Function moves 2 reads + 1 write of the logits.
 
 An earlier layout wrote the gradient in the forward (a second, reversed sweep meant to re-read the row
 from L2) and multiplied it by ``grad_output`` in the backward (one more read and write when it was not 1).
@@ -24,6 +36,7 @@ timed on a GPU yet.
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 try:
     import triton
@@ -43,6 +56,47 @@ if triton is not None:
         b = row // T
         t = row % T
         return row, b, t, x_ptr + b * s_xb + t * s_xt
+
+    @triton.jit
+    def _row_logp_entropy(xb, tok, s_xv, V, inv_temp, WITH_ENT: tl.constexpr, BLOCK_V: tl.constexpr):
+        """``(logp, lse, entropy)`` of one row of V logits at `xb` under ``softmax(x * inv_temp)``, one sweep.
+
+        Without `WITH_ENT` this is ``row_token_logp`` (entropy 0). With it, each lane also carries
+        ``u = sum exp(z - m) * (z - m)`` about its running max ``m`` (rescaled with the sum when ``m`` moves),
+        so that ``H = log S - U / S`` never subtracts two large numbers: the lanes are merged about the row
+        max and ``lse = max + log S``. NaN logp when `tok` is outside [0, V), as ``row_token_logp``."""
+        if WITH_ENT:
+            cols = tl.arange(0, BLOCK_V)
+            m = tl.full([BLOCK_V], float("-inf"), tl.float32)
+            s = tl.zeros([BLOCK_V], tl.float32)
+            u = tl.zeros([BLOCK_V], tl.float32)
+            for v0 in range(0, V, BLOCK_V):
+                v = v0 + cols
+                z = tl.load(xb + v * s_xv, mask=v < V, other=float("-inf")).to(tl.float32) * inv_temp
+                m_new = tl.maximum(m, z)
+                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+                shift = tl.where(m == float("-inf"), 0.0, m - m_safe)  # <= 0; 0 while the lane is empty
+                scale = tl.exp(shift)
+                e = tl.exp(z - m_safe)
+                ez = e * tl.where(z == float("-inf"), 0.0, z - m_safe)  # padding lanes: 0, not 0 * -inf
+                u = scale * (u + shift * s) + ez
+                s = s * scale + e
+                m = m_new
+            mx = tl.max(m, axis=0)
+            d = tl.where(m == float("-inf"), 0.0, m - mx)
+            k = tl.exp(d)
+            S = tl.sum(s * k, axis=0)
+            U = tl.sum(k * (u + d * s), axis=0)
+            log_s = tl.log(S)
+            lse = mx + log_s
+            ent = log_s - U / S
+            ok = (tok >= 0) & (tok < V)
+            xt = tl.load(xb + tl.where(ok, tok, 0) * s_xv).to(tl.float32) * inv_temp
+            logp = tl.where(ok, xt - lse, float("nan"))
+        else:
+            logp, lse = row_token_logp(xb, tok, s_xv, V, inv_temp, BLOCK_V)
+            ent = 0.0
+        return logp, lse, ent
 
     @triton.jit
     def _grpo_loss_fwd_kernel(
@@ -92,30 +146,65 @@ if triton is not None:
                     tl.store(out_ptr + k * N + row, 0.0)
 
     @triton.jit
-    def _grpo_loss_bwd_kernel(
-        x_ptr, g_ptr, ids_ptr, lse_ptr, coef_ptr, gout_ptr,
+    def _logp_entropy_fwd_kernel(
+        x_ptr, ids_ptr, m_ptr, logp_ptr, lse_ptr, ent_ptr,
+        N, T, V,
+        s_xb, s_xt, s_xv, s_ib, s_it,
+        inv_temp,
+        WITH_ENT: tl.constexpr, BLOCK_V: tl.constexpr,
+    ):
+        # per row: logp, lse and (WITH_ENT) the entropy, fp32; masked rows are not read and hold 0.
+        for it in range(0, tl.cdiv(N - tl.program_id(0), tl.num_programs(0))):
+            row, b, t, xb = _persistent_row(it, T, x_ptr, s_xb, s_xt)
+            on = tl.load(m_ptr + row).to(tl.float32) != 0.0
+            if on:
+                tok = tl.load(ids_ptr + b * s_ib + t * s_it).to(tl.int64)
+                logp, lse, ent = _row_logp_entropy(xb, tok, s_xv, V, inv_temp, WITH_ENT, BLOCK_V)
+                tl.store(logp_ptr + row, logp)
+                tl.store(lse_ptr + row, lse)
+                tl.store(ent_ptr + row, ent)
+            else:
+                tl.store(logp_ptr + row, 0.0)
+                tl.store(lse_ptr + row, 0.0)
+                tl.store(ent_ptr + row, 0.0)
+
+    @triton.jit
+    def _softmax_grad_kernel(
+        x_ptr, g_ptr, ids_ptr, lse_ptr, a_ptr, c_ptr, ent_ptr,
         N, T, V,
         s_xb, s_xt, s_xv, s_gb, s_gt, s_gv, s_ib, s_it,
         inv_temp,
-        BLOCK_V: tl.constexpr,
+        HAS_ENT: tl.constexpr, BLOCK_V: tl.constexpr,
     ):
-        # g = grad_output * coef * (onehot - softmax(x / temp)), in fp32 up to the one cast to g's dtype.
-        # g may alias x (inplace_grad): each block is read before the same addresses are written.
+        # g = a * (onehot - p) - c * p * (log p + H), p = softmax(x / temp), in fp32 up to the one cast to
+        # g's dtype; a, c per row (c and H only with HAS_ENT). g may alias x (inplace_grad): each block is
+        # read before the same addresses are written.
         cols = tl.arange(0, BLOCK_V)
-        gout = tl.load(gout_ptr).to(tl.float32)
         for it in range(0, tl.cdiv(N - tl.program_id(0), tl.num_programs(0))):
             row, b, t, xb = _persistent_row(it, T, x_ptr, s_xb, s_xt)
             gb = g_ptr + b * s_gb + t * s_gt
-            coef = tl.load(coef_ptr + row) * gout
-            if coef != 0.0:  # NaN (bad id) passes and spreads over the row, as in torch
+            a = tl.load(a_ptr + row)
+            if HAS_ENT:
+                c = tl.load(c_ptr + row)
+                live = (a != 0.0) | (c != 0.0)
+            else:
+                c = 0.0
+                live = a != 0.0
+            if live:  # NaN (bad id) passes and spreads over the row, as in torch
                 lse = tl.load(lse_ptr + row)
                 tok = tl.load(ids_ptr + b * s_ib + t * s_it).to(tl.int64)
                 tok = tl.where((tok >= 0) & (tok < V), tok, 0)
+                if HAS_ENT:
+                    H = tl.load(ent_ptr + row)
                 for v0 in range(0, V, BLOCK_V):
                     v = v0 + cols
                     x = tl.load(xb + v * s_xv, mask=v < V, other=float("-inf"),
                                 eviction_policy="evict_first").to(tl.float32) * inv_temp
-                    g = coef * (tl.where(v == tok, 1.0, 0.0) - tl.exp(x - lse))
+                    lp = x - lse
+                    p = tl.exp(lp)
+                    g = a * (tl.where(v == tok, 1.0, 0.0) - p)
+                    if HAS_ENT:
+                        g = g - c * p * tl.where(p > 0.0, lp + H, 0.0)  # padding lanes: 0, not 0 * -inf
                     tl.store(gb + v * s_gv, g.to(g_ptr.dtype.element_ty), mask=v < V,
                              eviction_policy="evict_first")
             else:  # masked, clipped without KL, or grad_output 0: no need to read the logits
@@ -125,7 +214,7 @@ if triton is not None:
                     tl.store(gb + v * s_gv, zero, mask=v < V)
 
 
-# (BLOCK_V, num_warps, programs per SM, 0 = one program per row) for both kernels; benchmarks and tests
+# (BLOCK_V, num_warps, programs per SM, 0 = one program per row) for every kernel here; benchmarks and tests
 # set it (tests force a small BLOCK_V so that the interpreter runs many vocabulary blocks).
 LAUNCH_OVERRIDE: tuple[int, int, int] | None = None
 
@@ -136,7 +225,8 @@ def _launch_config(N: int, V: int, device: torch.device, *, backward: bool = Fal
     # its forward-only variant, the same single sweep as this forward, took 2.13 ms (70% of peak) with
     # (2048, 8, one program per row) and 2.69 ms with (4096, 8); for its fused forward + gradient sweep
     # (2048, 16, one program per row) was the best of 36 configs (persistent grids, 1-3 programs/SM, did
-    # not make the re-read hit L2). The split backward kernel reuses that config; it is not re-tuned.
+    # not make the re-read hit L2). The split backward kernel reuses that config; it is not re-tuned, nor is
+    # the logp/entropy forward, which borrows the fused forward's.
     default = (2048, 16, 0) if backward else (2048, 8, 0)
     block, warps, per_sm = LAUNCH_OVERRIDE or default
     block = min(block, triton.next_power_of_2(V))
@@ -147,6 +237,30 @@ def _launch_config(N: int, V: int, device: torch.device, *, backward: bool = Fal
     else:  # interpreter: programs run one after another, the grid size does not matter
         grid = min(N, 8)
     return block, warps, grid
+
+
+def _softmax_grad(x, ids, lse, a, c, ent, temperature, inplace_grad):
+    """``d / d logits`` of per-row coefficients (``_softmax_grad_kernel``): a fresh [B, T, V] buffer in the
+    logits' dtype, or `x` itself with `inplace_grad` (its version is bumped, so that a second backward
+    through the same graph, or any other node that saved these logits, raises instead of reading
+    gradients)."""
+    B, T, V = x.shape
+    N = B * T
+    g = x if inplace_grad else torch.empty((B, T, V), dtype=x.dtype, device=x.device)
+    if N > 0:
+        block, warps, grid = _launch_config(N, V, x.device, backward=True)
+        has_ent = c is not None
+        _softmax_grad_kernel[(grid,)](
+            x, g, ids, lse, a, c if has_ent else a, ent if has_ent else a,
+            N, T, V,
+            x.stride(0), x.stride(1), x.stride(2), g.stride(0), g.stride(1), g.stride(2),
+            ids.stride(0), ids.stride(1),
+            1.0 / temperature,
+            HAS_ENT=has_ent, BLOCK_V=block, num_warps=warps,
+        )
+    if inplace_grad:
+        torch.autograd.graph.increment_version(x)
+    return g
 
 
 class _GRPOLossFunction(torch.autograd.Function):
@@ -189,31 +303,60 @@ class _GRPOLossFunction(torch.autograd.Function):
         if not ctx.needs_input_grad[0]:
             return (None, *nones)
         logits, ids, rows = ctx.saved_tensors
-        x = logits.detach()
-        B, T, V = x.shape
+        a = rows[1] * grad_loss.detach().float()  # grad_output folded in before the one rounding
+        g = _softmax_grad(logits.detach(), ids, rows[0], a, None, None, ctx.temperature, ctx.inplace_grad)
+        return (g, *nones)
+
+
+class _LogpEntropyFunction(torch.autograd.Function):
+    """(logp, entropy) [B, T] fp32 of ``softmax(logits / temperature)`` at `ids`; rows with ``m == 0`` are
+    not read, hold the constant 0 and get a zero gradient."""
+
+    @staticmethod
+    def forward(ctx, logits, ids, m, temperature, with_entropy, inplace_grad):
+        B, T, V = logits.shape
         N = B * T
-        # inplace_grad: the gradient overwrites the logits, so no second [B, T, V] buffer exists
-        g = x if ctx.inplace_grad else torch.empty((B, T, V), dtype=x.dtype, device=x.device)
+        x = logits.detach()
+        logp, lse, ent = (torch.empty(B, T, dtype=torch.float32, device=x.device) for _ in range(3))
         if N > 0:
-            block, warps, grid = _launch_config(N, V, x.device, backward=True)
-            _grpo_loss_bwd_kernel[(grid,)](
-                x, g, ids, rows[0], rows[1], grad_loss.detach().float().contiguous(),
+            block, warps, grid = _launch_config(N, V, x.device)
+            _logp_entropy_fwd_kernel[(grid,)](
+                x, ids, m, logp, lse, ent,
                 N, T, V,
-                x.stride(0), x.stride(1), x.stride(2), g.stride(0), g.stride(1), g.stride(2),
-                ids.stride(0), ids.stride(1),
-                1.0 / ctx.temperature,
-                BLOCK_V=block, num_warps=warps,
+                x.stride(0), x.stride(1), x.stride(2), ids.stride(0), ids.stride(1),
+                1.0 / temperature,
+                WITH_ENT=bool(with_entropy), BLOCK_V=block, num_warps=warps,
             )
-        if ctx.inplace_grad:
-            # the kernel wrote behind autograd's back: bump the version so that a second backward
-            # (retain_graph) or any other node that saved these logits raises instead of reading gradients
-            torch.autograd.graph.increment_version(x)
+        if logits.requires_grad:
+            ctx.save_for_backward(logits, ids, m, lse, ent)  # logits version-checked, as _GRPOLossFunction
+        ctx.temperature, ctx.inplace_grad, ctx.with_entropy = temperature, inplace_grad, bool(with_entropy)
+        ctx.set_materialize_grads(False)
+        if not with_entropy:
+            ctx.mark_non_differentiable(ent)
+        return logp, ent
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_lp, g_ent):
+        nones = (None,) * 5
+        if not ctx.needs_input_grad[0]:
+            return (None, *nones)
+        logits, ids, m, lse, ent = ctx.saved_tensors
+        if not ctx.with_entropy:
+            g_ent = None
+        # per-row coefficients of the kernel, 0 on masked rows (constants of this Function)
+        on = m != 0
+        inv_t = 1.0 / ctx.temperature
+        a = torch.zeros_like(lse) if g_lp is None else torch.where(on, g_lp.float() * inv_t, 0.0).contiguous()
+        c = None if g_ent is None else torch.where(on, g_ent.float() * inv_t, 0.0).contiguous()
+        g = _softmax_grad(logits.detach(), ids, lse, a, c, ent, ctx.temperature, ctx.inplace_grad)
         return (g, *nones)
 
 
 def grpo_loss_triton(logits, ids, mask, w, adv, old, ref, *, temperature, eps_low, eps_high, beta,
                      inplace_grad):
-    """Run the loss kernels (gradient in the backward); inputs already validated by :func:`grpo_loss`.
+    """Run the fully fused loss kernels (gradient in the backward); inputs already validated by
+    :func:`semgrpo.ops.grpo_loss`, which calls this only for the configurations it covers.
 
     Shape:
         logits: [B, T, V], ids/mask/w/old/ref: [B, T], adv: [B] or [B, T] -> loss: []
@@ -227,3 +370,18 @@ def grpo_loss_triton(logits, ids, mask, w, adv, old, ref, *, temperature, eps_lo
     )
     names = ("kl", "clip_ratio_low", "clip_ratio_high", "clip_ratio_region")
     return loss, {k: stats[i].detach() for i, k in enumerate(names)}
+
+
+def logp_entropy_triton(logits, ids, mask, *, temperature, with_entropy, inplace_grad):
+    """Differentiable per-token ``(logp, entropy)`` of ``softmax(logits / temperature)``, 0 where `mask` is 0
+    (those rows are never read; any id may sit there). The entropy is non-differentiable zeros without
+    `with_entropy`. With `inplace_grad` the backward writes ``d / d logits`` into the logits buffer. Inputs
+    already validated by :func:`semgrpo.ops.grpo_loss`.
+
+    Shape:
+        logits: [B, T, V], ids/mask: [B, T] -> logp, entropy: [B, T] fp32
+    """
+    if triton is None:  # pragma: no cover
+        raise RuntimeError("triton is not installed")
+    return _LogpEntropyFunction.apply(logits, ids, mask.float().contiguous(), float(temperature),
+                                      bool(with_entropy), bool(inplace_grad))

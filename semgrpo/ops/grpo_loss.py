@@ -1,6 +1,7 @@
-"""Fused GRPO loss: clipped importance-ratio surrogate + k3 KL on completion logits.
+"""GRPO loss on completion logits, every TRL 1.16 option, with its gradient to the logits.
 
-Semantics follow TRL/Liger number for number (DESIGN section 5)::
+Semantics follow TRL 1.16's ``GRPOTrainer._compute_loss`` number for number (DESIGN section 5). The
+classic four loss types (:data:`LOSS_TYPES`) at token level::
 
     logp   = log_softmax(logits / temperature)[id]
     ratio  = exp(logp - old)                       old = logp.detach() when absent
@@ -10,13 +11,21 @@ Semantics follow TRL/Liger number for number (DESIGN section 5)::
     dr_grpo: sum m*l_t / (B * max_completion_length)
     dapo   : sum m*l_t / num_items_in_batch (falls back to sum m)
 
-Every aggregation is linear in ``l_t``: ``loss = sum_bt w_bt * l_t`` with a weight ``w`` known
-before the kernel runs, so the Triton forward reduces each row to two scalars (its logsumexp and
-``w * dl/dlogp``) from which the backward writes ``d loss / d logits`` in one pass.
+``policy_loss_from_logps`` holds the per-token math of every TRL 1.16 loss type (:data:`TRL_LOSS_TYPES`:
+also cispo, sapo, luspo, vespo) and option (sequence-level importance sampling, delta, bias-corrected KL,
+vLLM IS ratios) on given log-probs; ``grpo_loss_torch``, ``grpo_loss``'s Triton path outside the fused
+kernel's cases and ``linear_grpo_loss`` all call it.
 
-``policy_loss_from_logps`` holds the per-token math of every TRL 1.16 loss type (also cispo, sapo, luspo,
-vespo, sequence-level importance sampling, delta, bias-corrected KL, vLLM IS ratios) on given log-probs;
-the torch reference here and ``linear_grpo_loss`` both call it.
+``grpo_loss`` on the Triton path:
+
+* fully fused (``_grpo_kernel.grpo_loss_triton``) for LOSS_TYPES at token level without delta, bias-corrected
+  KL (with a reference), vLLM IS ratio or entropy: every aggregation there is linear in ``l_t``,
+  ``loss = sum_bt w_bt * l_t`` with a weight ``w`` known before the kernel runs, so the forward reduces each
+  row to two scalars (its logsumexp and ``w * dl/dlogp``) from which the backward writes
+  ``d loss / d logits`` in one pass;
+* every other configuration: a differentiable Triton ``(logp, entropy)`` of the logits
+  (``_grpo_kernel.logp_entropy_triton``, one streaming pass per row forward and one backward, same
+  memory traffic) and ``policy_loss_from_logps`` on its [B, T] output.
 """
 
 from __future__ import annotations
@@ -26,10 +35,12 @@ import math
 import torch
 
 from ._dispatch import check_float_tensor, check_positive, use_triton
-from ._grpo_kernel import grpo_loss_triton
+from ._grpo_kernel import grpo_loss_triton, logp_entropy_triton
 
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")  # what grpo_loss (logits, Triton kernel) supports
-# Every loss type of TRL 1.16's GRPOTrainer; policy_loss_from_logps (and linear_grpo_loss) support all of them.
+# The clipped-surrogate loss types grpo_loss's fully fused Triton kernel computes (module docstring); grpo_loss
+# itself accepts every TRL_LOSS_TYPES entry.
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+# Every loss type of TRL 1.16's GRPOTrainer; grpo_loss, policy_loss_from_logps and linear_grpo_loss take all.
 TRL_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo")
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
 
@@ -103,12 +114,38 @@ def _validate_loss_args(shape, device, source, ids, mask, adv, old, ref, *, temp
         raise ValueError(f"num_items_in_batch must be a number > 0, a tensor or None, got {num_items_in_batch!r}")
 
 
-def _validate(logits, ids, mask, adv, old, ref, temperature, eps_low, eps_high, beta, loss_type,
-              max_completion_length, num_items_in_batch):
+def _validate(logits, ids, mask, adv, old, ref, o):
+    """Checks of grpo_loss's arguments; `o` holds its keyword options by name."""
     check_float_tensor("logits", logits, ndim=3)
-    _validate_loss_args(tuple(logits.shape[:2]), logits.device, "logits", ids, mask, adv, old, ref,
-                        temperature=temperature, eps_low=eps_low, eps_high=eps_high, beta=beta, loss_type=loss_type,
-                        max_completion_length=max_completion_length, num_items_in_batch=num_items_in_batch)
+    _validate_loss_args(
+        tuple(logits.shape[:2]), logits.device, "logits", ids, mask, adv, old, ref,
+        temperature=o["temperature"], eps_low=o["eps_low"], eps_high=o["eps_high"], beta=o["beta"],
+        loss_type=o["loss_type"], max_completion_length=o["max_completion_length"],
+        num_items_in_batch=o["num_items_in_batch"], loss_types=TRL_LOSS_TYPES,
+        importance_sampling_level=o["importance_sampling_level"], delta=o["delta"],
+        vllm_is_ratio=o["vllm_is_ratio"],
+        sapo_temperatures=tuple((k, o[k]) for k in ("sapo_temperature_pos", "sapo_temperature_neg")),
+        vespo_params=tuple((k, o[k]) for k in ("vespo_k_pos", "vespo_lambda_pos", "vespo_k_neg",
+                                               "vespo_lambda_neg")),
+    )
+
+
+def _fully_fused(o, ref) -> bool:
+    """Whether the fused Triton kernel computes this configuration exactly (module docstring)."""
+    return (o["loss_type"] in LOSS_TYPES and o["importance_sampling_level"] == "token" and o["delta"] is None
+            and not (o["use_bias_correction_kl"] and ref is not None) and o["vllm_is_ratio"] is None
+            and not o["return_entropy"])
+
+
+def _loss_from_logps(logp, ent, mask, adv, old, ref, o):
+    """policy_loss_from_logps with grpo_loss's options; `ent` (masked positions 0) is reported as
+    ``stats["entropy"]`` and ``stats["per_token_entropy"]`` when ``o["return_entropy"]``."""
+    kw = {k: v for k, v in o.items() if k not in ("temperature", "return_entropy")}
+    loss, stats = policy_loss_from_logps(logp, mask, adv, old, ref, entropy=ent if o["return_entropy"] else None,
+                                         **kw)
+    if o["return_entropy"]:
+        stats["per_token_entropy"] = ent
+    return loss, stats
 
 
 def _masked_mean(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -243,20 +280,26 @@ def policy_loss_from_logps(
     return loss, stats
 
 
-def grpo_loss_torch(
-    logits, completion_ids, completion_mask, advantages, old_logps=None, ref_logps=None, *,
-    temperature=1.0, eps_low=0.2, eps_high=0.2, beta=0.0, loss_type="grpo",
-    max_completion_length=None, num_items_in_batch=None,
-):
-    """Torch reference of :func:`grpo_loss` (same arguments and results; materializes fp32 logits)."""
-    _validate(logits, completion_ids, completion_mask, advantages, old_logps, ref_logps, temperature,
-              eps_low, eps_high, beta, loss_type, max_completion_length, num_items_in_batch)
-    x = logits.float() / temperature
-    logp = x.gather(-1, completion_ids.long().unsqueeze(-1)).squeeze(-1) - torch.logsumexp(x, dim=-1)
-    return policy_loss_from_logps(
-        logp, completion_mask, advantages, old_logps, ref_logps, eps_low=eps_low, eps_high=eps_high, beta=beta,
-        loss_type=loss_type, max_completion_length=max_completion_length, num_items_in_batch=num_items_in_batch,
-    )
+def grpo_loss_torch(logits, completion_ids, completion_mask, advantages, old_logps=None, ref_logps=None,
+                    **options):
+    """Torch reference of :func:`grpo_loss`: the same call (same keyword options, checks and results) with
+    ``backend="torch"``; materializes fp32 logits, and `inplace_grad` has no effect."""
+    return grpo_loss(logits, completion_ids, completion_mask, advantages, old_logps, ref_logps, backend="torch",
+                     **options)
+
+
+def _grpo_loss_torch(logits, ids, mask, adv, old, ref, o):
+    """grpo_loss's torch path (validated arguments, options `o`): log-probs (and entropies) from fp32 logits."""
+    on = mask != 0
+    x = logits.float() / o["temperature"]
+    lse = torch.logsumexp(x, dim=-1)
+    ids = torch.where(on, ids, 0)  # masked positions may hold any id (e.g. -100), as on the Triton path
+    logp = x.gather(-1, ids.long().unsqueeze(-1)).squeeze(-1) - lse
+    ent = None
+    if o["return_entropy"]:
+        log_p = x - lse.unsqueeze(-1)
+        ent = torch.where(on, -(log_p.exp() * log_p).sum(-1), 0.0)
+    return _loss_from_logps(logp, ent, mask, adv, old, ref, o)
 
 
 def token_weights(completion_mask, *, loss_type, max_completion_length=None, num_items_in_batch=None):
@@ -299,28 +342,55 @@ def grpo_loss(
     eps_high: float = 0.2,
     beta: float = 0.0,
     loss_type: str = "grpo",
+    importance_sampling_level: str = "token",
+    delta: float | None = None,
+    use_bias_correction_kl: bool = False,
+    vllm_is_ratio: torch.Tensor | None = None,
     max_completion_length: int | None = None,
     num_items_in_batch: int | float | torch.Tensor | None = None,
+    sapo_temperature_pos: float = 1.0,
+    sapo_temperature_neg: float = 1.05,
+    vespo_k_pos: float = 2.0,
+    vespo_lambda_pos: float = 3.0,
+    vespo_k_neg: float = 3.0,
+    vespo_lambda_neg: float = 2.0,
+    return_entropy: bool = False,
     inplace_grad: bool = False,
     backend: str | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """GRPO clipped-surrogate loss (+ beta * k3 KL) with its gradient to the logits.
+    """TRL 1.16 GRPO loss (every loss type and option) on completion logits, with its gradient to the logits.
+
+    The options, defaults, checks and results are those of :func:`semgrpo.ops.linear_grpo_loss` on logits
+    ``hidden @ weight.T + bias`` (formulas: :func:`policy_loss_from_logps`). The Triton path runs one fused
+    kernel pair for the configurations it covers (module docstring) and a Triton ``(logp, entropy)`` with
+    the loss math in torch for the others; both read the logits twice and write the gradient once.
 
     Args:
         logits: Completion logits, any float dtype, may be a strided view such as
             ``full_logits[:, P-1:-1]``; ``logits[b, t]`` predicts ``completion_ids[b, t]``.
-        completion_ids: Sampled token ids (int64/int32).
+        completion_ids: Sampled token ids (int64/int32); masked positions may hold any value.
         completion_mask: 1 for real completion tokens, 0 for padding (bool/int/float).
         advantages: Per-sequence [B] or per-token [B, T] advantages.
         old_logps: Sampling-policy log-probs; ``None`` means ``logp.detach()`` (ratio 1).
         ref_logps: Reference-policy log-probs; required when ``beta > 0``.
         temperature: Divides the logits before the softmax.
-        eps_low: Lower clip ``1 - eps_low``.
-        eps_high: Upper clip ``1 + eps_high``.
+        eps_low, eps_high: Clip range ``[1 - eps_low, 1 + eps_high]``; for cispo ``eps_high`` is the
+            absolute cap of the ratio (TRL's ``epsilon_high``).
         beta: KL coefficient.
-        loss_type: ``"grpo"``, ``"bnpo"``, ``"dr_grpo"`` or ``"dapo"``.
+        loss_type: One of ``TRL_LOSS_TYPES``: grpo, bnpo, dr_grpo, dapo, cispo, sapo, luspo, vespo.
+        importance_sampling_level: ``"token"`` or ``"sequence"`` (GSPO).
+        delta: Upper bound of the unclipped ratio (two-sided clipping), clip loss types only.
+        use_bias_correction_kl: Multiply the per-token KL by the importance ratio (TRL's default is True).
+        vllm_is_ratio: [B, T], [B, 1] or [B] truncated importance-sampling correction multiplied into the
+            policy loss (vespo folds it into its gamma weight instead).
         max_completion_length: dr_grpo denominator length (default T).
-        num_items_in_batch: dapo denominator (global token count); default the mask sum.
+        num_items_in_batch: dapo/cispo/vespo denominator (global token count); default the mask sum.
+        sapo_temperature_pos, sapo_temperature_neg: SAPO gate temperatures.
+        vespo_k_pos, vespo_lambda_pos, vespo_k_neg, vespo_lambda_neg: VESPO gamma parameters.
+        return_entropy: Also return ``stats["entropy"]`` (mean over unmasked tokens) and
+            ``stats["per_token_entropy"]`` [B, T] fp32 (0 where masked), which stays attached to the graph so
+            a caller can add an entropy bonus. Without it no entropy is computed (unlike
+            ``linear_grpo_loss``, which always reports the mean).
         inplace_grad: Triton path only: the backward writes the gradient into the logits buffer
             (saves one [B, T, V] allocation; the logits values are destroyed then, so a second
             backward through the same graph, ``retain_graph=True``, raises).
@@ -329,25 +399,33 @@ def grpo_loss(
     Returns:
         ``(loss, stats)``: fp32 scalar loss, and 0-d detached fp32 tensors ``kl`` (mean k3 over
         unmasked tokens, 0 without ref), ``clip_ratio_low``, ``clip_ratio_high``,
-        ``clip_ratio_region`` (fractions of unmasked tokens). No host sync.
+        ``clip_ratio_region`` (fractions of unmasked tokens; for cispo ``high``/``region`` count
+        ``r > eps_high`` with ``A > 0``; 0 for sapo/vespo), ``vespo_phi_seq_mean`` for vespo, and the
+        entropy entries above with `return_entropy`. No host sync.
 
     Shape:
         logits: [B, T, V], completion_ids/completion_mask/old_logps/ref_logps: [B, T],
         advantages: [B] or [B, T] -> loss: []
     """
-    _validate(logits, completion_ids, completion_mask, advantages, old_logps, ref_logps, temperature,
-              eps_low, eps_high, beta, loss_type, max_completion_length, num_items_in_batch)
-    if not use_triton(logits, completion_ids, completion_mask, advantages, old_logps, ref_logps,
+    o = dict(temperature=temperature, eps_low=eps_low, eps_high=eps_high, beta=beta, loss_type=loss_type,
+             importance_sampling_level=importance_sampling_level, delta=delta,
+             use_bias_correction_kl=use_bias_correction_kl, vllm_is_ratio=vllm_is_ratio,
+             max_completion_length=max_completion_length, num_items_in_batch=num_items_in_batch,
+             sapo_temperature_pos=sapo_temperature_pos, sapo_temperature_neg=sapo_temperature_neg,
+             vespo_k_pos=vespo_k_pos, vespo_lambda_pos=vespo_lambda_pos, vespo_k_neg=vespo_k_neg,
+             vespo_lambda_neg=vespo_lambda_neg, return_entropy=bool(return_entropy))
+    _validate(logits, completion_ids, completion_mask, advantages, old_logps, ref_logps, o)
+    if not use_triton(logits, completion_ids, completion_mask, advantages, old_logps, ref_logps, vllm_is_ratio,
                       backend=backend):
-        return grpo_loss_torch(
-            logits, completion_ids, completion_mask, advantages, old_logps, ref_logps,
-            temperature=temperature, eps_low=eps_low, eps_high=eps_high, beta=beta, loss_type=loss_type,
-            max_completion_length=max_completion_length, num_items_in_batch=num_items_in_batch,
+        return _grpo_loss_torch(logits, completion_ids, completion_mask, advantages, old_logps, ref_logps, o)
+    if _fully_fused(o, ref_logps):
+        w = token_weights(completion_mask, loss_type=loss_type, max_completion_length=max_completion_length,
+                          num_items_in_batch=num_items_in_batch)
+        return grpo_loss_triton(
+            logits, completion_ids, completion_mask, w, advantages, old_logps, ref_logps,
+            temperature=float(temperature), eps_low=float(eps_low), eps_high=float(eps_high), beta=float(beta),
+            inplace_grad=bool(inplace_grad),
         )
-    w = token_weights(completion_mask, loss_type=loss_type, max_completion_length=max_completion_length,
-                      num_items_in_batch=num_items_in_batch)
-    return grpo_loss_triton(
-        logits, completion_ids, completion_mask, w, advantages, old_logps, ref_logps,
-        temperature=float(temperature), eps_low=float(eps_low), eps_high=float(eps_high), beta=float(beta),
-        inplace_grad=bool(inplace_grad),
-    )
+    logp, ent = logp_entropy_triton(logits, completion_ids, completion_mask, temperature=float(temperature),
+                                    with_entropy=o["return_entropy"], inplace_grad=bool(inplace_grad))
+    return _loss_from_logps(logp, ent, completion_mask, advantages, old_logps, ref_logps, o)

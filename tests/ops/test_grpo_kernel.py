@@ -1,11 +1,12 @@
 """Triton-path specifics of grpo_loss: fp16 gradients under loss scaling, and a backward that neither
-syncs the host nor allocates a second [B, T, V] buffer (issue #11, items 1 and 2)."""
+syncs the host nor allocates a second [B, T, V] buffer (issue #11, items 1 and 2), for both the fully fused
+kernel and the (logp, entropy) Function behind every other configuration."""
 
 import os
 
 import pytest
 import torch
-from _ops_ref import naive_grpo_loss
+from _ops_ref import naive_grpo_loss, trl_grpo_loss_ref
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -18,6 +19,30 @@ pytestmark = pytest.mark.skipif(not DEVICES, reason="needs CUDA or the Triton in
 
 SCALE = 2.0**15  # a typical DeepSpeed fp16 loss scale
 FP16_TINY = 2.0**-24  # smallest fp16 subnormal
+# options taking the fully fused kernel, and ones taking _LogpEntropyFunction + torch loss math (with an
+# entropy bonus of 0.01 * the masked mean entropy, so the backward's entropy term runs too)
+PATHS = {"fused": {}, "logp": dict(importance_sampling_level="sequence", use_bias_correction_kl=True,
+                                   return_entropy=True)}
+
+
+def _total(loss, stats, mask):
+    """The loss, minus the entropy bonus when the stats carry per-token entropies."""
+    if "per_token_entropy" not in stats:
+        return loss
+    ent = stats["per_token_entropy"]
+    return loss - 0.01 * (ent * mask).sum() / mask.sum()
+
+
+def _reference(xr, ids, mask, adv, old, ref, **kw):
+    """float64 loss (with the bonus of `_total`) on materialized logits."""
+    if not kw.get("return_entropy"):
+        return naive_grpo_loss(xr, ids, mask, adv, old, ref, **kw)[0]
+    kw = {k: v for k, v in kw.items() if k != "return_entropy"}
+    loss, _ = trl_grpo_loss_ref(xr, ids, mask, adv, old, ref, **kw)
+    lsm = torch.log_softmax(xr / kw.get("temperature", 1.0), -1)
+    ent = -(lsm.exp() * lsm).sum(-1)
+    m = mask.double()
+    return loss - 0.01 * (ent * m).sum() / m.sum()
 
 
 def _inputs(B, T, V, seed):
@@ -34,21 +59,22 @@ def _inputs(B, T, V, seed):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("inplace", [False, True])
-def test_fp16_grad_survives_loss_scale(monkeypatch, device, inplace):
+def test_fp16_grad_survives_loss_scale(monkeypatch, device, path, inplace):
     # w = 1/1200 per token (dapo over 1200 global tokens) and V spanning 5 blocks: most d loss / d logits
     # entries are below fp16's smallest subnormal before the loss scale multiplies them.
     monkeypatch.setattr(_grpo_kernel, "LAUNCH_OVERRIDE", (1024, 4, 0))
     B, T, V = 2, 3, 5000
     logits, ids, mask, adv, old, ref = _inputs(B, T, V, seed=11)
-    kw = dict(loss_type="dapo", num_items_in_batch=1200, beta=0.04, temperature=0.9)
+    kw = dict(loss_type="dapo", num_items_in_batch=1200, beta=0.04, temperature=0.9, **PATHS[path])
     x = logits.half().to(device).requires_grad_(True)
-    loss, _ = grpo_loss(x, ids.to(device), mask.to(device), adv.to(device), old.to(device), ref.to(device),
-                        inplace_grad=inplace, backend="triton", **kw)
-    (loss * SCALE).backward()
+    loss, stats = grpo_loss(x, ids.to(device), mask.to(device), adv.to(device), old.to(device), ref.to(device),
+                            inplace_grad=inplace, backend="triton", **kw)
+    (_total(loss, stats, mask.to(device)) * SCALE).backward()
     got = x.grad.cpu().double() / SCALE
     xr = logits.half().double().requires_grad_(True)  # the same fp16-rounded logits
-    naive_grpo_loss(xr, ids, mask, adv, old, ref, **kw)[0].backward()
+    _reference(xr, ids, mask, adv, old, ref, **kw).backward()
     want = xr.grad
     representable = (want.abs() * SCALE >= FP16_TINY).sum().item()
     nz_got, nz_want = (got != 0).sum().item(), (want != 0).sum().item()
@@ -86,9 +112,10 @@ class _Recorder(TorchDispatchMode):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("inplace", [False, True])
-def test_backward_scales_without_sync_or_second_buffer(device, dtype, inplace):
+def test_backward_scales_without_sync_or_second_buffer(device, path, dtype, inplace):
     B, T, V = 2, 3, 300
     logits, ids, mask, adv, old, ref = _inputs(B, T, V, seed=12)
     full = torch.randn(B, T + 2, V).to(dtype)  # strided [:, 1:-1] view, as the trainer passes it
@@ -106,12 +133,12 @@ def test_backward_scales_without_sync_or_second_buffer(device, dtype, inplace):
     x.register_hook(hook)
     args = (ids.to(device), mask.to(device), adv.to(device), old.to(device), ref.to(device))
     with rec:
-        loss, _ = grpo_loss(x, *args, beta=0.1, inplace_grad=inplace, backend="triton")
+        loss, stats = grpo_loss(x, *args, beta=0.1, inplace_grad=inplace, backend="triton", **PATHS[path])
         n_fwd = len(rec.allocs)
         rec.syncs.clear()
-        (loss * 3.0).backward()  # grad_output != 1, as under gradient accumulation
+        (_total(loss, stats, args[1]) * 3.0).backward()  # grad_output != 1, as under gradient accumulation
     xr = logits.to(dtype).double().requires_grad_(True)
-    (3.0 * naive_grpo_loss(xr, ids, mask, adv, old, ref, beta=0.1)[0]).backward()
+    (3.0 * _reference(xr, ids, mask, adv, old, ref, beta=0.1, **PATHS[path])).backward()
     got = seen[0].cpu().double()
     # one ulp of the stored dtype (the interpreter truncates fp32 -> bf16 where a GPU rounds to nearest)
     rtol = {torch.float32: 1e-5, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}[dtype]
@@ -132,11 +159,14 @@ def test_backward_scales_without_sync_or_second_buffer(device, dtype, inplace):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_retain_graph_and_zero_grad_output(device):
+@pytest.mark.parametrize("path", PATHS)
+def test_retain_graph_and_zero_grad_output(device, path):
     logits, ids, mask, adv, old, ref = _inputs(2, 3, 300, seed=13)
     args = (ids.to(device), mask.to(device), adv.to(device), old.to(device), ref.to(device))
+    kw = dict(beta=0.1, backend="triton", **PATHS[path])
     x = logits.clone().to(device).requires_grad_(True)
-    loss, _ = grpo_loss(x, *args, beta=0.1, backend="triton")
+    loss, stats = grpo_loss(x, *args, **kw)
+    loss = _total(loss, stats, args[1])
     loss.backward(retain_graph=True)
     first = x.grad.clone()
     assert first.abs().sum() > 0
@@ -147,7 +177,8 @@ def test_retain_graph_and_zero_grad_output(device):
     assert x.grad.abs().sum() == 0
     # inplace_grad: the first backward overwrites the logits, a second one must refuse to run
     y = logits.clone().to(device).requires_grad_(True)
-    loss, _ = grpo_loss(y, *args, beta=0.1, backend="triton", inplace_grad=True)
+    loss, stats = grpo_loss(y, *args, inplace_grad=True, **kw)
+    loss = _total(loss, stats, args[1])
     loss.backward(retain_graph=True)
     torch.testing.assert_close(y.grad, first)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):

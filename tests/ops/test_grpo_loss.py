@@ -177,13 +177,25 @@ def _good():
         (lambda a, k: k.update(eps_high=-0.1), ValueError, "eps_high"),
         (lambda a, k: k.update(max_completion_length=0), ValueError, "max_completion_length"),
         (lambda a, k: k.update(num_items_in_batch=0), ValueError, "num_items_in_batch"),
+        (lambda a, k: k.update(loss_type="GRPO"), ValueError, "loss_type must be one of"),
+        (lambda a, k: k.update(importance_sampling_level="batch"), ValueError, "importance_sampling_level"),
+        (lambda a, k: k.update(delta=0.0), ValueError, "delta must be a finite number > 0"),
+        (lambda a, k: k.update(delta=-1.5), ValueError, "delta"),
+        (lambda a, k: k.update(delta=float("inf")), ValueError, "delta"),
+        (lambda a, k: k.update(vllm_is_ratio=torch.ones(2, 2)), ValueError, "vllm_is_ratio shape"),
+        (lambda a, k: k.update(vllm_is_ratio=torch.ones(3)), ValueError, "vllm_is_ratio shape"),
+        (lambda a, k: k.update(vllm_is_ratio=torch.ones(2, 3, dtype=torch.long)), TypeError, "vllm_is_ratio"),
+        (lambda a, k: k.update(vllm_is_ratio=torch.ones(2, 3, 1)), ValueError, "vllm_is_ratio"),
+        (lambda a, k: k.update(sapo_temperature_neg=0.0), ValueError, "sapo_temperature_neg"),
+        (lambda a, k: k.update(vespo_k_pos=float("nan")), ValueError, "vespo_k_pos"),
     ],
 )
-def test_bad_inputs(change, err, match):
+@pytest.mark.parametrize("fn", [grpo_loss, grpo_loss_torch], ids=["grpo_loss", "grpo_loss_torch"])
+def test_bad_inputs(fn, change, err, match):
     args, kw = list(_good()), {}
     change(args, kw)
     with pytest.raises(err, match=match):
-        grpo_loss(*args, **kw)
+        fn(*args, **kw)
 
 
 def test_dapo_falls_back_to_mask_sum():
