@@ -142,8 +142,12 @@ class PromptOrder:
         return batch[rank * per_rank : (rank + 1) * per_rank].tolist()
 
 
-# What a GRPO step reports from its loss, by name (loss first, then grpo_loss's stats).
-LOSS_STATS = ("loss", "kl", "clip_ratio_low", "clip_ratio_high", "clip_ratio_region")
+# What a GRPO step reports from its loss, by name (loss first, then the stats of policy_loss_from_logps).
+LOSS_STATS = ("loss", "kl", "clip_ratio_low", "clip_ratio_high", "clip_ratio_region", "entropy")
+
+
+# The aggregations LossNormalizer can split over ranks and micro-batches: what grpo.loss_type may be.
+TRAINER_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 
 
 @dataclass(frozen=True)
@@ -156,9 +160,9 @@ class LossNormalizer:
       grpo    : (1 / sequences) * sum_b mean_t l_bt
       bnpo    : sum_bt l_bt / tokens
       dr_grpo : sum_bt l_bt / (sequences * max_completion_length)
-      dapo    : sum_bt l_bt / tokens  (grpo_loss divides by num_items_in_batch = tokens)
-    `grpo_loss` returns the micro-batch's own version of that formula; `share` rescales it to its part of the
-    global one. DeepSpeed then divides every backward by the accumulation steps and averages over ranks,
+      dapo    : sum_bt l_bt / tokens  (the loss divides by num_items_in_batch = tokens)
+    `policy_loss_from_logps` returns the micro-batch's own version of that formula; `share` rescales it to its
+    part of the global one. DeepSpeed then divides every backward by the accumulation steps and averages over ranks,
     which `ranks_times_accumulation` undoes.
     """
 

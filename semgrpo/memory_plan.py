@@ -22,7 +22,9 @@ What the rows count, per GPU unless said otherwise:
   reference is its policy with the adapter disabled), partitioned like the policy.
 * rollout: the transient peak of sampling: the gathered full weights (ZeRO-3 with grpo.gather_for_generation)
   plus the KV cache of one generation batch at full length.
-* logits: one micro-batch of the loss, [micro, length, vocab] (see LOSS_FP32_BYTES).
+* LM head (GRPO): the fused log-prob op on one micro-batch: its fp32 tiles and the completions' hidden states
+  with their fp32 gradient; no [micro, length, vocab] term (semgrpo/fused_head.py).
+* logits (SFT): one micro-batch of the loss, [micro, length, vocab] (see LOSS_FP32_BYTES).
 * host: per node. The transient "model loading" row: under ZeRO-3 on several ranks the policy is created
   partitioned (`deepspeed.zero.Init`, semgrpo/partitioned.py), so a rank holds about one layer at a time;
   otherwise every rank reads the whole model with `from_pretrained` before DeepSpeed takes it.
@@ -37,13 +39,12 @@ from dataclasses import dataclass, field
 
 from semgrpo import dist
 from semgrpo.config import Config, ConfigError, LoraConfig
+from semgrpo.ops.linear_grpo_loss import TILE_ELEMS
 
 GiB, MiB = 2**30, 2**20
 OPTIMIZER_BYTES = 12  # fp32 master copy + Adam m and v, per trainable parameter
-# Bytes per element of a micro-batch's logits [micro, length, vocab] at the peak of the loss's backward: the
-# logits in the model dtype, the fp32 copy the loss computes on (grpo_loss's torch path and HF's cross-entropy
-# upcast) and that copy's fp32 gradient. An assumption on the safe side: grpo_loss's Triton kernel reads the
-# 16-bit logits directly and needs neither fp32 tensor.
+# Bytes per element of an SFT micro-batch's logits [micro, length, vocab] at the peak of the loss's backward:
+# the logits in the model dtype, HF cross-entropy's fp32 copy and that copy's fp32 gradient.
 LOSS_FP32_BYTES = 4 + 4
 WEIGHT_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 STAGES = ("grpo", "sft")
@@ -60,6 +61,7 @@ class ModelShape:
     kv_heads: int
     head_dim: int
     vocab: int
+    hidden: int
     lora_params: int = 0  # the adapters of the configured LoRA, r * (in + out) per targeted nn.Linear
     lora_targeted: int = 0  # base weights of those linears (the copy merge_adapter_for_generation makes)
 
@@ -212,6 +214,7 @@ def _model_shape(path: str, targets: tuple[str, ...], r: int) -> ModelShape:
         kv_heads=getattr(text, "num_key_value_heads", None) or heads,
         head_dim=head_dim,
         vocab=output.weight.shape[0] if output is not None else text.vocab_size,
+        hidden=text.hidden_size,
         lora_params=lora_params,
         lora_targeted=targeted,
     )
@@ -409,7 +412,6 @@ def build_plan(shape: ModelShape, zero: ZeroSetup, cfg: Config, *, world_size: i
         length, length_key = cfg.grpo.max_completion_length, "grpo.max_completion_length"
     else:
         length, length_key = cfg.sft.max_length, "sft.max_length"
-    logits = zero.micro_batch * length * shape.vocab * (wb + LOSS_FP32_BYTES)
     knobs = []
     if zero.micro_batch > 1:
         knobs.append(f"train_micro_batch_size_per_gpu={zero.micro_batch // 2} in {ds_path} (now "
@@ -417,10 +419,19 @@ def build_plan(shape: ModelShape, zero: ZeroSetup, cfg: Config, *, world_size: i
     if held:
         knobs.append("grpo.gathered_policy_pass=false (the policy pass does not hold the gathered weights)")
     knobs.append(f"a shorter {length_key}")
-    rows.append(Row("logits (micro-batch)", logits, None,
-                    f"{zero.micro_batch} x {length} x {shape.vocab} x ({wb} + 4 + 4) B"
-                    + (f", beside {format_bytes(held)} weights held" if held else ""),
-                    kind="peak", alongside=held, knobs=tuple(knobs)))
+    held_note = f", beside {format_bytes(held)} weights held" if held else ""
+    tokens = zero.micro_batch * length
+    if stage == "grpo":  # the fused head: the completions' hidden states (a copy + an fp32 gradient) and its tiles
+        tiles = 3 + (not lora)  # two logits tiles, an fp32 weight chunk, + a weight-gradient chunk when it trains
+        head = tokens * shape.hidden * (wb + 4) + tiles * TILE_ELEMS * 4
+        rows.append(Row("LM head (fused)", head, None,
+                        f"{zero.micro_batch} x {length} x {shape.hidden} x ({wb} + 4) B + {tiles} fp32 tiles of "
+                        f"{format_bytes(TILE_ELEMS * 4)}" + held_note, kind="peak", alongside=held, knobs=tuple(knobs)))
+    else:
+        logits = tokens * shape.vocab * (wb + LOSS_FP32_BYTES)
+        rows.append(Row("logits (micro-batch)", logits, None,
+                        f"{zero.micro_batch} x {length} x {shape.vocab} x ({wb} + 4 + 4) B" + held_note,
+                        kind="peak", alongside=held, knobs=tuple(knobs)))
     ranks = f"{gpus_per_node} rank{'s' * (gpus_per_node > 1)}"
     if partitioned_loading(zero, n):  # zero.Init: a layer at a time on each rank
         loading = gpus_per_node * wb * shape.largest_layer
@@ -431,7 +442,7 @@ def build_plan(shape: ModelShape, zero: ZeroSetup, cfg: Config, *, world_size: i
     rows.append(Row("model loading", None, loading, loading_basis, kind="peak"))
     plan = MemoryPlan(header=[], rows=rows)
     rows.append(Row("= peak", plan.peak_gpu, max(loading, states_host),
-                    "model states + " + ("max(rollout, logits + held)" if stage == "grpo" else "logits"),
+                    "model states + " + ("max(rollout, LM head + held)" if stage == "grpo" else "logits"),
                     kind="total"))
 
     offload = ", ".join(f"{what} on {where}" for what, where in (("optimizer", zero.offload_optimizer),
@@ -454,7 +465,10 @@ def build_plan(shape: ModelShape, zero: ZeroSetup, cfg: Config, *, world_size: i
         why = "fp32 training" if not mixed else f"ZeRO-{zero.stage}" + (" with offload_param alone"
                                                                            if zero.stage == 3 else "")
         plan.notes.append(f"DeepSpeed has no estimator for {why}: its rules applied by hand")
-    plan.notes.append("logits: model dtype + the loss's fp32 copy + its fp32 gradient (less with the Triton loss)")
+    if stage == "grpo":
+        plan.notes.append("LM head: fused into the log-prob op, which never builds the [tokens, vocab] logits")
+    else:
+        plan.notes.append("logits: model dtype + the loss's fp32 copy + its fp32 gradient")
     plan.notes.append("not counted: activations, CUDA context, communication buckets, fragmentation")
     return plan
 

@@ -168,22 +168,6 @@ def generate(model, prompts: list[list[int]], *, device, pad_id: int, eos_ids: l
     return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask)
 
 
-def completion_logits(model, r: Rollout) -> torch.Tensor:
-    """Logits that predict each completion token, computed only for the completion positions.
-
-    Shape:
-        returns [N, C, V], a strided view aligned with r.completion_ids
-    """
-    input_ids = torch.cat([r.prompt_ids, r.completion_ids], dim=1)
-    attention_mask = torch.cat([r.prompt_mask, r.completion_mask], dim=1)
-    # Same positions as generate() used under left padding.
-    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-    c = r.completion_ids.shape[1]
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                logits_to_keep=c + 1, use_cache=False)
-    return out.logits[:, :-1]
-
-
 # ----------------------------------------------------------------------------------------------------
 # Sampling loop
 #
@@ -249,7 +233,7 @@ def sample_completions(model, input_ids: torch.Tensor, attention_mask: torch.Ten
     eos = torch.tensor(eos_ids, device=device)
     check_every = STOP_CHECK_EVERY_CUDA if device.type == "cuda" else 1
     mask = attention_mask.long()
-    # Same positions as completion_logits() uses for the log-prob passes.
+    # Same positions as fused_head.completion_logprobs() uses for the log-prob passes.
     position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)
     next_position = position_ids[:, -1:] + 1
     cache = DynamicCache()

@@ -18,15 +18,15 @@ from semgrpo.config import Config, ConfigError, GRPOConfig, to_dict
 from semgrpo.data import Example
 from semgrpo.dist import gather_cat, sum_across
 from semgrpo.eval.tax_meter import TaxMeter
+from semgrpo.fused_head import check_fusable, completion_logprobs
 from semgrpo.interrupt import GracefulInterrupt
 from semgrpo.memory_plan import announce_plan
 from semgrpo.modeling import build_engine, build_reference, load_policy, load_reward_encoder
-from semgrpo.ops import grpo_loss, token_logprobs
+from semgrpo.ops.grpo_loss import policy_loss_from_logps
 from semgrpo.rewards import build_reward_functions, score
 from semgrpo.rollout import (
     GatheredWeights,
     Rollout,
-    completion_logits,
     generate,
     merged_adapter,
     needs_synced_generation,
@@ -106,8 +106,9 @@ def grpo_step(run: GRPORun, batch: list[Example]) -> tuple[dict[str, float], lis
                      if grpo.beta > 0 else None)
         timer.lap("logprobs")
 
-        # 6. Policy forward/backward per micro-batch through the fused loss, each loss weighted by its share of
-        #    the global batch's loss (LossNormalizer), so the update does not depend on how the batch was cut.
+        # 6. Policy forward/backward per micro-batch, each loss weighted by its share of the global batch's loss
+        #    (LossNormalizer), so the update does not depend on how the batch was cut. The LM head is fused into
+        #    the log-prob op (fused_head): no [micro-batch, C, V] logits exist in any pass.
         #    Ranks run the same number of micro-batches (ZeRO-3 collectives): an empty one is a zero-weighted
         #    dummy. With nothing to learn the optimizer still steps, as TRL's does (the LR schedule keeps pace).
         if not grpo.gathered_policy_pass:
@@ -120,14 +121,14 @@ def grpo_step(run: GRPORun, batch: list[Example]) -> tuple[dict[str, float], lis
                 rows = rows if len(rows) else torch.tensor([0])
                 mb = rollout.select(rows)
                 engine.module.train()  # every policy pass trains (dropout, checkpointing), whatever was restored
-                loss, stats = grpo_loss(
-                    completion_logits(engine, mb), mb.completion_ids, mb.completion_mask,
-                    advantages[rows.to(advantages.device)],
+                logp, entropy = completion_logprobs(engine, mb, temperature=grpo.temperature, with_entropy=True)
+                loss, stats = policy_loss_from_logps(
+                    logp, mb.completion_mask, advantages[rows.to(advantages.device)],
                     old_logps=None if old_logps is None else old_logps[i],
                     ref_logps=None if ref_logps is None else ref_logps[i],
-                    temperature=grpo.temperature, eps_low=grpo.eps_low, eps_high=grpo.eps_high, beta=grpo.beta,
-                    loss_type=grpo.loss_type, max_completion_length=grpo.max_completion_length,
-                    num_items_in_batch=step.norm.tokens or None)
+                    eps_low=grpo.eps_low, eps_high=grpo.eps_high, beta=grpo.beta, loss_type=grpo.loss_type,
+                    max_completion_length=grpo.max_completion_length, num_items_in_batch=step.norm.tokens or None,
+                    entropy=entropy)
                 engine.backward(loss * (share * step.norm.ranks_times_accumulation))
                 if engine.is_gradient_accumulation_boundary():
                     weights.release()  # the optimizer writes partitioned weights
@@ -158,6 +159,7 @@ def _step_metrics(engine, grpo: GRPOConfig, step: GlobalBatch, per_fn: dict, tot
         "reward/group_std_mean": _nanmean(step.group_std.float()),
         "loss": loss_stats["loss"], "kl": loss_stats["kl"], "clip_ratio/low": loss_stats["clip_ratio_low"],
         "clip_ratio/high": loss_stats["clip_ratio_high"], "clip_ratio/region": loss_stats["clip_ratio_region"],
+        "entropy": loss_stats["entropy"],
         "completion/mean_length": lengths.mean().item(), "completion/max_length": lengths.max().item(),
         "completion/trained_fraction": step.norm.sequences / len(step.all_rewards),
         "lr": engine.get_lr()[0],
@@ -182,7 +184,7 @@ def _logps_per_micro_batch(model, context, grpo: GRPOConfig, rollout: Rollout, m
     with context:
         for rows in micro_batches:
             mb = rollout.select(rows if len(rows) else torch.tensor([0]))
-            out.append(token_logprobs(completion_logits(model, mb), mb.completion_ids, temperature=grpo.temperature))
+            out.append(completion_logprobs(model, mb, temperature=grpo.temperature)[0])
     return out
 
 
@@ -212,6 +214,7 @@ def build_grpo_run(cfg: Config) -> tuple[GRPORun, PromptOrder, int]:
     announce_plan(cfg, world_size=setup.plan.world_size, ds_config=setup.ds_config, dtype=setup.dtype, stage="grpo")
     seed_everything(cfg.seed)
     policy = load_policy(cfg.model, dtype=setup.dtype, ds_config=setup.ds_config)
+    check_fusable(policy)
     engine = build_engine(policy, setup.ds_config, lr=cfg.grpo.lr, weight_decay=cfg.run.weight_decay,
                           scheduler=cfg.grpo.scheduler, warmup_ratio=cfg.grpo.warmup_ratio,
                           total_updates=total_steps * cfg.grpo.num_iterations)

@@ -238,10 +238,15 @@ def test_kv_cache_equals_a_real_cache(tiny):
     assert layer_by_layer.row("rollout").gpu == cached
 
 
-def test_logits_of_one_micro_batch(qwen3_4b):
+def test_fused_head_of_grpo_and_logits_of_sft(qwen3_4b):
     plan = _plan(qwen3_4b, "grpo.max_completion_length=256")
-    # micro 8 x 256 completion tokens x vocab, in bf16 plus the loss's fp32 copy and fp32 gradient.
-    assert plan.row("logits (micro-batch)").gpu == 8 * 256 * 151936 * (2 + 4 + 4)
+    # GRPO fuses the head: micro 8 x 256 completion tokens x hidden 2560 (a bf16 copy + an fp32 gradient) and
+    # three 32 MiB fp32 tiles (LoRA: the head does not train), nothing of the vocabulary's size.
+    assert plan.row("LM head (fused)").gpu == 8 * 256 * 2560 * (2 + 4) + 3 * 32 * 2**20
+    assert "logits (micro-batch)" not in [r.label for r in plan.rows]
+    full = _plan(qwen3_4b, "grpo.max_completion_length=256", "model.lora.enabled=false")
+    assert full.row("LM head (fused)").gpu == 8 * 256 * 2560 * (2 + 4) + 4 * 32 * 2**20
+    # SFT still computes HF's cross-entropy on the logits: the bf16 logits, their fp32 copy and its gradient.
     sft = _plan(qwen3_4b, "sft.max_length=1024", stage="sft")
     assert sft.row("logits (micro-batch)").gpu == 8 * 1024 * 151936 * (2 + 4 + 4)
 
@@ -260,7 +265,7 @@ def test_budget_exceeded_names_the_knobs(qwen3_4b):
     assert "model.lora.enabled=true" in states
     assert "rollout" in rollout and "grpo.gather_for_generation=false" in rollout
     assert "grpo.generation_batch_size=8" in rollout
-    assert "logits" in logits and f"train_micro_batch_size_per_gpu=4 in {ZERO3}" in logits
+    assert "LM head" in logits and f"train_micro_batch_size_per_gpu=4 in {ZERO3}" in logits
     assert "grpo.gathered_policy_pass=false" in logits
     # Between model states and model states + rollout: only the transient rows warn.
     fits_states = plan.check(int(plan.model_states_gpu + 1 * GiB))

@@ -7,9 +7,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from semgrpo.batching import TRAINER_LOSS_TYPES
 from semgrpo.config import REWARD_FUNCTIONS, Config, ConfigError, get_key
 from semgrpo.ops.advantage import SCALES as SCALE_REWARDS  # the choices live with the ops that use them
-from semgrpo.ops.grpo_loss import LOSS_TYPES
 
 
 def validate(cfg: Config) -> None:
@@ -119,7 +119,7 @@ def _choices() -> dict[str, tuple]:
         "data.task": tuple(TASKS),
         "sft.scheduler": _SCHEDULERS,
         "reward.script": ("",) + tuple(SCRIPTS),
-        "grpo.loss_type": LOSS_TYPES,
+        "grpo.loss_type": TRAINER_LOSS_TYPES,
         "grpo.scale_rewards": SCALE_REWARDS,
         "grpo.scheduler": _SCHEDULERS,
     }
