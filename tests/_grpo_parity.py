@@ -21,7 +21,11 @@ G = 4              # group size
 PROMPTS = 4        # global prompts per step: 16 completions, split over 1 or 2 ranks
 MAX_NEW = 6        # completion length cap
 FLAT_GROUP = 1     # global group index whose rewards are all equal (zero variance)
-GRID = list(itertools.product(("grpo", "bnpo", "dr_grpo", "dapo"), ("group", "batch", "none"), (0.0, 0.04), (1, 2)))
+SCALES = ("group", "batch", "none")  # an optional third argument picks a subset, e.g. "group"
+
+
+def grid(scales=SCALES) -> list[tuple]:
+    return list(itertools.product(("grpo", "bnpo", "dr_grpo", "dapo"), scales, (0.0, 0.04), (1, 2)))
 
 
 def _rng(prompt: list[int], salt: int) -> np.random.Generator:
@@ -95,6 +99,7 @@ def completion_logps(model, r, temperature):
 def main() -> None:
     args = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
     out_path, workdir = Path(args[0]), Path(args[1])
+    scales = tuple(args[2].split(",")) if len(args) > 2 else SCALES
     import deepspeed
     from deepspeed.utils import safe_get_full_grad
     from peft import LoraConfig, get_peft_model
@@ -166,7 +171,7 @@ def main() -> None:
             reference_model = get_peft_model(base, LoraConfig(
                 r=cfg.model.lora.r, lora_alpha=cfg.model.lora.alpha, lora_dropout=0.0,
                 target_modules=cfg.model.lora.target_modules))
-        for loss_type, scale, beta, mu in GRID:
+        for loss_type, scale, beta, mu in grid(scales):
             g = run.cfg.grpo
             g.loss_type, g.scale_rewards, g.beta, g.num_iterations = loss_type, scale, beta, mu
             captured.clear()
