@@ -42,6 +42,14 @@ LAUNCH_OVERRIDE: tuple[int, int, int] | None = None
 if triton is not None:
 
     @triton.jit
+    def _tile_block(zrow, b_ptr, v, ok, C, s_b, HAS_BIAS: tl.constexpr):
+        """fp32 ``z + b`` of one [BLOCK_N, BLOCK_V] block of the tile (columns `v`, 0 outside `ok`)."""
+        x = tl.load(zrow + v[None, :], mask=ok, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            x += tl.load(b_ptr + v * s_b, mask=v < C, other=0.0).to(tl.float32)[None, :]
+        return x
+
+    @triton.jit
     def _linear_fwd_tile_kernel(
         z_ptr, b_ptr, ids_ptr, max_ptr, sum_ptr, acc_ptr, tgt_ptr,
         n_rows, C, v0, s_zn, s_b, inv_temp,
@@ -60,9 +68,7 @@ if triton is not None:
         for c0 in range(0, C, BLOCK_V):
             v = c0 + cols
             ok = rmask[:, None] & (v < C)[None, :]
-            x = tl.load(zrow + v[None, :], mask=ok, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                x += tl.load(b_ptr + v * s_b, mask=v < C, other=0.0).to(tl.float32)[None, :]
+            x = _tile_block(zrow, b_ptr, v, ok, C, s_b, HAS_BIAS)
             x = tl.where(ok, x * inv_temp, float("-inf"))
             m_new = tl.maximum(m, tl.max(x, axis=1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows past n_rows stay all -inf
@@ -123,9 +129,7 @@ if triton is not None:
         for c0 in range(0, C, BLOCK_V):
             v = c0 + cols
             ok = rmask[:, None] & (v < C)[None, :]
-            x = tl.load(zrow + v[None, :], mask=ok, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                x += tl.load(b_ptr + v * s_b, mask=v < C, other=0.0).to(tl.float32)[None, :]
+            x = _tile_block(zrow, b_ptr, v, ok, C, s_b, HAS_BIAS)
             logp = x * inv_temp - lse[:, None]
             p = tl.exp(logp)
             if HAS_ENT:

@@ -114,11 +114,26 @@ def _validate_loss_args(shape, device, source, ids, mask, adv, old, ref, *, temp
         raise ValueError(f"num_items_in_batch must be a number > 0, a tensor or None, got {num_items_in_batch!r}")
 
 
-def _validate(logits, ids, mask, adv, old, ref, o):
-    """Checks of grpo_loss's arguments; `o` holds its keyword options by name."""
-    check_float_tensor("logits", logits, ndim=3)
+# The keyword options grpo_loss and linear_grpo_loss share, gathered by `loss_options` from the caller's
+# arguments so that both validate and apply them through the same two functions below.
+LOSS_OPTIONS = ("temperature", "eps_low", "eps_high", "beta", "loss_type", "importance_sampling_level", "delta",
+                "use_bias_correction_kl", "vllm_is_ratio", "max_completion_length", "num_items_in_batch",
+                "sapo_temperature_pos", "sapo_temperature_neg", "vespo_k_pos", "vespo_lambda_pos", "vespo_k_neg",
+                "vespo_lambda_neg", "return_entropy")
+
+
+def loss_options(arguments: dict) -> dict:
+    """The LOSS_OPTIONS entries of a caller's ``locals()`` (taken before it defines any other name)."""
+    o = {name: arguments[name] for name in LOSS_OPTIONS}
+    o["return_entropy"] = bool(o["return_entropy"])
+    return o
+
+
+def validate_options(shape, device, source, ids, mask, adv, old, ref, o):
+    """Checks of every argument but the logits / hidden states (leading dims `shape`, on `device`, named
+    `source` in messages); `o` holds the keyword options by name (`loss_options`)."""
     _validate_loss_args(
-        tuple(logits.shape[:2]), logits.device, "logits", ids, mask, adv, old, ref,
+        shape, device, source, ids, mask, adv, old, ref,
         temperature=o["temperature"], eps_low=o["eps_low"], eps_high=o["eps_high"], beta=o["beta"],
         loss_type=o["loss_type"], max_completion_length=o["max_completion_length"],
         num_items_in_batch=o["num_items_in_batch"], loss_types=TRL_LOSS_TYPES,
@@ -137,12 +152,11 @@ def _fully_fused(o, ref) -> bool:
             and not o["return_entropy"])
 
 
-def _loss_from_logps(logp, ent, mask, adv, old, ref, o):
-    """policy_loss_from_logps with grpo_loss's options; `ent` (masked positions 0) is reported as
-    ``stats["entropy"]`` and ``stats["per_token_entropy"]`` when ``o["return_entropy"]``."""
+def loss_from_logps(logp, ent, mask, adv, old, ref, o):
+    """policy_loss_from_logps with the options `o`. `ent` (masked positions 0), when given, is reported as
+    ``stats["entropy"]`` and, with ``o["return_entropy"]``, as ``stats["per_token_entropy"]``."""
     kw = {k: v for k, v in o.items() if k not in ("temperature", "return_entropy")}
-    loss, stats = policy_loss_from_logps(logp, mask, adv, old, ref, entropy=ent if o["return_entropy"] else None,
-                                         **kw)
+    loss, stats = policy_loss_from_logps(logp, mask, adv, old, ref, entropy=ent, **kw)
     if o["return_entropy"]:
         stats["per_token_entropy"] = ent
     return loss, stats
@@ -299,7 +313,7 @@ def _grpo_loss_torch(logits, ids, mask, adv, old, ref, o):
     if o["return_entropy"]:
         log_p = x - lse.unsqueeze(-1)
         ent = torch.where(on, -(log_p.exp() * log_p).sum(-1), 0.0)
-    return _loss_from_logps(logp, ent, mask, adv, old, ref, o)
+    return loss_from_logps(logp, ent, mask, adv, old, ref, o)
 
 
 def token_weights(completion_mask, *, loss_type, max_completion_length=None, num_items_in_batch=None):
@@ -407,14 +421,10 @@ def grpo_loss(
         logits: [B, T, V], completion_ids/completion_mask/old_logps/ref_logps: [B, T],
         advantages: [B] or [B, T] -> loss: []
     """
-    o = dict(temperature=temperature, eps_low=eps_low, eps_high=eps_high, beta=beta, loss_type=loss_type,
-             importance_sampling_level=importance_sampling_level, delta=delta,
-             use_bias_correction_kl=use_bias_correction_kl, vllm_is_ratio=vllm_is_ratio,
-             max_completion_length=max_completion_length, num_items_in_batch=num_items_in_batch,
-             sapo_temperature_pos=sapo_temperature_pos, sapo_temperature_neg=sapo_temperature_neg,
-             vespo_k_pos=vespo_k_pos, vespo_lambda_pos=vespo_lambda_pos, vespo_k_neg=vespo_k_neg,
-             vespo_lambda_neg=vespo_lambda_neg, return_entropy=bool(return_entropy))
-    _validate(logits, completion_ids, completion_mask, advantages, old_logps, ref_logps, o)
+    o = loss_options(locals())
+    check_float_tensor("logits", logits, ndim=3)
+    validate_options(tuple(logits.shape[:2]), logits.device, "logits", completion_ids, completion_mask, advantages,
+                     old_logps, ref_logps, o)
     if not use_triton(logits, completion_ids, completion_mask, advantages, old_logps, ref_logps, vllm_is_ratio,
                       backend=backend):
         return _grpo_loss_torch(logits, completion_ids, completion_mask, advantages, old_logps, ref_logps, o)
@@ -428,4 +438,5 @@ def grpo_loss(
         )
     logp, ent = logp_entropy_triton(logits, completion_ids, completion_mask, temperature=float(temperature),
                                     with_entropy=o["return_entropy"], inplace_grad=bool(inplace_grad))
-    return _loss_from_logps(logp, ent, completion_mask, advantages, old_logps, ref_logps, o)
+    return loss_from_logps(logp, ent if o["return_entropy"] else None, completion_mask, advantages, old_logps,
+                           ref_logps, o)

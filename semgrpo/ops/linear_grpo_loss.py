@@ -43,7 +43,7 @@ from torch.autograd.function import once_differentiable
 
 from . import _linear_kernel
 from ._dispatch import check_float_tensor, check_positive, use_triton
-from .grpo_loss import TRL_LOSS_TYPES, _validate_loss_args, policy_loss_from_logps
+from .grpo_loss import loss_from_logps, loss_options, validate_options
 
 TOKEN_CHUNK = 4096
 # fp32 elements of one logits tile (32 MiB); the chunked path keeps two tiles alive at a time. Larger tiles
@@ -397,19 +397,11 @@ def linear_grpo_loss(
         ``vespo_phi_seq_mean`` for vespo; with `return_entropy`, ``per_token_entropy`` [B, T] fp32 (0 where
         masked), which stays attached to the graph so a caller can add an entropy bonus.
     """
+    o = loss_options(locals())
     _check_head(hidden, weight, bias, hidden_ndim=3)
     B, T, _ = hidden.shape
-    _validate_loss_args(
-        (B, T), hidden.device, "hidden", completion_ids, completion_mask, advantages, old_logps, ref_logps,
-        temperature=temperature, eps_low=eps_low, eps_high=eps_high, beta=beta, loss_type=loss_type,
-        max_completion_length=max_completion_length, num_items_in_batch=num_items_in_batch,
-        loss_types=TRL_LOSS_TYPES, importance_sampling_level=importance_sampling_level, delta=delta,
-        vllm_is_ratio=vllm_is_ratio,
-        sapo_temperatures=(("sapo_temperature_pos", sapo_temperature_pos),
-                           ("sapo_temperature_neg", sapo_temperature_neg)),
-        vespo_params=(("vespo_k_pos", vespo_k_pos), ("vespo_lambda_pos", vespo_lambda_pos),
-                      ("vespo_k_neg", vespo_k_neg), ("vespo_lambda_neg", vespo_lambda_neg)),
-    )
+    validate_options((B, T), hidden.device, "hidden", completion_ids, completion_mask, advantages, old_logps,
+                     ref_logps, o)
     tri = use_triton(hidden, weight, bias, completion_ids, backend=backend)
     on = completion_mask != 0
     ids_on = completion_ids[on]
@@ -418,15 +410,4 @@ def linear_grpo_loss(
     zeros = torch.zeros(B, T, dtype=torch.float32, device=hidden.device)
     logp = zeros.masked_scatter(on, logp_on)
     ent = zeros.masked_scatter(on, ent_on)
-    loss, stats = policy_loss_from_logps(
-        logp, completion_mask, advantages, old_logps, ref_logps, eps_low=eps_low, eps_high=eps_high, beta=beta,
-        loss_type=loss_type, importance_sampling_level=importance_sampling_level, delta=delta,
-        use_bias_correction_kl=use_bias_correction_kl, vllm_is_ratio=vllm_is_ratio,
-        max_completion_length=max_completion_length, num_items_in_batch=num_items_in_batch,
-        sapo_temperature_pos=sapo_temperature_pos, sapo_temperature_neg=sapo_temperature_neg,
-        vespo_k_pos=vespo_k_pos, vespo_lambda_pos=vespo_lambda_pos, vespo_k_neg=vespo_k_neg,
-        vespo_lambda_neg=vespo_lambda_neg, entropy=ent,
-    )
-    if return_entropy:
-        stats["per_token_entropy"] = ent
-    return loss, stats
+    return loss_from_logps(logp, ent, completion_mask, advantages, old_logps, ref_logps, o)

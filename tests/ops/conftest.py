@@ -27,3 +27,12 @@ def _combos():
 def backend_device(request):
     """(backend, device) pairs available here: torch on CPU always, Triton interpreted or on CUDA."""
     return request.param
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny shapes: several times faster than two on a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

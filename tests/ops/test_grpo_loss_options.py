@@ -24,13 +24,7 @@ TOL = {torch.float32: (2e-5, 1e-6, 1e-4, 2e-5), torch.bfloat16: (2e-5, 1e-6, 2.0
        torch.float16: (2e-5, 1e-6, 2.0**-10, 1e-5)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The shapes here are tiny: one intra-op thread is faster than two on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

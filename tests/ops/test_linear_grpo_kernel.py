@@ -8,7 +8,7 @@ import importlib
 import pytest
 import torch
 from _ops_ref import trl_grpo_loss_ref
-from test_linear_grpo_loss import TOL
+from test_linear_grpo_loss import TOL, _kwargs_for
 from test_linear_grpo_loss import _case as _cpu_case
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
@@ -23,33 +23,20 @@ if kern.triton is None or not (interpreter_enabled() or torch.cuda.is_available(
     pytest.skip("needs triton with CUDA or TRITON_INTERPRET=1", allow_module_level=True)
 
 DEV = "cuda" if torch.cuda.is_available() and not interpreter_enabled() else "cpu"
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @pytest.fixture(autouse=True)
 def _small_tiles(monkeypatch):
     """V=1000 in 4 vocabulary chunks (one partial) of 4 kernel column blocks each; the ~60 live rows in one
-    token chunk (test_tile_and_block_shapes_match_the_torch_path splits rows too). One intra-op thread: the
-    tensors are tiny and the CPU is shared."""
+    token chunk (test_tile_and_block_shapes_match_the_torch_path splits rows too)."""
     monkeypatch.setattr(lin, "CHUNK_OVERRIDE", (64, 256))
     monkeypatch.setattr(kern, "LAUNCH_OVERRIDE", (64, 64, 4))
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _case(**kw):
     """test_linear_grpo_loss's inputs (fully masked last row, both clip sides hit), on the kernel's device."""
     return {k: (None if v is None else v.to(DEV)) for k, v in _cpu_case(**kw).items()}
-
-def _kwargs_for(loss_type, **kw):
-    kw["loss_type"] = loss_type
-    if loss_type == "dr_grpo":
-        kw.setdefault("max_completion_length", 50)
-    if loss_type in ("dapo", "cispo", "vespo"):
-        kw.setdefault("num_items_in_batch", 71)
-    if loss_type == "cispo":
-        kw["eps_high"] = 1.2  # TRL's epsilon_high is cispo's absolute cap on the ratio
-    return kw
-
 
 def _check(c, *, use_old=True, use_ref=True, use_isr=False, frozen=(), tol=None, **kw):
     """Triton-path linear_grpo_loss against the float64 TRL reference on the materialised logits."""

@@ -30,13 +30,7 @@ TOL = {torch.float32: (2e-5, 1e-6, 1e-4, 2e-5), torch.bfloat16: (2e-5, 1e-6, 1.6
        torch.float16: (2e-5, 1e-6, 2e-3, 2e-3)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The shapes here are tiny: one intra-op thread is several times faster than two on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
