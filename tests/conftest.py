@@ -23,6 +23,58 @@ def demo_assets():
     return build_demo(log=lambda *_: None)
 
 
+class Launches:
+    """bin/ scripts started as `_helpers.run_cli` runs them, without waiting, so that a test can overlap runs
+    that do not depend on each other: a 2-rank CPU run keeps only about one of 2 cores busy on average."""
+
+    def __init__(self):
+        self.procs = []
+
+    def start(self, script: str, *args: str, launcher: list, log, env: dict | None = None):
+        """Popen of `launcher bin/<script> args...` in its own session, stdout and stderr to the file `log`."""
+        import subprocess
+        from pathlib import Path
+
+        from _helpers import REPO, user_env
+
+        with open(log, "w") as out:
+            proc = subprocess.Popen(launcher + [str(REPO / "bin" / script), *args], cwd=REPO, stdout=out,
+                                    stderr=subprocess.STDOUT, env=user_env(**(env or {})), start_new_session=True)
+        proc.log = Path(log)
+        self.procs.append(proc)
+        return proc
+
+    def wait(self, proc, timeout: int = 600) -> tuple[int, str]:
+        """(return code, last 4000 characters of its output) once `proc` has exited; killed after `timeout` s."""
+        import subprocess
+
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill(proc)
+            raise
+        return proc.returncode, proc.log.read_text(errors="replace")[-4000:]
+
+    @staticmethod
+    def kill(proc) -> None:
+        """SIGKILL the launch and everything it started (the launcher and its ranks)."""
+        import contextlib
+        import signal
+
+        with contextlib.suppress(ProcessLookupError):  # all of them had exited
+            os.killpg(proc.pid, signal.SIGKILL)  # its own session: the launcher's process group
+        proc.wait()
+
+
+@pytest.fixture
+def launches():
+    """A `Launches`; whatever it started that is still running when the test ends is killed."""
+    started = Launches()
+    yield started
+    for proc in started.procs:
+        started.kill(proc)
+
+
 # Tests never write into the repository: the checkout's state at the start of the session is compared with
 # its state at the end by tests/test_worktree_clean.py (which sorts last).
 def pytest_sessionstart(session):

@@ -3,14 +3,12 @@ trains, the reference is a frozen partitioned copy that never moves, the optimiz
 ranks, and kill + resume equals the straight run."""
 import json
 import shutil
-import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from _helpers import REPO, run_cli, user_env
+from _helpers import run_cli
 
 pytestmark = pytest.mark.skipif(shutil.which("deepspeed") is None, reason="the deepspeed launcher is not on PATH")
 
@@ -23,11 +21,16 @@ def _launcher(port: int) -> list[str]:
     return ["deepspeed", "--num_gpus", "2", "--master_port", str(port)]
 
 
-def test_full_parameter_grpo_trains_every_weight_against_a_frozen_partitioned_reference(demo_assets, tmp_path):
+def test_full_parameter_grpo_trains_every_weight_against_a_frozen_partitioned_reference(demo_assets, tmp_path,
+                                                                                       launches):
     ds = json.loads((ROOT / "ds_configs" / "zero3.json").read_text())
     ds["zero_optimization"]["stage3_param_persistence_threshold"] = 0  # every parameter partitioned
     (tmp_path / "zero3.json").write_text(json.dumps(ds))
-    reports = _probe(tmp_path, "gathered", port=29751)  # the default: first policy pass on the gathered weights
+    # Both probe runs at once, each in a folder of its own (a probe's run folder is beside its output).
+    # "gathered" is the default: the first policy pass runs on the weights gathered for generation.
+    probes = {"gathered": _start_probe(launches, tmp_path, "gathered", port=29751),
+              "hooked": _start_probe(launches, tmp_path, "hooked", "grpo.gathered_policy_pass=false", port=29759)}
+    reports = _probe_reports(launches, tmp_path, "gathered", probes)
     rep = reports[0]
     assert rep["zero_stage"] == 3 and not rep["reference_trainable"]
     assert rep["trainable"] and not any("lora" in n for n in rep["trainable"])
@@ -45,19 +48,24 @@ def test_full_parameter_grpo_trains_every_weight_against_a_frozen_partitioned_re
         assert 2 * p <= r["optimizer_state_numel"] <= 2 * p + 64, (r["optimizer_state_numel"], p)
     # The policy pass on the weights gathered for generation (ZeRO's hooks off) makes the same update as
     # ZeRO-3's own layer-by-layer pass: full-size gradients still reach each rank's partition.
-    _probe(tmp_path, "hooked", "grpo.gathered_policy_pass=false", port=29759)
-    gathered, hooked = (torch.load(tmp_path / f"{n}.json.weights.pt") for n in ("gathered", "hooked"))
+    _probe_reports(launches, tmp_path, "hooked", probes)  # the run with grpo.gathered_policy_pass=false
+    gathered, hooked = (torch.load(tmp_path / n / f"{n}.json.weights.pt") for n in ("gathered", "hooked"))
     assert gathered.keys() == hooked.keys()
     for name in gathered:
         torch.testing.assert_close(gathered[name], hooked[name], atol=1e-5, rtol=1e-4)
 
 
-def _probe(tmp_path, name, *overrides, port):
-    out = tmp_path / f"{name}.json"
-    proc = run_cli("../tests/_full_param_probe.py", str(out), *FULL, f"run.deepspeed={tmp_path / 'zero3.json'}",
-                   *overrides, launcher=_launcher(port))
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    return [json.loads((tmp_path / f"{name}.json.rank{r}").read_text()) for r in (0, 1)]
+def _start_probe(launches, tmp_path, name, *overrides, port):
+    (tmp_path / name).mkdir()
+    out = tmp_path / name / f"{name}.json"
+    return launches.start("../tests/_full_param_probe.py", str(out), *FULL, f"run.deepspeed={tmp_path / 'zero3.json'}",
+                          *overrides, launcher=_launcher(port), log=tmp_path / f"{name}.log")
+
+
+def _probe_reports(launches, tmp_path, name, probes):
+    returncode, output = launches.wait(probes[name])
+    assert returncode == 0, output
+    return [json.loads((tmp_path / name / f"{name}.json.rank{r}").read_text()) for r in (0, 1)]
 
 
 def _metrics(out_dir):
@@ -65,29 +73,28 @@ def _metrics(out_dir):
     return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]
 
 
-def test_full_parameter_kill_and_resume_equals_the_straight_run(demo_assets, tmp_path):
+def test_full_parameter_kill_and_resume_equals_the_straight_run(demo_assets, tmp_path, launches):
     args = FULL + ["grpo.max_steps=2", "run.save_every=1"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    proc = run_cli("train_grpo.py", f"output_dir={straight}", *args, launcher=_launcher(29753))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # The straight run goes on beside the killed run and its resumption (separate folders and ports).
+    straight_run = launches.start("train_grpo.py", f"output_dir={straight}", *args, launcher=_launcher(29753),
+                                  log=tmp_path / "straight.log")
 
     # The same run, killed (the launcher and both ranks) once its step-1 checkpoint is complete.
-    victim = subprocess.Popen(_launcher(29755) + [str(REPO / "bin" / "train_grpo.py"), f"output_dir={resumed}", *args],
-                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=user_env(),
-                              start_new_session=True)
+    victim = launches.start("train_grpo.py", f"output_dir={resumed}", *args, launcher=_launcher(29755),
+                            log=tmp_path / "victim.log")
     marker = resumed / "checkpoints" / "step-00000001" / "COMPLETE"
     deadline = time.time() + 600
     while not marker.exists() and victim.poll() is None and time.time() < deadline:
         time.sleep(0.02)
-    import os
-
-    os.killpg(victim.pid, signal.SIGKILL)
-    victim.wait()
+    launches.kill(victim)
     assert marker.exists(), "the run never wrote its step-1 checkpoint"
     assert not (resumed / "summary.json").exists(), "the run finished before it could be killed"
 
     proc = run_cli("train_grpo.py", f"output_dir={resumed}", *args, launcher=_launcher(29757))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    returncode, output = launches.wait(straight_run)
+    assert returncode == 0, output
     a, b = _metrics(straight), _metrics(resumed)
     assert [r["step"] for r in a] == [1, 2] and [r["step"] for r in b][-1:] == [2]
     by_step = {r["step"]: r for r in b}

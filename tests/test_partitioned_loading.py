@@ -65,25 +65,30 @@ def _write_300m_model(folder, tokenizer_dir, adapter_dir):
     return nbytes
 
 
-def _peak_rss(tmp_path, name, port, *overrides):
+def _start_peak_rss(launches, tmp_path, name, port, *overrides):
+    """Start the memory probe's 2-rank run; its output and run folder go to tmp_path/<name>/. Each rank reports
+    its own process's peak RSS, so runs that overlap in time do not change each other's figures."""
     import os
 
-    out = tmp_path / f"{name}.json"
+    (tmp_path / name).mkdir()
+    out = tmp_path / name / f"{name}.json"
     # glibc's malloc keeps freed blocks below its (growing) mmap threshold in its arenas, so a CPU run's RSS
     # would count every layer ever gathered; a fixed threshold returns them, as CUDA's allocator does.
-    proc = run_cli("../tests/_memory_probe.py", str(out), *overrides, launcher=LAUNCH_2 + [str(port)],
-                   timeout=900, env={"MALLOC_MMAP_THRESHOLD_": "131072", "OMP_NUM_THREADS": str(os.cpu_count())})
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    return [json.loads((tmp_path / f"{name}.json.rank{r}").read_text()) for r in (0, 1)]
+    return launches.start("../tests/_memory_probe.py", str(out), *overrides, launcher=LAUNCH_2 + [str(port)],
+                          log=tmp_path / f"{name}.log",
+                          env={"MALLOC_MMAP_THRESHOLD_": "131072", "OMP_NUM_THREADS": str(os.cpu_count())})
 
 
-def test_a_300m_model_costs_each_of_2_ranks_at_most_0_65x_its_bytes(demo_assets, tmp_path):
+def _peak_rss(launches, tmp_path, name, proc):
+    returncode, output = launches.wait(proc, timeout=900)
+    assert returncode == 0, output
+    return [json.loads((tmp_path / name / f"{name}.json.rank{r}").read_text()) for r in (0, 1)]
+
+
+def test_a_300m_model_costs_each_of_2_ranks_at_most_0_65x_its_bytes(demo_assets, tmp_path, launches):
     """One GRPO step without the gather-once generation: weights partitioned while loading (init_from
     merged layer by layer), sampled and trained layer by layer. The ZeRO-3 limits on live parameters are
     scaled to this model (1/20 of it live, as 1e9 of DeepSpeed's default is of a 20B model)."""
-    big = tmp_path / "qwen3_300m"
-    model_bytes = _write_300m_model(big, demo_assets.tokenizer_path, tmp_path / "stage1_adapter")
-    assert model_bytes >= 300e6 * 4
     ds = json.loads((ROOT / "ds_configs" / "zero3.json").read_text())
     ds.update(train_micro_batch_size_per_gpu=2, gradient_accumulation_steps=1)
     ds["zero_optimization"].update(stage3_max_live_parameters=16_000_000, stage3_max_reuse_distance=16_000_000,
@@ -93,9 +98,15 @@ def test_a_300m_model_costs_each_of_2_ranks_at_most_0_65x_its_bytes(demo_assets,
               "grpo.gather_for_generation=false", "grpo.gathered_policy_pass=false", "grpo.beta=0",
               "grpo.merge_adapter_for_generation=false", "grpo.max_completion_length=2", "grpo.group_size=2",
               "model.lora.r=4", "model.gradient_checkpointing=true", f"run.deepspeed={tmp_path / 'zero3.json'}"]
-    tiny = _peak_rss(tmp_path, "tiny", 29743, *common)
-    large = _peak_rss(tmp_path, "large", 29745, *common, f"model.path={big}", f"model.tokenizer={big}",
-                      f"model.init_from={tmp_path / 'stage1_adapter'}")
+    # The tiny policy's baseline run goes on while the 300M model is written and while it runs.
+    tiny_run = _start_peak_rss(launches, tmp_path, "tiny", 29743, *common)
+    big = tmp_path / "qwen3_300m"
+    model_bytes = _write_300m_model(big, demo_assets.tokenizer_path, tmp_path / "stage1_adapter")
+    assert model_bytes >= 300e6 * 4
+    large_run = _start_peak_rss(launches, tmp_path, "large", 29745, *common, f"model.path={big}",
+                                f"model.tokenizer={big}", f"model.init_from={tmp_path / 'stage1_adapter'}")
+    tiny = _peak_rss(launches, tmp_path, "tiny", tiny_run)
+    large = _peak_rss(launches, tmp_path, "large", large_run)
     for t, g in zip(tiny, large):
         extra = g["peak_rss"] - t["peak_rss"]
         print(f"rank {g['rank']}: peak RSS {g['peak_rss'] / 2**20:.0f} MiB, tiny policy {t['peak_rss'] / 2**20:.0f} "

@@ -33,6 +33,8 @@ TIBETAN_SYLLABLE_CHARS = (
 # Pre-tokenizer: a whole Tibetan syllable | one Han character | a run of spaces | a Latin word | a number.
 # Anything else (tsheg, shad, other punctuation) becomes its own piece between the matches.
 PRETOKENIZE_PATTERN = rf"[{TIBETAN_SYLLABLE_CHARS}]+|\p{{Han}}|\s+|\p{{Latin}}+|\p{{N}}+"
+# The same with a syllable's trailing tsheg (U+0F0B) in its piece: about half the tokens on Tibetan text.
+SYLLABLE_TSHEG_PATTERN = rf"[{TIBETAN_SYLLABLE_CHARS}]+\u0f0b?|\p{{Han}}|\s+|\p{{Latin}}+|\p{{N}}+"
 
 _TIBETAN_LETTER = regex.compile(r"[\u0f40-\u0f6c]")
 _HAN = regex.compile(r"\p{Han}")
@@ -190,7 +192,8 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
             f.write(json.dumps({"id": rec["id"], "bo": rec["bo"], "zh": rec["zh"]}, ensure_ascii=False) + "\n")
 
 
-def build_tokenizer(texts: list[str], output_dir: str | Path, *, vocab_size: int = 1536):
+def build_tokenizer(texts: list[str], output_dir: str | Path, *, vocab_size: int = 1536,
+                    pattern: str = PRETOKENIZE_PATTERN):
     """Train a byte-level BPE on ``texts`` and save it as a ``PreTrainedTokenizerFast`` directory.
 
     The pre-tokenizer keeps a Tibetan syllable whole (letters, vowel signs, subjoined letters), isolates
@@ -201,6 +204,8 @@ def build_tokenizer(texts: list[str], output_dir: str | Path, *, vocab_size: int
         texts: Training corpus.
         output_dir: Where to save.
         vocab_size: Upper bound of the vocabulary (the small demo corpus may give fewer merges).
+        pattern: Pre-tokenizer regex; its matches and the text between them are the pieces BPE merges
+            within (``SYLLABLE_TSHEG_PATTERN`` lets a syllable and its tsheg become one token).
 
     Returns:
         The saved ``PreTrainedTokenizerFast``.
@@ -213,7 +218,7 @@ def build_tokenizer(texts: list[str], output_dir: str | Path, *, vocab_size: int
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(PRETOKENIZE_PATTERN), behavior="isolated"),
+            pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
@@ -233,10 +238,12 @@ def build_tokenizer(texts: list[str], output_dir: str | Path, *, vocab_size: int
     return fast
 
 
-def build_policy(tokenizer, output_dir: str | Path, *, seed: int, num_layers: int = 2):
-    """Random-initialise a tiny ``Qwen3ForCausalLM`` sized to ``tokenizer`` and save it (+ tokenizer).
+def build_policy(tokenizer, output_dir: str | Path, *, seed: int, num_layers: int = 2, hidden_size: int = 128,
+                 intermediate_size: int = 256, num_heads: int = 4, num_kv_heads: int = 2):
+    """Random-initialise a small ``Qwen3ForCausalLM`` sized to ``tokenizer`` and save it (+ tokenizer).
 
-    Hidden 128, ``num_layers`` layers, 4 query heads and 2 kv heads of dim 32, MLP 256, tied embeddings.
+    Demo size by default: hidden 128, 2 layers, 4 query heads and 2 kv heads of dim 32, MLP 256, tied
+    embeddings. Heads always have dim ``hidden_size // num_heads``.
     """
     import torch
     from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
@@ -245,12 +252,12 @@ def build_policy(tokenizer, output_dir: str | Path, *, seed: int, num_layers: in
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
     config = Qwen3Config(
         vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=256,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
         num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=32,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        head_dim=hidden_size // num_heads,
         max_position_embeddings=512,
         tie_word_embeddings=True,
         bos_token_id=bos,
@@ -265,15 +272,18 @@ def build_policy(tokenizer, output_dir: str | Path, *, seed: int, num_layers: in
     return model
 
 
-def _marker_ok(root: Path, seed: int) -> bool:
+def _marker_ok(root: Path, seed: int, pretrain_epochs: int = 20) -> bool:
     try:
         marker = json.loads((root / MARKER_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return marker.get("version") == DEMO_VERSION and marker.get("seed") == seed
+    # A marker without the key predates it: such builds all pretrained the policy for the default 20 epochs.
+    return (marker.get("version") == DEMO_VERSION and marker.get("seed") == seed
+            and marker.get("pretrain_epochs", 20) == pretrain_epochs)
 
 
-def _build_into(work: Path, *, seed: int, encoder_epochs: int, log: Callable[[str], None]) -> dict:
+def _build_into(work: Path, *, seed: int, encoder_epochs: int, log: Callable[[str], None],
+                pretrain_epochs: int = 20) -> dict:
     from semgrpo.demo.tiny_encoder import build_tiny_encoder
     from semgrpo.demo.tiny_policy import pretrain_policy
     from semgrpo.embedder import train_embedder
@@ -292,7 +302,8 @@ def _build_into(work: Path, *, seed: int, encoder_epochs: int, log: Callable[[st
     build_policy(tokenizer, assets.policy_path, seed=seed)
     # Monolingual terms plus the training pairs as plain parallel text (never the dev pairs).
     parallel = [f"{r['zh']} {r['bo']}" for r in train]
-    base_loss = pretrain_policy(assets.policy_path, tokenizer, corpus + parallel, seed=seed, epochs=20, log=log)
+    base_loss = pretrain_policy(assets.policy_path, tokenizer, corpus + parallel, seed=seed,
+                                epochs=pretrain_epochs, log=log)
 
     init_dir = work / "encoder_init"
     encoder = build_tiny_encoder(assets.tokenizer_path, init_dir, seed=seed)
@@ -316,6 +327,7 @@ def _build_into(work: Path, *, seed: int, encoder_epochs: int, log: Callable[[st
     return {
         "version": DEMO_VERSION,
         "seed": seed,
+        "pretrain_epochs": pretrain_epochs,
         "num_pairs": len(pairs),
         "num_train": len(train),
         "num_dev": len(dev),
@@ -330,12 +342,14 @@ def build_demo(
     *,
     seed: int = 0,
     encoder_epochs: int = 12,
+    pretrain_epochs: int = 20,
     log: Callable[[str], None] = print,
 ) -> DemoAssets:
     """Build the offline demo assets once into ``cache_dir`` and return their paths.
 
-    The assets go to ``<cache_dir>/v<version>-seed<seed>``; when that folder holds a completion marker
-    with the same version and seed nothing is rebuilt. A build happens in a temporary sibling folder
+    The assets go to ``<cache_dir>/v<version>-seed<seed>`` (``-pretrain<pretrain_epochs>`` appended when
+    that is not the default 20); when that folder holds a completion marker with the same version, seed
+    and pretraining epochs nothing is rebuilt. A build happens in a temporary sibling folder
     that is renamed into place at the end, so a crash never leaves a half-built demo, and concurrent
     builders (one per rank) agree on whichever finished first. Same seed -> byte-identical files.
 
@@ -343,6 +357,8 @@ def build_demo(
         cache_dir: Cache folder; ``None`` -> ``default_cache_dir()``.
         seed: Seed of the split, the policy initialisation and the encoder training.
         encoder_epochs: Epochs of contrastive training of the tiny reward encoder.
+        pretrain_epochs: Epochs of causal-LM pretraining of the base policy. Fewer than the default give a
+            weaker policy in a folder of its own (for tests where its quality does not matter).
         log: Progress sink.
 
     Returns:
@@ -352,9 +368,12 @@ def build_demo(
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     if not isinstance(encoder_epochs, int) or encoder_epochs < 1:
         raise ValueError(f"encoder_epochs must be a positive int, got {encoder_epochs!r}")
+    if not isinstance(pretrain_epochs, int) or isinstance(pretrain_epochs, bool) or pretrain_epochs < 1:
+        raise ValueError(f"pretrain_epochs must be a positive int, got {pretrain_epochs!r}")
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    root = cache / f"v{DEMO_VERSION}-seed{seed}"
-    if _marker_ok(root, seed):
+    suffix = "" if pretrain_epochs == 20 else f"-pretrain{pretrain_epochs}"  # a short build never passes for the demo
+    root = cache / f"v{DEMO_VERSION}-seed{seed}{suffix}"
+    if _marker_ok(root, seed, pretrain_epochs):
         return DemoAssets.at(root)
 
     cache.mkdir(parents=True, exist_ok=True)
@@ -362,14 +381,15 @@ def build_demo(
     os.chmod(work, 0o755)  # mkdtemp makes it private; the cache may be shared
     try:
         start = time.perf_counter()
-        summary = _build_into(work, seed=seed, encoder_epochs=encoder_epochs, log=log)
+        summary = _build_into(work, seed=seed, encoder_epochs=encoder_epochs,
+                              pretrain_epochs=pretrain_epochs, log=log)
         (work / MARKER_NAME).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        if root.exists() and not _marker_ok(root, seed):
+        if root.exists() and not _marker_ok(root, seed, pretrain_epochs):
             shutil.rmtree(root, ignore_errors=True)  # a stale or foreign build: replace it
         try:
             os.rename(work, root)
         except OSError:
-            if not _marker_ok(root, seed):  # lost a race to a builder that did not finish either
+            if not _marker_ok(root, seed, pretrain_epochs):  # lost a race to a builder that did not finish either
                 raise
         log(f"demo: built {root} in {time.perf_counter() - start:.1f}s")
     finally:

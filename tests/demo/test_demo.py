@@ -26,11 +26,17 @@ def pairs():
     return cldr_pairs()
 
 
+# No test here depends on how well the base policy is trained, so their build pretrains it for 2 epochs instead
+# of the demo's 20 (single-threaded, about a minute on 2 cores); every build stage still runs. The demo's own
+# build (the session's `demo_assets`, default settings) is what the tests of the trained demo use.
+SHORT_PRETRAIN = 2
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     cache = tmp_path_factory.mktemp("demo_cache")
     lines = []
-    assets = build_demo(cache, seed=0, log=lines.append)
+    assets = build_demo(cache, seed=0, pretrain_epochs=SHORT_PRETRAIN, log=lines.append)
     return cache, assets, lines
 
 
@@ -85,34 +91,34 @@ def test_split_is_deterministic_disjoint_and_about_ten_percent(pairs):
 # ---------------------------------------------------------------- build
 
 
-def test_build_writes_jsonl_and_marker(built, pairs):
+def test_build_writes_jsonl_and_marker(built, pairs, demo_assets):
     cache, assets, lines = built
-    assert assets.root == cache / f"v{DEMO_VERSION}-seed0"
+    assert assets.root == cache / f"v{DEMO_VERSION}-seed0-pretrain{SHORT_PRETRAIN}"
+    assert demo_assets.root == demo.default_cache_dir() / f"v{DEMO_VERSION}-seed0"  # the default build's name
     train = [json.loads(x) for x in assets.train_path.read_text(encoding="utf-8").splitlines()]
     dev = [json.loads(x) for x in assets.dev_path.read_text(encoding="utf-8").splitlines()]
     assert (train, dev) == split_pairs(pairs, seed=0)
     marker = json.loads((assets.root / demo.MARKER_NAME).read_text())
     assert marker["version"] == DEMO_VERSION and marker["seed"] == 0
+    assert marker["pretrain_epochs"] == SHORT_PRETRAIN
     assert not [p for p in cache.iterdir() if p.name.startswith(".build")], "temp build dir left behind"
     assert any("built" in line for line in lines)
 
 
-def test_build_is_idempotent_and_deterministic(built, tmp_path, monkeypatch):
+def test_build_is_idempotent_and_deterministic(built, tmp_path, demo_assets):
     cache, assets, _ = built
     digest = _tree_digest(assets.root)
     lines = []
-    again = build_demo(cache, seed=0, log=lines.append)
+    again = build_demo(cache, seed=0, pretrain_epochs=SHORT_PRETRAIN, log=lines.append)
     assert again == assets and lines == [], "a completed build must be reused, not rebuilt"
     assert _tree_digest(assets.root) == digest
-    # Two more builds from scratch must be byte-identical. The policy's 20 pretraining epochs (single-threaded,
-    # a minute on 2 cores) become 2 here: every stage still runs, and determinism does not depend on the count.
-    from semgrpo.demo import tiny_policy
-
-    pretrain = tiny_policy.pretrain_policy
-    monkeypatch.setattr(tiny_policy, "pretrain_policy", lambda *a, **k: pretrain(*a, **{**k, "epochs": 2}))
-    first, second = (build_demo(tmp_path / name, seed=0, log=lambda s: None) for name in ("a", "b"))
-    assert _tree_digest(first.root) == _tree_digest(second.root), "same seed must give byte-identical files"
-    assert _tree_digest(first.root) != digest  # the short pretraining did take effect
+    # Two builds from scratch must be byte-identical: `built` and one more, with the same (short) pretraining;
+    # every stage still runs, and determinism does not depend on the epoch count.
+    fresh = build_demo(tmp_path / "a", seed=0, pretrain_epochs=SHORT_PRETRAIN, log=lambda s: None)
+    assert _tree_digest(fresh.root) == digest, "same seed must give byte-identical files"
+    # The short pretraining did take effect: not the demo's default build, down to the policy's weights.
+    assert _tree_digest(fresh.root) != _tree_digest(demo_assets.root)
+    assert _tree_digest(fresh.policy_path) != _tree_digest(demo_assets.policy_path)
 
 
 def test_stale_marker_is_not_trusted(tmp_path):
@@ -122,6 +128,12 @@ def test_stale_marker_is_not_trusted(tmp_path):
     assert not demo._marker_ok(root, 0)
     (root / demo.MARKER_NAME).write_text(json.dumps({"version": DEMO_VERSION, "seed": 3}))
     assert not demo._marker_ok(root, 0) and demo._marker_ok(root, 3)
+    assert demo._marker_ok(root, 3, 20)  # a marker from before the key: the default 20 pretraining epochs
+    # A build with fewer pretraining epochs never passes for the demo (nor the demo for it).
+    (root / demo.MARKER_NAME).write_text(json.dumps({"version": DEMO_VERSION, "seed": 3, "pretrain_epochs": 2}))
+    assert demo._marker_ok(root, 3, 2) and not demo._marker_ok(root, 3) and not demo._marker_ok(root, 3, 20)
+    (root / demo.MARKER_NAME).write_text(json.dumps({"version": DEMO_VERSION, "seed": 3, "pretrain_epochs": 20}))
+    assert demo._marker_ok(root, 3) and not demo._marker_ok(root, 3, 2)
     (root / demo.MARKER_NAME).write_text("{not json")
     assert not demo._marker_ok(root, 3)
 
@@ -135,6 +147,10 @@ def test_default_cache_dir_and_bad_options(monkeypatch, tmp_path):
         build_demo(tmp_path, seed=-1)
     with pytest.raises(ValueError, match="encoder_epochs"):
         build_demo(tmp_path, seed=0, encoder_epochs=0)
+    for bad in (0, True, 2.0):
+        with pytest.raises(ValueError, match="pretrain_epochs"):
+            build_demo(tmp_path, seed=0, pretrain_epochs=bad)
+    assert list(tmp_path.iterdir()) == []  # refused before anything is written
 
 
 # ---------------------------------------------------------------- tokenizer
