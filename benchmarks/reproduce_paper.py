@@ -94,7 +94,7 @@ def _jobs_for_seed(seed: int, cfg: dict, *, out: Path, trainer: Path, all_pairs:
     arm = lambda name: [f"{k}={v}" for k, v in (cfg["arms"].get(name) or {}).items()]
     common = ["--config", trainer, f"seed={seed}"]
     ev = cfg["evaluation"]
-    return [
+    return [  # cold_start, strong_sft, cold_start_grpo, evaluate
         Job(f"seed{seed}.cold_start", python_cmd(sft, *common, f"output_dir={d / 'cold_start'}",
                                                  f"data.train={all_pairs}", f"sft.samples={n_cold}",
                                                  *arm("cold_start"))),
@@ -166,8 +166,11 @@ def main(argv=None) -> int:
     trainer = _trainer_config(cfg, out, base, paths["mt_dev"])
     _say(f"arms: {n_cold} cold-start pairs, {n_pairs - n_cold} GRPO prompts, {n_pairs} Strong SFT pairs; "
          f"seeds {cfg['seeds']}; config {trainer}")
-    jobs = [j for s in cfg["seeds"] for j in _jobs_for_seed(s, cfg, out=out, trainer=trainer, all_pairs=all_pairs,
-                                                            rest=rest, n_cold=n_cold, base=base, dev=paths["mt_dev"])]
+    per_seed = [_jobs_for_seed(s, cfg, out=out, trainer=trainer, all_pairs=all_pairs, rest=rest, n_cold=n_cold,
+                               base=base, dev=paths["mt_dev"]) for s in cfg["seeds"]]
+    # Longest chains first: every cold start, then every GRPO run (the long stages), then Strong SFT, then
+    # the evaluations; a free slot takes the first stage in this order whose inputs are ready.
+    jobs = [seed_jobs[i] for i in (0, 2, 1, 3) for seed_jobs in per_seed]
     t_seeds = time.perf_counter()
     cores = os.cpu_count() or 1
     try:
