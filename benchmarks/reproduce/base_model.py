@@ -125,7 +125,10 @@ def _build_into(work: Path, s: BaseSettings, *, data_dir: str | Path, log) -> di
                            batch_size=s.batch_size, lr=s.lr, pack_tokens=s.block_tokens, cosine=True,
                            num_threads=s.threads, log_epochs=True, log=lambda m: log(f"base: {m}"))
     pretrain_seconds = time.perf_counter() - t0
-    ood = ood_nll(work / "policy", tokenizer, corpus, max_tokens=s.ood_max_tokens, limit=s.ood_passages)
+    # The pretraining text as token ids, once: the unigram baseline's counts and the token totals.
+    pretraining_ids = tokenizer(corpus.pretraining, add_special_tokens=False)["input_ids"]
+    ood = ood_nll(work / "policy", tokenizer, corpus, pretraining_ids, max_tokens=s.ood_max_tokens,
+                  limit=s.ood_passages)
     log(f"base: OOD NLL {ood['base_nll']:.3f} nats/token vs unigram {ood['unigram_nll']:.3f} "
         f"({ood['tokens']:,} tokens of {ood['passages']} passages)")
 
@@ -141,17 +144,14 @@ def _build_into(work: Path, s: BaseSettings, *, data_dir: str | Path, log) -> di
                           log=lambda m: log(f"encoder: {m}"))
     shutil.rmtree(init_dir)
     return {"settings": asdict(s), "vocab_size": len(tokenizer), "pretrain_loss": round(loss, 4),
-            "pretrain_seconds": round(pretrain_seconds, 1), "pretrain_tokens": _count_tokens(tokenizer, corpus),
+            "pretrain_seconds": round(pretrain_seconds, 1), "pretrain_tokens": {
+                "chinese": sum(map(len, pretraining_ids[:len(corpus.chinese)])),
+                "tibetan": sum(map(len, pretraining_ids[len(corpus.chinese):]))},
             "ood": ood, "encoder": {"before": diag["before"], "after": diag["after"]}}
 
 
-def _count_tokens(tokenizer, corpus: Corpus) -> dict:
-    ids = tokenizer(corpus.chinese + corpus.tibetan, add_special_tokens=False)["input_ids"]
-    n_zh = len(corpus.chinese)
-    return {"chinese": sum(map(len, ids[:n_zh])), "tibetan": sum(map(len, ids[n_zh:]))}
-
-
-def ood_nll(policy_dir: Path, tokenizer, corpus: Corpus, *, max_tokens: int, limit: int = 0) -> dict:
+def ood_nll(policy_dir: Path, tokenizer, corpus: Corpus, pretraining_ids: list[list[int]], *, max_tokens: int,
+            limit: int = 0) -> dict:
     """Mean NLL per predicted OOD token of the base and of a unigram model of the pretraining text.
 
     The windows and the predicted tokens are those of ``bin/evaluate.py`` (``semgrpo.eval.ood``); the
@@ -170,7 +170,7 @@ def ood_nll(policy_dir: Path, tokenizer, corpus: Corpus, *, max_tokens: int, lim
     base = drift_per_token(fn, fn, windows, pad_id=tokenizer.pad_token_id)["nll_base"]
 
     counts = Counter()
-    for ids in tokenizer(corpus.pretraining, add_special_tokens=False)["input_ids"]:
+    for ids in pretraining_ids:
         counts.update(ids)
         counts[tokenizer.eos_token_id] += 1
     total, vocab = sum(counts.values()), len(tokenizer)
