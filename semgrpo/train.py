@@ -159,7 +159,7 @@ def _step_metrics(engine, grpo: GRPOConfig, step: GlobalBatch, per_fn: dict, tot
         "reward/group_std_mean": _nanmean(step.group_std.float()),
         "loss": loss_stats["loss"], "kl": loss_stats["kl"], "clip_ratio/low": loss_stats["clip_ratio_low"],
         "clip_ratio/high": loss_stats["clip_ratio_high"], "clip_ratio/region": loss_stats["clip_ratio_region"],
-        "entropy": loss_stats["entropy"],
+        "entropy/mean": loss_stats["entropy"],
         "completion/mean_length": lengths.mean().item(), "completion/max_length": lengths.max().item(),
         "completion/trained_fraction": step.norm.sequences / len(step.all_rewards),
         "lr": engine.get_lr()[0],

@@ -17,7 +17,6 @@ import yaml
 
 from semgrpo.errors import UserError
 
-REWARD_FUNCTIONS = ("semantic", "language", "bleu", "length")
 PAPER_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -82,10 +81,19 @@ class RewardConfig:
     encoder: str = ""
     # Components of the reward; the paper's default and its ablations:
     # [semantic] | [semantic, language] | + bleu | + length.
+    # Beside the built-in names: a plugin `package.module:callable` (named after the callable) and a remote
+    # reward `http://host:port/path` (named `remote`); `name=spec` names either (semgrpo/config/reward_specs.py).
     functions: list[str] = field(default_factory=lambda: ["semantic", "language"])
+    # Weight of each component by name; a plugin or remote reward without one weighs 1.0.
     weights: dict[str, float] = field(
         default_factory=lambda: {"semantic": 1.5, "language": 1.0, "bleu": 1.0, "length": 1.0}
     )
+    # Constructor arguments of a plugin that is a class, by name: {name: {argument: value}}.
+    kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # A remote reward's timeout per request (seconds) and retries after a 5xx reply, a timeout or a refused
+    # connection (each retry waits twice as long as the one before, from 1 s).
+    remote_timeout: float = 60.0
+    remote_retries: int = 2
     # Threshold of R_sim: a number, or "auto" = mean similarity of the cold-start policy's greedy
     # outputs on `tau_samples` dev prompts, measured before the first step and stored with the run.
     tau: Any = "auto"
@@ -135,6 +143,11 @@ class GRPOConfig:
     epochs: float = 1.0
     # > 0 overrides epochs. A step = one generated batch (and num_iterations optimizer updates).
     max_steps: int = -1
+    # Dynamic sampling: when groups come back flat (every completion scored the same), draw the next prompts
+    # and sample again, up to max_resample more rounds, until each rank holds its full number of informative
+    # groups; then train on what it has. Steps stay steps: the run draws prompts ahead of the step count.
+    dynamic_sampling: bool = False
+    max_resample: int = 4
 
 
 @dataclass
@@ -146,8 +159,11 @@ class RunConfig:
     save_every: int = 50
     keep_last: int = 2
     log_every: int = 1
-    # Write a few completions to TensorBoard text every this many GRPO steps (0 = never).
+    # Write a few completions to the trackers every this many GRPO steps (0 = never).
     sample_every: int = 10
+    # Where scalars and completion tables go besides metrics.jsonl (always written; summary.json reads it):
+    # tensorboard, wandb (offline when there is no network), jsonl (adds samples.jsonl), or none.
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
     # GPU memory per device in GiB that the memory plan (semgrpo/memory_plan.py, printed before the model
     # loads) warns against; 0 = the first CUDA device's size, and no check on a machine without one.
     gpu_memory_gib: float = 0.0
@@ -266,8 +282,10 @@ def set_key(cfg: Config, dotted: str, value: Any, *, origin: str = "") -> None:
             )
         f = names[part]
         hint = _field_type(type(node), f)
-        if typing.get_origin(hint) is dict and i == len(parts) - 2:  # reward.weights.semantic=2.0
-            getattr(node, part).update(_coerce(dotted, {parts[-1]: value}, hint))
+        if typing.get_origin(hint) is dict and i < len(parts) - 1:  # reward.weights.semantic=2.0
+            for name in reversed(parts[i + 1:]):  # reward.kwargs.kiwi.batch_size=8 -> {kiwi: {batch_size: 8}}
+                value = {name: value}
+            _merge_mapping(getattr(node, part), _coerce(".".join(parts[: i + 1]), value, hint))
             return
         if i < len(parts) - 1:
             if _dataclass_type(type(node), f) is None:
@@ -278,9 +296,22 @@ def set_key(cfg: Config, dotted: str, value: Any, *, origin: str = "") -> None:
                 raise ConfigError(f"config key {dotted!r} is a section; set its fields, e.g. {dotted}.<field>")
             value = _coerce(dotted, value, hint)
             if isinstance(value, dict):  # a partial mapping keeps the other defaults
-                value = {**getattr(node, part), **value}
+                value = _merge_mapping(dict(getattr(node, part)), value)
             setattr(node, part, value)
 
+
+def _merge_mapping(old: dict, new: dict) -> dict:
+    """`old` updated in place with `new`, one level deep for nested mappings (reward.kwargs.<name>)."""
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(old.get(key), dict):
+            old[key] = {**old[key], **value}
+        else:
+            old[key] = value
+    return old
+
+
+# Keys whose value is a mapping (a YAML mapping under them is their value, not a section).
+MAPPING_KEYS = frozenset({"reward.weights", "reward.kwargs"})
 
 _SECTIONS = frozenset(f.name for f in dataclasses.fields(Config) if dataclasses.is_dataclass(f.default_factory))
 
@@ -296,7 +327,7 @@ def to_dict(cfg: Config) -> dict:
 def _flatten(tree: dict, prefix: str = ""):
     for key, value in tree.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and not dotted.endswith("weights"):
+        if isinstance(value, dict) and dotted not in MAPPING_KEYS:
             yield from _flatten(value, dotted + ".")
         else:
             yield dotted, value
@@ -342,6 +373,10 @@ def _coerce(key: str, value: Any, hint) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{key} must be a list of strings, got {value!r}")
         return list(value)
+    if origin is dict and typing.get_args(hint)[1] is not float:  # reward.kwargs: name -> {argument: value}
+        if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+            raise ConfigError(f"{key} must be a mapping of name: {{argument: value}}, got {value!r}")
+        return {str(k): {str(a): x for a, x in v.items()} for k, v in value.items()}
     if origin is dict:
         if not isinstance(value, dict) or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()

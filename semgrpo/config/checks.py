@@ -8,7 +8,8 @@ import math
 from typing import Any
 
 from semgrpo.batching import TRAINER_LOSS_TYPES
-from semgrpo.config import REWARD_FUNCTIONS, Config, ConfigError, get_key
+from semgrpo.config import Config, ConfigError, get_key
+from semgrpo.config.reward_specs import BUILTIN_REWARDS, reward_specs
 from semgrpo.ops.advantage import SCALES as SCALE_REWARDS  # the choices live with the ops that use them
 
 
@@ -22,14 +23,8 @@ def validate(cfg: Config) -> None:
     for key, choices in _choices().items():
         _choice(key, get_key(cfg, key), choices)
     g, r = cfg.grpo, cfg.reward
-    if not r.functions:
-        raise ConfigError("reward.functions is empty; choose from " + ", ".join(REWARD_FUNCTIONS))
-    for name in r.functions:
-        _choice("reward.functions", name, REWARD_FUNCTIONS)
-    for name, weight in r.weights.items():
-        _choice("reward.weights key", name, REWARD_FUNCTIONS)
-        if not math.isfinite(weight):
-            raise ConfigError(f"reward.weights.{name} must be a finite number, got {weight!r}")
+    _check_rewards(r)
+    _check_report_to(cfg.run.report_to)
     if r.tau != "auto" and not (_is_number(r.tau) and 0.0 <= float(r.tau) < 1.0):
         raise ConfigError(f"reward.tau must be 'auto' or a number in [0, 1), got {r.tau!r}")
     if r.length_ratio_min > r.length_ratio_max:
@@ -39,6 +34,42 @@ def validate(cfg: Config) -> None:
         raise ConfigError("grpo.merge_adapter_for_generation needs model.lora.enabled (there is no adapter to merge)")
     if g.max_steps <= 0 and g.epochs <= 0:
         raise ConfigError(f"grpo.epochs must be > 0 when grpo.max_steps is unset (-1 or 0), got {g.epochs!r}")
+
+
+def _check_rewards(r) -> None:
+    """reward.functions parse, and every name under reward.weights / reward.kwargs is one of them."""
+    if not r.functions:
+        raise ConfigError("reward.functions is empty; choose from " + ", ".join(BUILTIN_REWARDS)
+                          + ", a plugin package.module:callable or a remote http://host:port/path")
+    try:
+        specs = {spec.name: spec for spec in reward_specs(r.functions)}
+    except ValueError as exc:
+        raise ConfigError(f"reward.functions: {exc}") from None
+    for name, weight in r.weights.items():
+        if name not in specs and name not in BUILTIN_REWARDS:
+            raise ConfigError(f"reward.weights.{name} names no reward; reward.functions has "
+                              f"{', '.join(specs)}")
+        if not math.isfinite(weight):
+            raise ConfigError(f"reward.weights.{name} must be a finite number, got {weight!r}")
+    for name in r.kwargs:
+        if specs.get(name) is None or specs[name].kind != "plugin":
+            plugins = [n for n, s in specs.items() if s.kind == "plugin"]
+            raise ConfigError(f"reward.kwargs.{name} names no plugin reward; the plugins are "
+                              f"{', '.join(plugins) or 'none'}")
+
+
+REPORT_TO = ("tensorboard", "wandb", "jsonl", "none")
+
+
+def _check_report_to(report_to: list[str]) -> None:
+    if not report_to:
+        raise ConfigError("run.report_to is empty; give one or more of tensorboard, wandb, jsonl, or none")
+    for name in report_to:
+        _choice("run.report_to", name, REPORT_TO)
+    if "none" in report_to and len(report_to) > 1:
+        raise ConfigError(f"run.report_to: 'none' cannot be combined with others, got {report_to!r}")
+    if len(set(report_to)) != len(report_to):
+        raise ConfigError(f"run.report_to names a tracker twice: {report_to!r}")
 
 
 def _is_number(value: Any) -> bool:
@@ -81,6 +112,8 @@ _RANGES = {
     "reward.length_ratio_min": _within(0, lo_open=True),
     "reward.length_ratio_max": _within(0, lo_open=True),
     "reward.encoder_batch_size": _at_least(1),
+    "reward.remote_timeout": _within(0, lo_open=True),
+    "reward.remote_retries": _at_least(0),
     "grpo.group_size": _at_least(2),
     "grpo.temperature": _within(0, lo_open=True),
     "grpo.top_p": _within(0, 1, lo_open=True),
@@ -95,6 +128,7 @@ _RANGES = {
     "grpo.warmup_ratio": _within(0, 1),
     "grpo.epochs": _within(0),
     "grpo.max_steps": ((lambda v: v >= -1), ">= 1, or -1 / 0 to train for grpo.epochs"),
+    "grpo.max_resample": _at_least(0),
     "run.weight_decay": _within(0),
     "run.save_every": _at_least(1),
     "run.keep_last": _at_least(1),
