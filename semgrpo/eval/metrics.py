@@ -1,21 +1,31 @@
-"""Evaluation metrics: BLEU / chrF / ROUGE-L, CMRC 2018 EM/F1, OOD token NLL and KL, summary statistics.
+"""Evaluation metrics: BLEU / chrF / chrF++ / ROUGE-L, CMRC 2018 EM/F1, OOD token NLL and KL, summary statistics.
 
-Scales: BLEU, chrF and ROUGE-L are corpus-level scores in [0, 100] (sacrebleu's scale; the paper prints
-BLEU and ROUGE-L divided by 100). CMRC EM/F1/Avg are in [0, 100] as the official script reports them.
+Scales: BLEU, chrF, chrF++ and ROUGE-L are corpus-level scores in [0, 100] (sacrebleu's scale; the paper
+prints BLEU and ROUGE-L divided by 100). CMRC EM/F1/Avg are in [0, 100] as the official script reports them.
+
+chrF++ is chrF plus word unigrams and bigrams (sacrebleu's ``CHRF(word_order=2)``), averaged over the 6
+character and 2 word orders. Its character n-grams are chrF's. sacrebleu's words are the whitespace-separated
+tokens (ASCII punctuation split off their ends), which would make a whole Chinese line one "word", so the
+text it sees has the script's units spaced out: the words are the syllables for Tibetan (as in BLEU), and for
+Chinese each Han character and each CJK or full-width symbol, with runs of other characters (Latin words,
+numbers) kept whole between whitespace.
 
 Tokenization by output script (``script``):
 
 - ``"tibetan"``: tokens are syllables, split at tsheg and shad (and their variants) and whitespace by
   `semgrpo.script.text.tibetan_syllables`; the delimiters are dropped. BLEU sees the syllables joined by one
   space with sacrebleu's ``tokenize="none"``; chrF sees the same string (chrF ignores whitespace, so its
-  character n-grams run over syllable letters without tsheg/shad); ROUGE-L's tokens are the syllables.
-- ``"han"`` (Chinese): BLEU uses sacrebleu's ``zh`` tokenizer; chrF the raw text; ROUGE-L's tokens are the
-  characters that are not whitespace.
-- ``"latin"``: BLEU uses sacrebleu's default ``13a``; chrF the raw text; ROUGE-L rouge-score's default
-  tokenizer (lower-cased alphanumeric words).
+  character n-grams run over syllable letters without tsheg/shad), and so does chrF++ (its words: the
+  syllables); ROUGE-L's tokens are the syllables.
+- ``"han"`` (Chinese): BLEU uses sacrebleu's ``zh`` tokenizer; chrF the raw text; chrF++ the raw text with
+  spaces around each Han character and CJK/full-width symbol; ROUGE-L's tokens are the characters that are
+  not whitespace.
+- ``"latin"``: BLEU uses sacrebleu's default ``13a``; chrF and chrF++ the raw text; ROUGE-L rouge-score's
+  default tokenizer (lower-cased alphanumeric words).
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,11 +34,15 @@ import torch
 from semgrpo.eval.cmrc import cmrc_scores
 from semgrpo.script.text import tibetan_syllables
 
-__all__ = ["METRIC_SCRIPTS", "bleu", "chrf", "rouge_l", "cmrc_scores", "token_nll_kl", "summarize",
-           "nll_kl_summary", "similarity_stats", "metric_tokens"]
+__all__ = ["METRIC_SCRIPTS", "bleu", "chrf", "chrf_pp", "chrf_pp_text", "rouge_l", "cmrc_scores", "token_nll_kl",
+           "summarize", "nll_kl_summary", "similarity_stats", "metric_tokens"]
 
 METRIC_SCRIPTS = ("tibetan", "han", "latin")
 _BLEU_TOKENIZE = {"tibetan": "none", "han": "zh", "latin": "13a"}
+# One chrF++ word each in Chinese text: CJK radicals, CJK symbols and punctuation, Han ideographs (extension A,
+# the main block, compatibility ideographs, extensions B and on), CJK compatibility forms, half/full-width forms.
+_HAN_WORD_CHAR = re.compile("([\u2e80-\u2fdf\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+                            "\ufe30-\ufe4f\uff00-\uffef\U00020000-\U0003ffff])")
 
 
 def _check_pairs(hypotheses: Sequence[str], references: Sequence[str], script: str) -> None:
@@ -65,6 +79,20 @@ def _prepare(texts: Sequence[str], script: str) -> list[str]:
     return list(texts)
 
 
+def chrf_pp_text(text: str, *, script: str) -> str:
+    """The string chrF++ scores for one text: its words separated by single spaces (module docstring).
+
+    Removing the spaces gives the string chrF scores, so chrF++'s character n-grams are chrF's.
+    """
+    if script == "tibetan":
+        return " ".join(tibetan_syllables(text))
+    if script == "han":
+        return " ".join(_HAN_WORD_CHAR.sub(r" \1 ", text).split())
+    if script == "latin":
+        return text
+    raise ValueError(f"script must be one of {METRIC_SCRIPTS}, got {script!r}")
+
+
 def bleu(hypotheses: Sequence[str], references: Sequence[str], *, script: str) -> float:
     """Corpus BLEU-4 (sacrebleu defaults, one reference per hypothesis), in [0, 100].
 
@@ -92,6 +120,21 @@ def chrf(hypotheses: Sequence[str], references: Sequence[str], *, script: str) -
 
     _check_pairs(hypotheses, references, script)
     return float(sacrebleu.corpus_chrf(_prepare(hypotheses, script), [_prepare(references, script)]).score)
+
+
+def chrf_pp(hypotheses: Sequence[str], references: Sequence[str], *, script: str) -> float:
+    """Corpus chrF++ (sacrebleu's CHRF with word_order=2: character 6-grams and word 2-grams, beta 2), in [0, 100].
+
+    The words are the script's units (`chrf_pp_text`): Tibetan syllables, Chinese characters.
+
+    Args and Raises: as `bleu`.
+    """
+    from sacrebleu.metrics import CHRF
+
+    _check_pairs(hypotheses, references, script)
+    hyps = [chrf_pp_text(t, script=script) for t in hypotheses]
+    refs = [chrf_pp_text(t, script=script) for t in references]
+    return float(CHRF(word_order=2).corpus_score(hyps, [refs]).score)
 
 
 class _ScriptTokenizer:

@@ -1,9 +1,10 @@
 """Markdown tables and PNG plots from an evaluation result (schema ``"semgrpo.eval/1"``, eval.json).
 
 Layouts follow the paper: Table 3 (task metric, similarity, CMRC, LLM-judge win, gap rows), Table 4
-(few-shot transfer) and Appendix C Table 6 (OOD token NLL and KL to the baseline). Input scales are those
-of `semgrpo.eval.metrics`: BLEU / ROUGE-L and CMRC in [0, 100]; the paper prints BLEU / ROUGE-L as fractions,
-so these tables divide them by 100. Missing values print as "–".
+(few-shot transfer) and Appendix C Table 6 (OOD token NLL and KL to the baseline); one more table lists every
+reference metric (BLEU, chrF, chrF++, ROUGE-L on sacrebleu's 0-100 scale, the target-script share).
+Input scales are those of `semgrpo.eval.metrics`: BLEU / ROUGE-L and CMRC in [0, 100]; the paper prints
+BLEU / ROUGE-L as fractions, so Tables 3 and 4 divide them by 100. Missing values print as "–".
 """
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ import numpy as np
 
 from semgrpo.files import write_text_atomic
 
-__all__ = ["SCHEMA", "validate_result", "table3_markdown", "table4_markdown", "appendix_c_markdown",
+__all__ = ["SCHEMA", "validate_result", "table3_markdown", "table4_markdown", "reference_metrics_markdown",
+           "appendix_c_markdown",
            "plot_alignment_tax", "plot_ood_distributions", "write_report"]
 
 SCHEMA = "semgrpo.eval/1"
 DASH = "–"
-_METRIC_NAMES = {"bleu": "BLEU", "rouge_l": "ROUGE-L", "chrf": "chrF"}
+_METRIC_NAMES = {"bleu": "BLEU", "rouge_l": "ROUGE-L", "chrf": "chrF", "chrf_pp": "chrF++"}
 _TASK_NAMES = {"mt_bo_zh": "Tibetan–Chinese Machine Translation (MT)",
                "mt_zh_bo": "Chinese–Tibetan Machine Translation (MT)",
                "hg_bo": "Tibetan Headline Generation (HG)"}
@@ -124,6 +126,17 @@ def table3_markdown(result) -> str:
         out += f"\n\n**Alignment tax vs {base}** (CMRC points; negative = forgetting)\n\n"
         out += _table(["Model"] + [h for _, h in keys], tax)
     return out
+
+
+def reference_metrics_markdown(result) -> str:
+    """Model | BLEU | chrF | chrF++ | ROUGE-L (0-100) | Target script (share), rows in model order.
+
+    A metric the result lacks (chrF++ in an eval.json written before it existed) prints as "–".
+    """
+    validate_result(result)
+    keys = [("bleu", 2), ("chrf", 2), ("chrf_pp", 2), ("rouge_l", 2), ("script_consistent", 3)]
+    rows = [[n] + [_fmt(_num(_get(m, "task", k)), d) for k, d in keys] for n, m in result["models"].items()]
+    return _table(["Model", "BLEU", "chrF", "chrF++", "ROUGE-L", "Target script"], rows)
 
 
 def table4_markdown(result) -> str:
@@ -290,6 +303,7 @@ def write_report(result, out_dir, *, tokens=None) -> dict[str, Path]:
              "## Task performance vs alignment tax (Table 3)", table3_markdown(result)]
     if tax is not None:
         parts.append(f"![Alignment tax]({tax.name})")
+    parts += ["## Reference metrics", reference_metrics_markdown(result)]
     appendix = appendix_c_markdown(result)
     if appendix:
         parts += ["## OOD log-likelihood and KL (Appendix C, Table 6)", appendix]

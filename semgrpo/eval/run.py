@@ -1,7 +1,7 @@
 """One evaluation: every model on the task, on CMRC 2018 and on OOD text, optionally judged pairwise.
 
 `run_evaluation(settings)` loads the base once (`models.ModelBench`), then per model: greedy task
-outputs -> BLEU/chrF/ROUGE-L, semantic similarity, script consistency; CMRC answers by generation ->
+outputs -> BLEU/chrF/chrF++/ROUGE-L, semantic similarity, script consistency; CMRC answers by generation ->
 EM/F1/Avg; OOD passages -> token NLL and KL vs the base. Then the LLM judge (when a URL is given) and
 the files: `eval.json` (schema "semgrpo.eval/1", see `report`), `outputs.jsonl`, `ood_tokens.npz`,
 `eval.md` and the plots.
@@ -19,7 +19,7 @@ import torch
 from semgrpo.config import ConfigError
 from semgrpo.data import build_examples, load_records
 from semgrpo.eval.generation import cmrc_prompt_ids, cmrc_questions, first_answer_line, generate_texts, load_cmrc
-from semgrpo.eval.metrics import bleu, chrf, cmrc_scores, nll_kl_summary, rouge_l, similarity_stats
+from semgrpo.eval.metrics import bleu, chrf, chrf_pp, cmrc_scores, nll_kl_summary, rouge_l, similarity_stats
 from semgrpo.eval.models import ModelBench, ModelSpec, check_adapter, logits_fn
 from semgrpo.eval.ood import drift_per_token, encode_windows, load_passages
 from semgrpo.eval.report import write_report
@@ -186,7 +186,8 @@ def _task_scores(texts, examples, script, similarity) -> dict:
     refs = [ex.reference for ex in examples]
     metric_script = script if script in ("tibetan", "han") else "latin"
     out = {"n": len(texts), "bleu": bleu(texts, refs, script=metric_script),
-           "chrf": chrf(texts, refs, script=metric_script), "rouge_l": rouge_l(texts, refs, script=metric_script),
+           "chrf": chrf(texts, refs, script=metric_script), "chrf_pp": chrf_pp(texts, refs, script=metric_script),
+           "rouge_l": rouge_l(texts, refs, script=metric_script),
            "script_consistent": float(np.mean(script_consistent(texts, script=script))), "similarity": None}
     if similarity is not None:
         out["similarity"] = similarity_stats(similarity.similarity(texts, refs))
@@ -238,7 +239,7 @@ def _judge(client, s: EvalSettings, task_name: str, sources, examples, outputs, 
 
 def _headline(entry: dict) -> str:
     t, parts = entry["task"], []
-    parts.append(f"BLEU {t['bleu']:.2f} chrF {t['chrf']:.2f} ROUGE-L {t['rouge_l']:.2f}")
+    parts.append(f"BLEU {t['bleu']:.2f} chrF {t['chrf']:.2f} chrF++ {t['chrf_pp']:.2f} ROUGE-L {t['rouge_l']:.2f}")
     if t["similarity"]:
         parts.append(f"similarity {t['similarity']['mean']:.4f}")
     if entry["cmrc"]:

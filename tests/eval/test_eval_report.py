@@ -10,6 +10,7 @@ from semgrpo.eval.report import (
     appendix_c_markdown,
     plot_alignment_tax,
     plot_ood_distributions,
+    reference_metrics_markdown,
     table3_markdown,
     table4_markdown,
     write_report,
@@ -31,7 +32,7 @@ def load_token_arrays(path) -> dict[str, dict[str, np.ndarray]]:
 
 
 def _task(bleu, sim):
-    return {"n": 100, "bleu": bleu, "chrf": 40.0, "rouge_l": bleu / 2,
+    return {"n": 100, "bleu": bleu, "chrf": 40.0, "chrf_pp": 37.5, "rouge_l": bleu / 2, "script_consistent": 0.95,
             "similarity": {"mean": sim, "median": sim, "p10": sim - 0.2, "p90": sim + 0.1}}
 
 
@@ -125,6 +126,24 @@ def test_pipe_in_model_name_is_escaped():
     r = _result()
     r["models"] = {"a|b" if k == "ext" else k: v for k, v in r["models"].items()}
     assert "| a\\|b | – | – |" in table3_markdown(r)
+
+
+def test_reference_metrics_table():
+    r = _result()
+    del r["models"]["base"]["task"]["chrf_pp"]  # an eval.json from before chrF++: a dash, no error
+    md = reference_metrics_markdown(r)
+    assert md.splitlines()[0] == "| Model | BLEU | chrF | chrF++ | ROUGE-L | Target script |"
+    assert _row(md, "strong_sft") == ["60.06", "40.00", "37.50", "30.03", "0.950"]
+    assert _row(md, "base") == ["30.00", "40.00", "–", "15.00", "0.950"]
+    assert _row(md, "ext") == ["–"] * 5
+
+
+def test_chrf_pp_as_the_task_metric():
+    r = _result()
+    r["task_metric"] = "chrf_pp"
+    md = table3_markdown(r)
+    assert md.splitlines()[0].startswith("| Model | chrF++ | Similarity |")
+    assert _row(md, "rl")[0] == "0.3750"
 
 
 def test_table4_transfer_layout():
@@ -231,7 +250,7 @@ def test_write_report(tmp_path):
                                                             "report"]
     md = paths["report"].read_text(encoding="utf-8")
     assert md.startswith("# Evaluation: Tibetan–Chinese Machine Translation (MT)")
-    for text in ("Table 3", "Alignment tax vs base", "Table 6", "(b) KL to base", "![Alignment tax](alignment_tax.png)",
+    for text in ("Table 3", "Alignment tax vs base", "## Reference metrics", "| BLEU | chrF | chrF++ | ROUGE-L |", "Table 6", "(b) KL to base", "![Alignment tax](alignment_tax.png)",
                  "![OOD distributions](ood_distributions.png)", "`rl`: runs/grpo (task n=100, CMRC 50 questions, "
                  "OOD 5000 tokens)", "- max_new_tokens: 256", "judge-llm", "`ext`: elsewhere (no results)"):
         assert text in md, text

@@ -67,6 +67,7 @@ def test_evaluate_run_end_to_end(two_stage_run, demo_assets):
     assert grpo["adapters"] == [str(a) for a in two_stage_run["adapters"]]
     assert base["ood"]["kl"]["mean"] == 0.0 and base["ood"]["delta_nll"]["mean"] == 0.0
     assert grpo["task"]["n"] == 6 and 0.0 <= grpo["task"]["bleu"] <= 100.0
+    assert all(0.0 <= grpo["task"][k] <= 100.0 for k in ("chrf", "chrf_pp", "rouge_l"))
     assert grpo["cmrc"]["total"] == 2 and 0.0 <= grpo["cmrc"]["f1"] <= 100.0
 
     # Independent path: both adapters merged into the base one after another, KL by hand.

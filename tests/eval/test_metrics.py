@@ -1,4 +1,4 @@
-"""semgrpo.eval.metrics: CMRC 2018 EM/F1 on hand-computed cases, BLEU/chrF vs sacrebleu, Tibetan ROUGE-L,
+"""semgrpo.eval.metrics: CMRC 2018 EM/F1 on hand-computed cases, BLEU/chrF/chrF++ vs sacrebleu, Tibetan ROUGE-L,
 token NLL/KL vs a direct torch computation, summary statistics, bad input."""
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import regex
 import sacrebleu
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,8 @@ from semgrpo.eval.cmrc import cmrc_em, cmrc_f1, cmrc_segment
 from semgrpo.eval.metrics import (
     bleu,
     chrf,
+    chrf_pp,
+    chrf_pp_text,
     cmrc_scores,
     metric_tokens,
     nll_kl_summary,
@@ -24,6 +27,7 @@ from semgrpo.eval.metrics import (
     summarize,
     token_nll_kl,
 )
+from semgrpo.script.text import tibetan_syllables
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
@@ -168,7 +172,73 @@ def test_rouge_l_chinese_characters():
     assert rouge_l(["今天很好"], ["今天天气很好"], script="han") == pytest.approx(80.0)
 
 
-@pytest.mark.parametrize("fn", [bleu, chrf, rouge_l])
+def test_chrf_pp_words_per_script():
+    # Tibetan: the syllables (BLEU's tokens); Chinese: each Han character and CJK/full-width symbol, other runs whole
+    assert [chrf_pp_text(t, script="tibetan") for t in BO_HYP] == BO_HYP_SYL
+    assert chrf_pp_text("我们去 iPhone 7手机，好吗？ok.", script="han") == "我 们 去 iPhone 7 手 机 ， 好 吗 ？ ok."
+    assert chrf_pp_text("简 供\u3000𠀀", script="han") == "简 供 𠀀"  # ideographic space, extension B
+    assert chrf_pp_text("Hello, world!", script="latin") == "Hello, world!"
+    # Without its spaces it is what chrF scores, so chrF++'s character n-grams are chrF's
+    for t in ZH_HYP + ["我们去 iPhone 7手机，好吗？"]:
+        assert "".join(chrf_pp_text(t, script="han").split()) == "".join(t.split())
+    with pytest.raises(ValueError, match="script"):
+        chrf_pp_text("a", script="klingon")
+
+
+def test_chrf_pp_hand_computed_chinese():
+    # hyp [今 天 很 好], ref [今 天 天 气 很 好]. Character n-grams: 1-grams 4 of 4 hyp / 6 ref match, 2-grams
+    # 2 of 3 / 5 (今天, 很好), 3- and 4-grams none of 2 / 4 and 1 / 3; the hyp has no 5- or 6-grams, so those
+    # orders are left out. Words are the characters: word 1-grams and 2-grams count as character 1- and 2-grams.
+    # sacrebleu averages P and R over the 6 orders left and takes F-beta (beta 2) of the averages.
+    p = [4 / 4, 2 / 3, 0 / 2, 0 / 1, 4 / 4, 2 / 3]
+    r = [4 / 6, 2 / 5, 0 / 4, 0 / 3, 4 / 6, 2 / 5]
+    ap, ar = sum(p) / 6, sum(r) / 6
+    assert chrf_pp(["今天很好"], ["今天天气很好"], script="han") == pytest.approx(100 * 5 * ap * ar / (4 * ap + ar))
+
+
+def _dev_pairs():
+    path = DATA / "bo_zh_openpecha" / "dev.jsonl"
+    if not path.is_file():
+        pytest.skip(f"{path} not found (the shared data sits beside the checkout, ../shared/data)")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _first_half(text: str, script: str) -> str:
+    if script == "tibetan":
+        syllables = tibetan_syllables(text)
+        return "་".join(syllables[: max(1, len(syllables) // 2)])
+    return text[: max(1, len(text) // 2)]
+
+
+@pytest.mark.parametrize("field, script", [("bo", "tibetan"), ("zh", "han")])
+def test_chrf_pp_equals_sacrebleu_on_dev_pairs(field, script):
+    """The 244 dev pairs of the OpenPecha corpus: a third of the outputs exact, a third the next line's reference,
+    a third the first half of the reference (by syllable / character)."""
+    refs = [r[field] for r in _dev_pairs()]
+    hyps = [ref if i % 3 == 0 else refs[(i + 1) % len(refs)] if i % 3 == 1 else _first_half(ref, script)
+            for i, ref in enumerate(refs)]
+    hyp_words, ref_words = ([chrf_pp_text(t, script=script) for t in texts] for texts in (hyps, refs))
+    for text, w in zip(refs, ref_words):
+        if script == "tibetan":  # the syllables ROUGE-L counts
+            assert w.split() == metric_tokens(text, script="tibetan")
+        else:  # the text itself, each Han character a word of its own ("——" may stay one punctuation word)
+            assert "".join(w.split()) == "".join(text.split())
+            assert all(len(word) == 1 or not regex.search(r"\p{Han}", word) for word in w.split()), w
+    expected = sacrebleu.corpus_chrf(hyp_words, [ref_words], word_order=2).score
+    assert chrf_pp(hyps, refs, script=script) == expected
+    assert expected == sacrebleu.metrics.CHRF(word_order=2).corpus_score(hyp_words, [ref_words]).score
+    assert 20 < expected < 90
+    # its character part is chrF's
+    assert sacrebleu.metrics.CHRF(word_order=0).corpus_score(hyp_words, [ref_words]).score == chrf(hyps, refs, script=script)
+    assert chrf_pp(refs, refs, script=script) == pytest.approx(100.0)
+
+
+def test_chrf_pp_empty_outputs_score_zero():
+    assert chrf_pp(["", "  "], ["今天", "很好"], script="han") == 0.0
+    assert chrf_pp(["།", "་"], ["ཀ་ཁ", "ག"], script="tibetan") == 0.0  # delimiters only: no syllable
+
+
+@pytest.mark.parametrize("fn", [bleu, chrf, chrf_pp, rouge_l])
 def test_text_metrics_bad_input(fn):
     with pytest.raises(ValueError, match="same length"):
         fn(["a", "b"], ["a"], script="han")
