@@ -51,7 +51,7 @@ setup(
     packages=find_packages(include=["semgrpo", "semgrpo.*"]),
     python_requires=">=3.10",
     install_requires=_requirements("requirements.txt"),
-    extras_require={"test": _requirements("requirements-test.txt")},
+    extras_require={"test": _requirements("requirements-test.txt"), "wandb": ["wandb==0.31.0"]},
     ext_modules=EXTENSIONS,
     cmdclass={"build_ext": OptionalBuildExt},
 )

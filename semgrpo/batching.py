@@ -1,5 +1,5 @@
-"""Batch sizes from the DeepSpeed JSON, cross-checked against GRPO's group size; the prompt order; and each
-micro-batch's share of the global batch's loss.
+"""Batch sizes from the DeepSpeed JSON, cross-checked against GRPO's group size; the prompt order and the
+stream of batches drawn from it; and each micro-batch's share of the global batch's loss.
 
 In GRPO the DeepSpeed micro batch counts *completions*: one optimizer step consumes
 `micro * grad_accum * world` completions, i.e. that many / G prompts. Each rank owns whole groups, so
@@ -140,6 +140,23 @@ class PromptOrder:
         batch = perm[offset * self.prompts_per_step : (offset + 1) * self.prompts_per_step]
         per_rank = self.prompts_per_step // world_size
         return batch[rank * per_rank : (rank + 1) * per_rank].tolist()
+
+
+class PromptStream:
+    """The prompt order read batch after batch: one batch per step, more with dynamic sampling.
+
+    `position` counts the batches drawn so far (== steps taken without dynamic sampling); checkpoints store
+    it, so a resumed run draws exactly the prompts the uninterrupted one would have.
+    """
+
+    def __init__(self, order: PromptOrder, examples: list, *, position: int):
+        self.order, self.examples, self.position = order, examples, position
+
+    def next_batch(self) -> list:
+        """This rank's examples of the next batch of the order."""
+        ids = self.order.indices(self.position, rank=dist.rank(), world_size=dist.world_size())
+        self.position += 1
+        return [self.examples[i] for i in ids]
 
 
 # What a GRPO step reports from its loss, by name (loss first, then the stats of policy_loss_from_logps).

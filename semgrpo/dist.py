@@ -81,6 +81,26 @@ def sum_across(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def raise_on_any_rank(error: BaseException | None) -> None:
+    """Collective: raise on every rank when any rank has an `error` (a UserError subclass).
+
+    A rank with its own error raises it; the others raise the same type with the lowest failing rank's message,
+    prefixed by that rank. Nothing happens when no rank has one.
+    """
+    if _skip():
+        if error is not None:
+            raise error
+        return
+    messages = [None] * world_size()
+    torch_dist.all_gather_object(messages, None if error is None else (type(error), str(error)))
+    failed = [(r, m) for r, m in enumerate(messages) if m is not None]
+    if error is not None:
+        raise error
+    if failed:
+        r, (kind, message) = failed[0]
+        raise kind(f"rank {r}: {message}")
+
+
 def rank_share(items: Sequence[T]) -> tuple[list[T], int]:
     """This rank's contiguous share of `items`, padded so that every rank gets the same number.
 

@@ -1,7 +1,8 @@
 """Reward functions (paper 3.4) and their weighted sum.
 
 Each function has the TRL shape `(prompts, completions, references) -> list[float | None]`, so any of
-them can be handed to another trainer, and any TRL-style function can be added here. None means "does
+them can be handed to another trainer. Beside the built-ins below, `reward.functions` takes a plugin
+callable (reward_plugins.py) and a remote reward server (reward_remote.py). None means "does
 not apply to this sample" and becomes NaN: the weighted sum ignores it (nansum), and a sample whose every
 component is NaN gets NaN, which group_advantages turns into advantage 0.
 
@@ -9,11 +10,15 @@ component is NaN gets NaN, which group_advantages turns into advantage 0.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
 
+from semgrpo import dist
 from semgrpo.config import ConfigError, RewardConfig
+from semgrpo.config.reward_specs import reward_specs
+from semgrpo.errors import UserError
 from semgrpo.ops import semantic_reward
 from semgrpo.script import script_consistent
 from semgrpo.script.text import tibetan_syllables
@@ -109,8 +114,14 @@ class LengthConstraint:
                 for c, r in zip(completions, references)]
 
 
+class RewardError(UserError):
+    """A reward gave what the trainer cannot use (wrong count, not numbers) or its server failed."""
+
+
 def build_reward_functions(cfg: RewardConfig, *, encoder, script: str) -> dict[str, RewardFn]:
-    """The configured components, in config order, keyed by name."""
+    """The configured components, in config order, keyed by name (plugins imported, classes built once)."""
+    from semgrpo.reward_plugins import load_plugin
+
     tau = None if cfg.tau == "auto" else float(cfg.tau)
     makers = {
         "semantic": lambda: SemanticSimilarity(encoder, tau=tau, batch_size=cfg.encoder_batch_size),
@@ -121,7 +132,18 @@ def build_reward_functions(cfg: RewardConfig, *, encoder, script: str) -> dict[s
     }
     if "semantic" in cfg.functions and encoder is None:
         raise ConfigError("reward.functions has 'semantic' but reward.encoder is not set")
-    return {name: makers[name]() for name in cfg.functions}
+    functions = {}
+    for spec in reward_specs(cfg.functions):  # the config checks already named a bad entry
+        if spec.kind == "builtin":
+            functions[spec.name] = makers[spec.name]()
+        elif spec.kind == "plugin":
+            functions[spec.name] = load_plugin(spec, cfg.kwargs.get(spec.name, {}))
+        else:
+            from semgrpo.reward_remote import RemoteReward
+
+            functions[spec.name] = RemoteReward(spec.target, name=spec.name, timeout=cfg.remote_timeout,
+                                                retries=cfg.remote_retries)
+    return functions
 
 
 def score(functions: dict[str, RewardFn], weights: dict[str, float], prompts, completions, references,
@@ -133,13 +155,42 @@ def score(functions: dict[str, RewardFn], weights: dict[str, float], prompts, co
     """
     per_fn = {}
     for name, fn in functions.items():
-        values = fn(prompts, completions, references)
-        if len(values) != len(completions):
-            raise ValueError(f"reward function {name!r} returned {len(values)} values "
-                             f"for {len(completions)} completions")
-        per_fn[name] = torch.tensor([float("nan") if v is None else float(v) for v in values],
-                                    dtype=torch.float32, device=device)
+        values = _checked_values(name, fn(prompts, completions, references), len(completions))
+        per_fn[name] = torch.tensor(values, dtype=torch.float32, device=device)
     stacked = torch.stack([per_fn[n] * weights.get(n, 1.0) for n in functions], dim=1)
     total = torch.nansum(stacked, dim=1)
     total[torch.isnan(stacked).all(dim=1)] = float("nan")
     return total, per_fn
+
+
+def score_on_every_rank(functions, weights, prompts, completions, references, *, device=None):
+    """`score`, collectively: a RewardError on any rank is raised on every rank (the lowest failing rank's
+    message), so that no rank waits forever at the step's next collective while another has stopped."""
+    error, result = None, None
+    try:
+        result = score(functions, weights, prompts, completions, references, device=device)
+    except RewardError as exc:
+        error = exc
+    dist.raise_on_any_rank(error)
+    return result
+
+
+def _checked_values(name: str, values, expected: int) -> list[float]:
+    """A reward's values as floats (None and NaN -> NaN); anything else fails loudly, never as 0."""
+    if hasattr(values, "tolist") and not isinstance(values, (list, tuple)):  # numpy arrays, tensors
+        values = values.tolist()
+    if not isinstance(values, (list, tuple)):
+        raise RewardError(f"reward {name!r} returned a {type(values).__name__}; expected a list of "
+                          f"{expected} numbers or None")
+    if len(values) != expected:
+        raise RewardError(f"reward {name!r} returned {len(values)} values for {expected} completions")
+    out = []
+    for i, v in enumerate(values):
+        if v is None:
+            out.append(float("nan"))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and (math.isfinite(v) or math.isnan(v)):
+            out.append(float(v))
+        else:
+            raise RewardError(f"reward {name!r} returned {v!r} at position {i}; expected a finite number or None"
+                              + (" (return 1.0 / 0.0, not True / False)" if isinstance(v, bool) else ""))
+    return out

@@ -42,6 +42,22 @@ class Rollout:
         return Rollout(*(t[rows] for t in (self.prompt_ids, self.prompt_mask, self.completion_ids,
                                            self.completion_mask)))
 
+    @staticmethod
+    def cat(parts: list[Rollout], *, pad_id: int) -> Rollout:
+        """Rows of several rollouts in order; prompts padded on the left and completions on the right to the
+        widest part (padding is masked out, so each row's tokens and positions are unchanged)."""
+        p_width = max(r.prompt_ids.shape[1] for r in parts)
+        c_width = max(r.completion_ids.shape[1] for r in parts)
+
+        def padded(t, width, *, left, value):
+            extra = width - t.shape[1]
+            return torch.nn.functional.pad(t, (extra, 0) if left else (0, extra), value=value)
+
+        return Rollout(torch.cat([padded(r.prompt_ids, p_width, left=True, value=pad_id) for r in parts]),
+                       torch.cat([padded(r.prompt_mask, p_width, left=True, value=0) for r in parts]),
+                       torch.cat([padded(r.completion_ids, c_width, left=False, value=pad_id) for r in parts]),
+                       torch.cat([padded(r.completion_mask, c_width, left=False, value=0) for r in parts]))
+
 
 
 @contextlib.contextmanager

@@ -35,14 +35,15 @@ CONFIG_FILE = "config.json"
 # The DeepSpeed JSON's content (and the world size) as the run started: a resume must match it.
 DEEPSPEED_RECORD = "deepspeed.json"
 # What `overwrite=true` removes (never the sub-run `cold_start/`, which its own stage handles).
-RUN_DIRS = ("checkpoints", "tensorboard")
-RUN_FILES = ("metrics.jsonl", "summary.json", CONFIG_FILE, DEEPSPEED_RECORD, "reward_curve.png",
+RUN_DIRS = ("checkpoints", "tensorboard", "wandb")
+RUN_FILES = ("metrics.jsonl", "samples.jsonl", "summary.json", CONFIG_FILE, DEEPSPEED_RECORD, "reward_curve.png",
              "tracker_state.json")
 
-# Keys a resume may change: logging/saving cadence, the memory budget and the live alignment-tax meter.
-# grpo.max_steps may only grow (or stay); see `compare_configs`.
+# Keys a resume may change: logging/saving cadence and trackers, the memory budget, the live alignment-tax meter
+# and a remote reward's patience. grpo.max_steps may only grow (or stay); see `compare_configs`.
 MAY_CHANGE = ("grpo.max_steps", "run.gpu_memory_gib", "run.log_every", "run.sample_every", "run.save_every",
-              "run.keep_last", "tax_meter.", "resume", "overwrite", "demo")
+              "run.keep_last", "run.report_to", "tax_meter.", "reward.remote_timeout", "reward.remote_retries",
+              "resume", "overwrite", "demo")
 # Keys SFT never reads: a cold start resumed after a GRPO-only change is still the same cold start.
 SFT_UNUSED = ("grpo.", "reward.", "tax_meter.", "run.sample_every", "sft.before_grpo")
 

@@ -19,12 +19,13 @@ from semgrpo.interrupt import GracefulInterrupt
 from semgrpo.memory_plan import announce_plan
 from semgrpo.modeling import build_engine, load_policy
 from semgrpo.session import init_distributed, prepare, seed_everything
-from semgrpo.tracking import RunTracker
+from semgrpo.tracking import RunTracker, check_trackers
 
 
 def train_sft(cfg: Config) -> dict:
     """Run SFT to the end (resuming when asked); returns the summary written to summary.json."""
     init_distributed()
+    check_trackers(cfg.run.report_to)  # a missing wandb is a ConfigError before anything loads
     folder = run_folder.plan(cfg, stage="sft")  # every output_dir/resume check; writes nothing
     resume_from = folder.resume_from
     setup = prepare(cfg, need_encoder=False)
@@ -49,10 +50,11 @@ def train_sft(cfg: Config) -> dict:
     if resume_from is None:
         torch.manual_seed(cfg.seed * 1000 + dist.rank() + 1)
     tracker = RunTracker(cfg.output_dir, enabled=dist.is_main(), total_steps=total_steps, start_step=start,
-                         desc="sft")
+                         desc="sft", report_to=cfg.run.report_to, config=to_dict(cfg))
     engine.train()
     clean_stale_tmp(cfg.output_dir)  # .tmp-* of saves cut short (a second Ctrl-C, a kill); the lock is held
-    with GracefulInterrupt() as interrupt:  # Ctrl-C: finish the step, save, exit 130
+    # Ctrl-C: finish the step, save, exit 130. An error closes the tracker first (its progress bar).
+    with GracefulInterrupt() as interrupt, tracker.closed_on_error():
         for step in range(start, total_steps):
             rows = order.indices(step, rank=dist.rank(), world_size=dist.world_size())
             loss_sum, tokens = 0.0, 0

@@ -7,23 +7,33 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from semgrpo import dist, run_folder
-from semgrpo.batching import LOSS_STATS, BatchPlan, GlobalBatch, PromptOrder, check_group_fit, plan_global_batch
+from semgrpo.batching import (
+    LOSS_STATS,
+    BatchPlan,
+    GlobalBatch,
+    PromptOrder,
+    PromptStream,
+    check_group_fit,
+    plan_global_batch,
+)
 from semgrpo.checkpoint import clean_stale_tmp, load_checkpoint, save_checkpoint
 from semgrpo.config import Config, ConfigError, GRPOConfig, to_dict
 from semgrpo.data import Example
 from semgrpo.dist import gather_cat, sum_across
+from semgrpo.dynamic_sampling import ScoredGroups, keep_informative, needs_another_round
 from semgrpo.eval.tax_meter import TaxMeter
 from semgrpo.fused_head import check_fusable, completion_logprobs
 from semgrpo.interrupt import GracefulInterrupt
 from semgrpo.memory_plan import announce_plan
 from semgrpo.modeling import build_engine, build_reference, load_policy, load_reward_encoder
 from semgrpo.ops.grpo_loss import policy_loss_from_logps
-from semgrpo.rewards import build_reward_functions, score
+from semgrpo.rewards import build_reward_functions, score_on_every_rank
 from semgrpo.rollout import (
     GatheredWeights,
     Rollout,
@@ -33,7 +43,7 @@ from semgrpo.rollout import (
 )
 from semgrpo.session import RunSetup, eos_ids, init_distributed, prepare, seed_everything
 from semgrpo.tau import measure_tau
-from semgrpo.tracking import RunTracker, escape_markdown
+from semgrpo.tracking import RunTracker, check_trackers
 
 
 @dataclass
@@ -45,6 +55,7 @@ class GRPORun:
     engine: object
     rewards: dict
     eos: list[int]
+    prompts_per_step: int  # over all ranks
     tax_meter: TaxMeter | None = None
     reference: object | None = None  # full-parameter runs with beta > 0: the frozen starting policy
 
@@ -71,29 +82,24 @@ class PhaseTimer:
         self._t = now
 
 
-def grpo_step(run: GRPORun, batch: list[Example]) -> tuple[dict[str, float], list[dict]]:
-    """One GRPO step on this rank's prompts; returns globally reduced metrics and a few samples."""
-    grpo, engine, tok, timer = run.grpo, run.engine, run.setup.tokenizer, PhaseTimer()
+def grpo_step(run: GRPORun, draw: Callable[[], list[Example]]) -> tuple[dict[str, float], list[dict]]:
+    """One GRPO step on this rank's prompts (`draw()` gives the next batch of them); returns globally reduced
+    metrics and a few samples."""
+    grpo, engine, timer = run.grpo, run.engine, PhaseTimer()
 
-    # 1. Every prompt G times, groups contiguous.
-    group = [ex for ex in batch for _ in range(grpo.group_size)]
-
-    # 2. Sample completions. Under ZeRO-3 the parameters are gathered once here and stay gathered, hooks off,
-    #    through steps 3-5 and (grpo.gathered_policy_pass) the first policy pass of step 6: one gather per step,
-    #    not one per forward. They are released before the optimizer writes the new weights.
+    # 1-3. Every prompt G times, sampled, decoded and scored (_sample_and_score). Under ZeRO-3 the parameters are
+    #    gathered once here and stay gathered, hooks off, through steps 1-5 and (grpo.gathered_policy_pass) the
+    #    first policy pass of step 6: one gather per step, not one per forward. They are released before the
+    #    optimizer writes the new weights. With grpo.dynamic_sampling, further batches of prompts are sampled
+    #    until every rank holds its full number of groups whose rewards differ (or the rounds run out).
     with GatheredWeights(engine, gather=grpo.gather_for_generation) as weights:
         with merged_adapter(weights.model, enabled=grpo.merge_adapter_for_generation) as sampler:
-            rollout = generate(sampler, [ex.prompt_ids for ex in group], device=engine.device,
-                               pad_id=tok.pad_token_id, eos_ids=run.eos, max_new_tokens=grpo.max_completion_length,
-                               temperature=grpo.temperature, top_p=grpo.top_p, batch_size=grpo.generation_batch_size,
-                               synced_gpus=needs_synced_generation(engine, gather=grpo.gather_for_generation))
-        timer.lap("generation")
-
-        # 3. Decode and score: weighted sum of the reward components (None -> NaN).
-        completions = tok.batch_decode(rollout.completion_ids, skip_special_tokens=True)
-        rewards, per_fn = score(run.rewards, run.cfg.reward.weights, [ex.prompt for ex in group], completions,
-                                [ex.reference for ex in group], device=engine.device)
-        timer.lap("reward")
+            rounds = [_sample_and_score(run, sampler, draw(), timer)]
+            while grpo.dynamic_sampling and needs_another_round(rounds, group_size=grpo.group_size,
+                                                                 max_resample=grpo.max_resample):
+                rounds.append(_sample_and_score(run, sampler, draw(), timer))
+        scored = keep_informative(rounds, group_size=grpo.group_size, pad_id=run.setup.tokenizer.pad_token_id)
+        rollout, rewards = scored.rollout, scored.rewards
 
         # 4. Advantages over the global batch, the completions the loss covers, and their micro-batches.
         step = plan_global_batch(rewards, rollout.completion_mask.sum(1).float(), grpo, run.plan)
@@ -139,10 +145,30 @@ def grpo_step(run: GRPORun, batch: list[Example]) -> tuple[dict[str, float], lis
         timer.lap("policy")
 
     # 7. Metrics over all ranks.
-    metrics = _step_metrics(engine, grpo, step, per_fn, totals, timer)
-    samples = [{"prompt": ex.prompt, "completion": c, "reference": ex.reference, "reward": float(r)}
-               for ex, c, r in zip(group[: grpo.group_size], completions, rewards.tolist())]
+    metrics = _step_metrics(engine, grpo, step, scored.per_fn, totals, timer)
+    if grpo.dynamic_sampling:
+        metrics.update({"sampling/rounds": len(rounds), "sampling/prompts_drawn": len(rounds) * run.prompts_per_step,
+                        "sampling/informative_fraction": step.informative.float().mean().item()})
+    samples = [{"prompt": scored.examples[0].prompt, "completion": c, "reference": scored.examples[0].reference,
+                "reward": float(r)} for c, r in zip(scored.completions, rewards.tolist())][: grpo.group_size]
     return metrics, samples
+
+
+def _sample_and_score(run: GRPORun, sampler, batch: list[Example], timer: PhaseTimer) -> ScoredGroups:
+    """Steps 1-3 of a GRPO step: every prompt of `batch` G times (groups contiguous), sampled, decoded and
+    scored with the weighted sum of the reward components (None -> NaN)."""
+    grpo, tok = run.grpo, run.setup.tokenizer
+    group = [ex for ex in batch for _ in range(grpo.group_size)]
+    rollout = generate(sampler, [ex.prompt_ids for ex in group], device=run.engine.device, pad_id=tok.pad_token_id,
+                       eos_ids=run.eos, max_new_tokens=grpo.max_completion_length, temperature=grpo.temperature,
+                       top_p=grpo.top_p, batch_size=grpo.generation_batch_size,
+                       synced_gpus=needs_synced_generation(run.engine, gather=grpo.gather_for_generation))
+    timer.lap("generation")
+    completions = tok.batch_decode(rollout.completion_ids, skip_special_tokens=True)
+    rewards, per_fn = score_on_every_rank(run.rewards, run.cfg.reward.weights, [ex.prompt for ex in group],
+                                          completions, [ex.reference for ex in group], device=run.engine.device)
+    timer.lap("reward")
+    return ScoredGroups(list(batch), rollout, completions, rewards, per_fn)
 
 
 def _step_metrics(engine, grpo: GRPOConfig, step: GlobalBatch, per_fn: dict, totals: dict, timer) -> dict:
@@ -225,13 +251,14 @@ def build_grpo_run(cfg: Config) -> tuple[GRPORun, PromptOrder, int]:
     script = cfg.reward.script or setup.task.target_script
     rewards = build_reward_functions(cfg.reward, encoder=encoder, script=script)
     run = GRPORun(cfg=cfg, setup=setup, engine=engine, rewards=rewards, eos=eos_ids(setup.tokenizer),
-                  tax_meter=tax_meter, reference=reference)
+                  prompts_per_step=order.prompts_per_step, tax_meter=tax_meter, reference=reference)
     return run, order, total_steps
 
 
 def train_grpo(cfg: Config) -> dict:
     """Run stage 2 to the end (resuming when asked); returns the summary written to summary.json."""
     init_distributed()
+    check_trackers(cfg.run.report_to)  # a missing wandb is a ConfigError before anything loads
     folder = run_folder.plan(cfg, stage="grpo")  # every output_dir/resume check; writes nothing
     resume_from = folder.resume_from
     run, order, total_steps = build_grpo_run(cfg)
@@ -239,6 +266,9 @@ def train_grpo(cfg: Config) -> dict:
     state = {"step": 0, "tau": None}
     if resume_from is not None:
         state.update(load_checkpoint(run.engine, resume_from))
+    # Batches of prompts drawn so far: the step count, unless dynamic sampling drew ahead (older checkpoints
+    # lack the key and never drew ahead).
+    prompts = PromptStream(order, run.setup.train, position=state.get("batches_drawn", state["step"]))
     semantic = run.rewards.get("semantic")
     if semantic is not None:
         if state["tau"] is None:
@@ -251,25 +281,26 @@ def train_grpo(cfg: Config) -> dict:
     if resume_from is None:
         torch.manual_seed(cfg.seed * 1000 + dist.rank() + 1)
     tracker = RunTracker(cfg.output_dir, enabled=dist.is_main(), total_steps=total_steps,
-                         start_step=state["step"], desc="grpo")
+                         start_step=state["step"], desc="grpo", report_to=cfg.run.report_to, config=to_dict(cfg))
     if dist.is_main() and state["tau"] is not None:
         print(f"semgrpo: tau = {state['tau']:.4f}")
     clean_stale_tmp(cfg.output_dir)  # .tmp-* of saves cut short (a second Ctrl-C, a kill); the lock is held
-    with GracefulInterrupt() as interrupt:  # Ctrl-C: finish the step, save, exit 130
+    # Ctrl-C: finish the step, save, exit 130. An error closes the tracker first (its progress bar).
+    with GracefulInterrupt() as interrupt, tracker.closed_on_error():
         for step in range(state["step"], total_steps):
-            ids = order.indices(step, rank=dist.rank(), world_size=dist.world_size())
-            metrics, samples = grpo_step(run, [run.setup.train[i] for i in ids])
+            metrics, samples = grpo_step(run, prompts.next_batch)
             measure_tax = run.tax_meter is not None and (step + 1) % cfg.tax_meter.every_steps == 0
             if measure_tax:
                 metrics.update(run.tax_meter.measure(run.engine))
             if measure_tax or (step + 1) % cfg.run.log_every == 0 or step + 1 == total_steps:
                 tracker.log(step + 1, metrics)
             if cfg.run.sample_every and (step + 1) % cfg.run.sample_every == 0:
-                tracker.log_text(step + 1, "samples", _samples_markdown(samples), escape=False)
+                tracker.log_samples(step + 1, samples)
             stop = step + 1 < total_steps and interrupt.should_stop()  # collective: every rank, every step
             if stop or (step + 1) % cfg.run.save_every == 0 or step + 1 == total_steps:
                 saved = save_checkpoint(run.engine, cfg.output_dir, step=step + 1, keep_last=cfg.run.keep_last,
-                                        client_state={"step": step + 1, "tau": state["tau"]}, config=to_dict(cfg))
+                                        client_state={"step": step + 1, "tau": state["tau"],
+                                                      "batches_drawn": prompts.position}, config=to_dict(cfg))
             if stop:
                 tracker.close()
                 interrupt.exit(step + 1, saved)
@@ -278,12 +309,3 @@ def train_grpo(cfg: Config) -> dict:
         tracker.plot_reward_curve(f"{cfg.output_dir}/reward_curve.png")
     tracker.close()
     return summary
-
-
-def _samples_markdown(samples: list[dict]) -> str:
-    """One group's completions as a Markdown table (TensorBoard renders text as Markdown)."""
-    rows = ["| reward | completion | reference |", "|---|---|---|"]
-    for s in samples:
-        cells = (escape_markdown(s[k].replace("\n", " ")) for k in ("completion", "reference"))
-        rows.append(f"| {s['reward']:.3f} | " + " | ".join(cells) + " |")
-    return f"prompt: {escape_markdown(samples[0]['prompt'])}\n\n" + "\n".join(rows) if samples else ""

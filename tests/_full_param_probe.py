@@ -38,7 +38,7 @@ def main() -> None:
     metrics = []
     for step in range(2):
         ids = order.indices(step, rank=dist.rank(), world_size=dist.world_size())
-        metrics.append(grpo_step(run, [run.setup.train[i] for i in ids])[0])
+        metrics.append(grpo_step(run, lambda: [run.setup.train[i] for i in ids])[0])
     after, ref_after, policy_after = gathered_state(run.engine), logps(True), logps(False)
     opt = run.engine.optimizer
     partition = [int(t.numel()) for t in getattr(opt, "fp32_partitioned_groups_flat", [])]

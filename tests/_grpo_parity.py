@@ -147,7 +147,7 @@ def main() -> None:
         batch = [run.setup.train[i] for i in my_ids]
         # the fake scorer sees prompt texts; map them back to token ids
         text_to_ids = {run.setup.train[i].prompt: run.setup.train[i].prompt_ids for i in global_ids}
-        train.score = lambda _f, _w, prompts, *_a, device=None: (
+        train.score_on_every_rank = lambda _f, _w, prompts, *_a, device=None: (
             lambda r: (r.to(device), {"fake": r.to(device)}))(fake_rewards([text_to_ids[p] for p in prompts],
                                                                              group_of))
 
@@ -177,7 +177,7 @@ def main() -> None:
             captured.clear()
             modes.clear()
             engine.module.eval()  # as an evaluation or a meter may leave it: the step must not depend on it
-            train.grpo_step(run, batch)
+            train.grpo_step(run, lambda: batch)
             if not dist.is_main():
                 continue
             rollout = fake_rollout(global_prompts, **fake)
@@ -218,11 +218,11 @@ def main() -> None:
         g = run.cfg.grpo
         g.beta, g.num_iterations = 0.0, 1
         group_of_flat = {key: FLAT_GROUP for key in group_of}
-        train.score = lambda _f, _w, prompts, *_a, device=None: (
+        train.score_on_every_rank = lambda _f, _w, prompts, *_a, device=None: (
             lambda r: (r.to(device), {"fake": r.to(device)}))(fake_rewards([text_to_ids[p] for p in prompts],
                                                                              group_of_flat))
         before = engine.global_steps
-        metrics, _ = train.grpo_step(run, batch)
+        metrics, _ = train.grpo_step(run, lambda: batch)
         if dist.is_main():
             rows.append({"world": world, "ga": ga, "case": "all_flat", "optimizer_steps": engine.global_steps - before,
                          "trained_fraction": metrics["completion/trained_fraction"]})

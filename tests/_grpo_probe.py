@@ -48,7 +48,7 @@ def main() -> None:
     metrics = []
     for step in range(2):
         ids = order.indices(step, rank=dist.rank(), world_size=dist.world_size())
-        metrics.append(grpo_step(run, [run.setup.train[i] for i in ids])[0])
+        metrics.append(grpo_step(run, lambda: [run.setup.train[i] for i in ids])[0])
     after = gathered_state(run.engine)
     # The live tax meter (windows split over ranks) vs every rank measuring all windows itself.
     from semgrpo.eval.metrics import summarize

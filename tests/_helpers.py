@@ -28,6 +28,23 @@ def run_cli(script: str, *args: str, timeout: int = 600, launcher: list | None =
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=user_env(**(env or {})))
 
 
+def run_metrics(out_dir) -> list[dict]:
+    """The rows of a run's metrics.jsonl without the timings (perf/*), which no two runs share."""
+    import json
+
+    rows = [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]
+
+
+def assert_same_metrics(a: list[dict], b: list[dict], steps: list[int]) -> None:
+    """Two runs logged the same scalars at `steps` (to float rounding; NaN equals NaN)."""
+    assert [r["step"] for r in a] == [r["step"] for r in b] == steps
+    for ra, rb in zip(a, b):
+        assert ra.keys() == rb.keys()
+        for key in ra:
+            assert ra[key] == pytest.approx(rb[key], rel=1e-5, abs=1e-7, nan_ok=True), (ra["step"], key)
+
+
 def fake_run_stage(run_dir, base_path, tokenizer_path, data_path, encoder, init_from, seed, ood=""):
     """A run directory as training leaves it: config.json + one complete checkpoint with a random LoRA."""
     import json

@@ -32,7 +32,7 @@ def main() -> None:
     t1 = time.time()
     loaded_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     ids = order.indices(0, rank=dist.rank(), world_size=dist.world_size())
-    metrics, _ = grpo_step(run, [run.setup.train[i] for i in ids])
+    metrics, _ = grpo_step(run, lambda: [run.setup.train[i] for i in ids])
     report = {"load_s": t1 - t0, "step_s": time.time() - t1, "rank": dist.rank(), "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
               "peak_rss_after_load": loaded_peak, "rss_anon_now": _status_bytes("RssAnon"),
               "rss_file_now": _status_bytes("RssFile"), "loss": metrics["loss"], **{k: v for k, v in metrics.items() if k.startswith("perf/")}}

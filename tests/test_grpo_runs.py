@@ -5,20 +5,14 @@ import subprocess
 import sys
 import time
 
-import pytest
 import torch
-from _helpers import REPO, run_cli, user_env
+from _helpers import REPO, assert_same_metrics, run_cli, run_metrics, user_env
 
 # Small and fast: GRPO straight from the demo's base policy, short completions, a tiny LoRA.
 QUICK = ["sft.before_grpo=false", "grpo.max_completion_length=8", "model.lora.r=4", "model.lora.alpha=8",
          "reward.tau_samples=8", "train.sample_every=1"]
 
 TAX_KEYS = ["tax/delta_nll_mean", "tax/kl_mean", "tax/kl_p90", "tax/nll_mean", "tax/nll_p90"]
-
-
-def _metrics(out_dir):
-    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]
 
 
 def test_kill_and_resume_equals_an_uninterrupted_run(demo_assets, tmp_path):
@@ -42,12 +36,8 @@ def test_kill_and_resume_equals_an_uninterrupted_run(demo_assets, tmp_path):
 
     proc = run_cli("train_grpo.py", f"output_dir={resumed}", *args)  # resume=auto is the default
     assert proc.returncode == 0, proc.stderr[-3000:]
-    a, b = _metrics(straight), _metrics(resumed)
-    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4]
-    for ra, rb in zip(a, b):
-        assert ra.keys() == rb.keys()
-        for key in ra:
-            assert ra[key] == pytest.approx(rb[key], rel=1e-5, abs=1e-7, nan_ok=True), (ra["step"], key)
+    a, b = run_metrics(straight), run_metrics(resumed)
+    assert_same_metrics(a, b, [1, 2, 3, 4])
     # The live alignment-tax meter logged at steps 2 and 4 (and resumed identically, compared above).
     assert [sorted(k for k in r if k.startswith("tax/")) for r in a] == [[], TAX_KEYS, [], TAX_KEYS]
     assert a[3]["tax/kl_mean"] > 0

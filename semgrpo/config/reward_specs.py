@@ -44,8 +44,8 @@ def parse_reward_spec(entry: str) -> RewardSpec:
             raise ValueError(f"{entry!r} is not of the form package.module:callable")
         return RewardSpec(name or attr, "plugin", body)
     if body in BUILTIN_REWARDS:
-        if name is not None and name != body:
-            raise ValueError(f"{entry!r}: a built-in reward keeps its own name ({body})")
+        if name is not None:  # the trainer looks the built-ins up by their own names
+            raise ValueError(f"{entry!r}: a built-in reward keeps its own name; write {body}")
         return RewardSpec(body, "builtin", body)
     raise ValueError(f"{entry!r} is none of {', '.join(BUILTIN_REWARDS)}, a plugin package.module:callable "
                      "or a remote http://host:port/path")

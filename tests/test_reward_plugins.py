@@ -1,0 +1,395 @@
+"""Rewards beyond the built-ins: plugin callables (`module:callable`) and remote rewards (`http://...`), each
+checked against values the test computes itself, and every way they can go wrong as one clear error."""
+import json
+import math
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from semgrpo.config import ConfigError, load_config
+from semgrpo.reward_remote import RemoteReward
+from semgrpo.rewards import RewardError, build_reward_functions, score
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "rewards"
+
+PROMPTS = ["p1", "p2", "p3", "p4"]
+COMPLETIONS = ["ཀ་ཁ་ག", "abcabc", "", "ཀཀཀཀ"]
+REFERENCES = ["ཀཁ", "xyz", "ref", ""]
+LENGTHS = [float(len(c)) for c in COMPLETIONS]
+
+PLUGIN_MODULE = "rp_sample_plugins"
+PLUGIN_SOURCE = '''
+import asyncio
+import math
+
+BUILT = []
+
+
+def char_count(prompts, completions, references):
+    return [float(len(c)) for c in completions]
+
+
+class Scaled:
+    def __init__(self, factor, offset=0.0):
+        BUILT.append(self)
+        self.factor, self.offset = factor, offset
+
+    def __call__(self, prompts, completions, references):
+        return [self.factor * len(c) + self.offset for c in completions]
+
+
+async def async_count(prompts, completions, references):
+    await asyncio.sleep(0)
+    return [float(len(c)) for c in completions]
+
+
+class AsyncCall:
+    async def __call__(self, prompts, completions, references):
+        await asyncio.sleep(0)
+        return [float(len(r)) for r in references]
+
+
+def trl_style(prompts, completions, **kwargs):
+    return [float(len(r) - len(c)) for c, r in zip(completions, kwargs["references"])]
+
+
+def none_when_empty(prompts, completions, references):
+    return [None if not c else 1.0 for c in completions]
+
+
+def wrong_count(prompts, completions, references):
+    return [1.0]
+
+
+def a_string(prompts, completions, references):
+    return ["high"] * len(completions)
+
+
+def infinite(prompts, completions, references):
+    return [math.inf] * len(completions)
+
+
+NOT_CALLABLE = 3
+'''
+
+
+@pytest.fixture(scope="module", autouse=True)
+def plugin_module(tmp_path_factory):
+    """PLUGIN_SOURCE as an importable module, and the examples folder on sys.path."""
+    folder = tmp_path_factory.mktemp("plugins")
+    (folder / f"{PLUGIN_MODULE}.py").write_text(PLUGIN_SOURCE)
+    sys.path[:0] = [str(folder), str(EXAMPLES)]
+    yield
+    for path in (str(folder), str(EXAMPLES)):
+        sys.path.remove(path)
+    for name in (PLUGIN_MODULE, "length_plugin", "reward_server"):
+        sys.modules.pop(name, None)
+
+
+def _rewards(*functions, overrides=()):
+    """(config, reward functions) for `reward.functions=[functions]` plus overrides, as the trainer builds them."""
+    cfg = load_config(None, [f"reward.functions=[{', '.join(functions)}]", *overrides])
+    return cfg, build_reward_functions(cfg.reward, encoder=None, script="tibetan")
+
+
+def _score(cfg, functions):
+    total, per_fn = score(functions, cfg.reward.weights, PROMPTS, COMPLETIONS, REFERENCES)
+    return total.tolist(), {name: values.tolist() for name, values in per_fn.items()}
+
+
+def _language():
+    """R_lang of COMPLETIONS, by hand: Tibetan letters and nothing else."""
+    return [1.0, 0.0, 0.0, 1.0]
+
+
+# --- plugins ----------------------------------------------------------------------------------------------
+
+
+def test_a_plugin_function_is_named_after_the_callable_and_weighs_1_by_default():
+    cfg, fns = _rewards("language", f"{PLUGIN_MODULE}:char_count")
+    assert list(fns) == ["language", "char_count"] and fns["char_count"].__name__ == "char_count"
+    total, per_fn = _score(cfg, fns)
+    assert per_fn == {"language": _language(), "char_count": LENGTHS}
+    assert total == pytest.approx([lang + n for lang, n in zip(_language(), LENGTHS)])
+
+
+def test_a_plugin_class_is_built_once_with_its_kwargs_and_weighted_by_name():
+    module = pytest.importorskip(PLUGIN_MODULE)
+    module.BUILT.clear()
+    cfg, fns = _rewards("language", f"scaled={PLUGIN_MODULE}:Scaled",
+                        overrides=["reward.kwargs.scaled={factor: 2.0, offset: 0.5}", "reward.weights.scaled=0.25"])
+    for _ in range(2):
+        total, per_fn = _score(cfg, fns)
+        assert per_fn["scaled"] == pytest.approx([2.0 * n + 0.5 for n in LENGTHS])
+        assert total == pytest.approx([lang + 0.25 * (2.0 * n + 0.5) for lang, n in zip(_language(), LENGTHS)])
+    assert len(module.BUILT) == 1
+
+
+def test_async_plugins_are_awaited():
+    cfg, fns = _rewards(f"{PLUGIN_MODULE}:async_count", f"{PLUGIN_MODULE}:AsyncCall")
+    _, per_fn = _score(cfg, fns)
+    assert per_fn == {"async_count": LENGTHS, "AsyncCall": [float(len(r)) for r in REFERENCES]}
+
+
+def test_a_trl_style_function_finds_the_references_in_its_kwargs():
+    cfg, fns = _rewards(f"{PLUGIN_MODULE}:trl_style")
+    _, per_fn = _score(cfg, fns)
+    assert per_fn["trl_style"] == [float(len(r) - len(c)) for c, r in zip(COMPLETIONS, REFERENCES)]
+
+
+def test_none_leaves_a_sample_out_of_that_component_only():
+    cfg, fns = _rewards("language", f"{PLUGIN_MODULE}:none_when_empty", overrides=["reward.weights.none_when_empty=3"])
+    total, per_fn = _score(cfg, fns)
+    assert math.isnan(per_fn["none_when_empty"][2])
+    assert total == pytest.approx([lang + (0.0 if not c else 3.0) for lang, c in zip(_language(), COMPLETIONS)])
+
+
+def test_the_plugin_example_scores_the_length_match_it_documents():
+    cfg, fns = _rewards("lenmatch=length_plugin:LengthMatch", overrides=["reward.kwargs.lenmatch={tolerance: 0.5}"])
+    _, per_fn = _score(cfg, fns)
+    expected = [max(0.0, 1 - abs(len(c) - len(r)) / (0.5 * len(r))) if r else math.nan
+                for c, r in zip(COMPLETIONS, REFERENCES)]
+    assert per_fn["lenmatch"] == pytest.approx(expected, nan_ok=True)
+
+
+@pytest.mark.parametrize("entry, overrides, message", [
+    ("no_such_module_rp:fn", [], "cannot import 'no_such_module_rp'"),
+    (f"{PLUGIN_MODULE}:missing", [], "has no attribute 'missing'"),
+    (f"{PLUGIN_MODULE}:char_count", ["reward.kwargs.char_count={factor: 2}"], "is not a class"),
+    (f"{PLUGIN_MODULE}:Scaled", ["reward.kwargs.Scaled={size: 2}"], "building Scaled(**reward.kwargs.Scaled) failed"),
+    (f"{PLUGIN_MODULE}:NOT_CALLABLE", [], "not a callable"),
+])
+def test_a_plugin_that_cannot_be_used_is_one_config_error(entry, overrides, message):
+    with pytest.raises(ConfigError) as err:
+        _rewards(entry, overrides=overrides)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("wrong_count", "returned 1 values for 4 completions"),
+    ("a_string", "returned 'high' at position 0"),
+    ("infinite", "returned inf at position 0"),
+])
+def test_unusable_plugin_output_is_one_reward_error(entry, message):
+    cfg, fns = _rewards(f"{PLUGIN_MODULE}:{entry}")
+    with pytest.raises(RewardError) as err:
+        _score(cfg, fns)
+    assert f"reward {entry!r}" in str(err.value) and message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("functions, overrides, message", [
+    (["language"], ["reward.weights.ghost=1"], "reward.weights.ghost names no reward"),
+    (["language", f"{PLUGIN_MODULE}:char_count"], ["reward.kwargs.language={a: 1}"],
+     "reward.kwargs.language names no plugin reward; the plugins are char_count"),
+    ([f"mean={PLUGIN_MODULE}:char_count"], [], "'mean' cannot name a reward"),
+    ([f"{PLUGIN_MODULE}:char_count", f"char_count={PLUGIN_MODULE}:Scaled"], [], "two rewards are named 'char_count'"),
+    (["http://reward host/score"], [], "is not a URL of the form http://host:port/path"),
+    (["remote=semantic"], [], "a built-in reward keeps its own name"),
+])
+def test_reward_config_mistakes_are_one_config_error(functions, overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [f"reward.functions=[{', '.join(functions)}]", *overrides])
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+# --- remote rewards ---------------------------------------------------------------------------------------
+
+
+def distinct_share(completions):
+    """The example server's score, computed here on its own: distinct characters / characters, None if empty."""
+    return [len(set(c)) / len(c) if c else None for c in completions]
+
+
+class RewardStub:
+    """A loopback reward server in a thread that follows a script: `plan[i]` is what it does with request i
+    (the last entry repeats). "ok" answers with the example server's scores; "500" and "404" fail with that
+    status; "sleep" answers after `sleep` seconds; "short" drops the last score; "text" is not JSON.
+    `batches` holds every request body it read, failed ones included."""
+
+    def __init__(self, plan=("ok",), sleep=2.0):
+        from reward_server import score as example_score
+
+        self.plan, self.sleep, self.batches = list(plan), sleep, []
+        lock, stub = threading.Lock(), self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                batch = json.loads(self.rfile.read(int(self.headers["Content-Length"])).decode("utf-8"))
+                with lock:
+                    action = stub.plan[min(len(stub.batches), len(stub.plan) - 1)]
+                    stub.batches.append(batch)
+                if action in ("500", "404"):
+                    return self._reply(int(action), b"scorer crashed:\n  KeyError 'x'")
+                if action == "text":
+                    return self._reply(200, b"<html>not a reward</html>")
+                if action == "sleep":
+                    time.sleep(stub.sleep)
+                scores = example_score(batch["prompts"], batch["completions"], batch["references"])
+                self._reply(200, json.dumps(scores[:-1] if action == "short" else scores).encode())
+
+            def _reply(self, status, body):
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
+                    pass
+
+            def log_message(self, *args):  # quiet
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/score"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _remote(url, *, timeout=5.0, retries=2):
+    reward = RemoteReward(url, name="remote", timeout=timeout, retries=retries)
+    reward.backoff = 0.01
+    return reward
+
+
+def test_a_remote_reward_sends_the_batch_and_returns_the_servers_scores():
+    with RewardStub() as stub:
+        values = _remote(stub.url)(PROMPTS, COMPLETIONS, REFERENCES)
+    assert values == distinct_share(COMPLETIONS)
+    assert stub.batches == [{"prompts": PROMPTS, "completions": COMPLETIONS, "references": REFERENCES}]
+
+
+def test_a_remote_reward_in_the_weighted_sum_and_under_its_own_name():
+    with RewardStub() as stub:
+        cfg, fns = _rewards("language", f"novelty={stub.url}", overrides=["reward.weights.novelty=2",
+                                                                          "reward.remote_retries=0"])
+        assert fns["novelty"].__name__ == "novelty" and fns["novelty"].retries == 0
+        total, per_fn = _score(cfg, fns)
+    share = [math.nan if v is None else v for v in distinct_share(COMPLETIONS)]
+    assert per_fn["novelty"] == pytest.approx(share, nan_ok=True)
+    assert total == pytest.approx([lang + (0.0 if math.isnan(s) else 2 * s) for lang, s in zip(_language(), share)])
+
+
+def test_a_remote_reward_works_with_trls_call():
+    with RewardStub() as stub:
+        values = _remote(stub.url)(prompts=PROMPTS, completions=COMPLETIONS, completion_ids=[[1]] * 4,
+                                   reference=REFERENCES, trainer_state=None)
+    assert values == distinct_share(COMPLETIONS) and stub.batches[0]["references"] == REFERENCES
+
+
+def test_a_5xx_reply_is_retried():
+    with RewardStub(plan=["500", "500", "ok"]) as stub:
+        values = _remote(stub.url, retries=2)(PROMPTS, COMPLETIONS, REFERENCES)
+    assert values == distinct_share(COMPLETIONS) and len(stub.batches) == 3
+
+
+def test_a_server_that_keeps_failing_is_one_error_after_every_attempt():
+    with RewardStub(plan=["500"]) as stub, pytest.raises(RewardError) as err:
+        _remote(stub.url, retries=2)(PROMPTS, COMPLETIONS, REFERENCES)
+    message = str(err.value)
+    assert len(stub.batches) == 3 and "\n" not in message
+    assert stub.url in message and "HTTP 500" in message and "scorer crashed: KeyError" in message
+    assert "(3 attempts)" in message and "server's log" in message
+
+
+def test_a_4xx_reply_is_not_retried():
+    with RewardStub(plan=["404"]) as stub, pytest.raises(RewardError, match=r"HTTP 404 .*\(1 attempt\); check the URL"):
+        _remote(stub.url, retries=3)(PROMPTS, COMPLETIONS, REFERENCES)
+    assert len(stub.batches) == 1
+
+
+def test_a_server_slower_than_the_timeout_is_retried_then_one_error():
+    with RewardStub(plan=["sleep"], sleep=3.0) as stub:
+        start = time.monotonic()
+        with pytest.raises(RewardError) as err:
+            _remote(stub.url, timeout=0.3, retries=1)(PROMPTS, COMPLETIONS, REFERENCES)
+        took = time.monotonic() - start
+    assert "timed out after 0.3 s (2 attempts)" in str(err.value) and stub.url in str(err.value)
+    assert len(stub.batches) == 2 and took < 2.5  # it did not wait for the slow reply
+
+
+def test_a_slow_first_reply_then_a_fast_one_succeeds():
+    with RewardStub(plan=["sleep", "ok"], sleep=3.0) as stub:
+        assert _remote(stub.url, timeout=1.0, retries=1)(PROMPTS, COMPLETIONS, REFERENCES) == distinct_share(COMPLETIONS)
+
+
+def _free_port():
+    """A loopback port that nobody listens on (once this socket is closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_refused_connection_is_retried_then_one_error():
+    url = f"http://127.0.0.1:{_free_port()}/score"
+    with pytest.raises(RewardError, match=r"connection refused \(2 attempts\); check that the server is running"):
+        _remote(url, retries=1)(PROMPTS, COMPLETIONS, REFERENCES)
+
+
+@pytest.mark.parametrize("action, message", [
+    ("short", "returned 3 values for 4 completions (the reply of {url})"),
+    ("text", "{url} replied with something that is not JSON ('<html>not a reward</html>')"),
+])
+def test_a_reply_of_the_wrong_shape_is_one_error_naming_the_url(action, message):
+    with RewardStub(plan=[action]) as stub, pytest.raises(RewardError) as err:
+        _remote(stub.url)(PROMPTS, COMPLETIONS, REFERENCES)
+    assert message.format(url=stub.url) in str(err.value) and len(stub.batches) == 1
+
+
+def test_the_backoff_doubles_from_its_base(monkeypatch):
+    slept = []
+    monkeypatch.setattr("semgrpo.reward_remote.time.sleep", slept.append)
+    monkeypatch.setenv("SEMGRPO_REMOTE_BACKOFF", "0.25")
+    with RewardStub(plan=["500"]) as stub, pytest.raises(RewardError, match=r"\(4 attempts\)"):
+        RemoteReward(stub.url, name="remote", timeout=5, retries=3)(PROMPTS, COMPLETIONS, REFERENCES)
+    assert slept == [0.25, 0.5, 1.0]
+    monkeypatch.setenv("SEMGRPO_REMOTE_BACKOFF", "soon")
+    with pytest.raises(RewardError, match="SEMGRPO_REMOTE_BACKOFF must be a number of seconds >= 0, got 'soon'"):
+        RemoteReward(stub.url, name="remote", timeout=5, retries=3)
+
+
+def test_the_example_server_script_answers_a_batch():
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, str(EXAMPLES / "reward_server.py"), str(port)],
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while server.poll() is None and time.monotonic() < deadline:  # until it listens
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        assert _remote(f"http://127.0.0.1:{port}/score")(PROMPTS, COMPLETIONS, REFERENCES) == distinct_share(COMPLETIONS)
+    finally:
+        server.kill()
+        server.wait()
+
+
+
+def test_the_readmes_reward_examples_are_the_files_the_tests_run(tmp_path):
+    readme = (EXAMPLES.parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Rewards of your own"):readme.index("## What a run logs")]
+    blocks = [block.split("```", 1)[0] for block in section.split("```python\n")[1:]]
+    assert len(blocks) == 2
+    for block, name in zip(blocks, ("length_plugin.py", "reward_server.py")):
+        assert block in (EXAMPLES / name).read_text(encoding="utf-8"), name
+    (tmp_path / "my_run.yaml").write_text(section.split("```yaml\n")[1].split("```")[0])
+    cfg = load_config(tmp_path / "my_run.yaml")
+    assert list(build_reward_functions(cfg.reward, encoder=object(), script="tibetan")) == ["semantic", "language",
+                                                                                               "lenmatch"]
+    assert cfg.reward.weights["lenmatch"] == 0.5 and cfg.reward.kwargs == {"lenmatch": {"tolerance": 0.3}}
