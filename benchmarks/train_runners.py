@@ -149,7 +149,7 @@ def run_semgrpo(steps: int, seed: int, overrides: list[str] = ()) -> tuple[list[
         for step in range(steps):
             ids = order.indices(step, rank=0, world_size=1)
             opt_seconds[0] = 0.0
-            metrics, _ = grpo_step(run, [run.setup.train[i] for i in ids])
+            metrics, _ = grpo_step(run, lambda: [run.setup.train[i] for i in ids])
             now = time.perf_counter()
             n = PROMPTS_PER_STEP * cfg.grpo.group_size
             rec = {p: metrics.get(f"perf/{p}_seconds", 0.0) for p in PHASES if p != "optimizer"}

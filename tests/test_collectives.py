@@ -35,7 +35,8 @@ def _free_port() -> int:
 
 def _run(body: str) -> subprocess.CompletedProcess:
     """Run `body` on ranks 0 and 1; returns rank 0's process (rank 1 must end the same way)."""
-    code = textwrap.dedent(_PRELUDE) + textwrap.dedent(body)
+    # Each rank leaves the group before it exits: a rank exiting while gloo still runs can abort the other.
+    code = textwrap.dedent(_PRELUDE) + textwrap.dedent(body) + "\nif td.is_initialized(): td.destroy_process_group()\n"
     port = str(_free_port())
     procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env=user_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2",
@@ -56,12 +57,20 @@ def test_every_step_collective_works_on_the_group_a_gpu_run_gets():
         print("sum", sum_across(torch.tensor([3.0, 17.0], dtype=torch.float64)).tolist())
         print("cat", gather_cat(torch.tensor([1.0, float("nan"), 2.0]) + td.get_rank()).tolist())
         print("cat2", gather_cat(torch.ones(2, 3, 3)).shape)
+        from semgrpo.dist import raise_on_any_rank
+        from semgrpo.rewards import RewardError
+        raise_on_any_rank(None)
+        try:
+            raise_on_any_rank(RewardError("bad reply") if td.get_rank() == 1 else None)
+        except RewardError as exc:
+            print("raised", exc)
     """)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "asked ['cpu:gloo,cuda:nccl']" in proc.stdout
     assert "sum [6.0, 34.0]" in proc.stdout
     assert "cat [1.0, nan, 2.0, 2.0, nan, 3.0]" in proc.stdout
     assert "cat2 torch.Size([4, 3, 3])" in proc.stdout
+    assert "raised rank 1: bad reply" in proc.stdout  # a reward error on one rank stops both
 
 
 def test_the_stand_in_is_nccl_only():
