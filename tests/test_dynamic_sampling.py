@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from _helpers import assert_same_metrics, run_cli, run_metrics
+from _helpers import assert_same_metrics, run_metrics
 
 from semgrpo.batching import PromptOrder
 from semgrpo.dynamic_sampling import ScoredGroups, keep_informative, needs_another_round
@@ -118,13 +118,18 @@ def _check_trained_on_full_informative_groups(rows, prompts_per_step):
     assert max(r["sampling/rounds"] for r in rows) > 1
 
 
-def test_kill_and_resume_equals_the_straight_run(demo_assets, tmp_path, launches):
+@pytest.mark.skipif(shutil.which("deepspeed") is None, reason="the deepspeed launcher is not on PATH")
+def test_kill_and_resume_equals_the_straight_run_and_two_ranks_agree(demo_assets, tmp_path, launches):
+    """Three launches side by side: a straight 1-process run, the same run killed after its step-2 checkpoint
+    (then resumed), and a 2-rank ZeRO-3 run."""
     plugin = tmp_path / "plugin"
     plugin.mkdir()
     (plugin / "mostly_flat.py").write_text(PLUGIN)
     args = RUN + ["grpo.max_steps=4", "run.save_every=2"]
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    straight, resumed, two = tmp_path / "straight", tmp_path / "resumed", tmp_path / "two_ranks"
     env = lambda name: {"PYTHONPATH": str(plugin), "SCORED_LOG": str(tmp_path / name)}
+    ranks = launches.start("train_grpo.py", f"output_dir={two}", *RUN, "grpo.max_steps=3", log=tmp_path / "two.log",
+                           launcher=["deepspeed", "--num_gpus", "2", "--master_port", "29741"], env=env("two"))
     a = launches.start("train_grpo.py", f"output_dir={straight}", *args, launcher=[sys.executable],
                        log=tmp_path / "straight.log", env=env("straight"))
     victim = launches.start("train_grpo.py", f"output_dir={resumed}", *args, launcher=[sys.executable],
@@ -136,11 +141,13 @@ def test_kill_and_resume_equals_the_straight_run(demo_assets, tmp_path, launches
     launches.kill(victim)
     assert marker.exists(), victim.log.read_text()[-3000:]
     assert not (resumed / "summary.json").exists(), "the run finished before it could be killed"
-    code, out = launches.wait(a)
-    assert code == 0, out
-    proc = run_cli("train_grpo.py", f"output_dir={resumed}", *args, env=env("resumed"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = launches.start("train_grpo.py", f"output_dir={resumed}", *args, launcher=[sys.executable],
+                           log=tmp_path / "resumed.log", env=env("resumed"))
+    for proc in (a, again, ranks):
+        code, out = launches.wait(proc)
+        assert code == 0, out
 
+    # Kill + resume: the same scalars as the straight run, every step full of informative groups.
     rows = run_metrics(straight)
     assert_same_metrics(rows, run_metrics(resumed), [1, 2, 3, 4])
     train, order = _prompt_order(world_size=1)
@@ -157,26 +164,15 @@ def test_kill_and_resume_equals_the_straight_run(demo_assets, tmp_path, launches
     assert mid["batches_drawn"] == sum(r["sampling/rounds"] for r in rows[:2])
     assert _scored_batches(tmp_path / "resumed", 0)[-(drawn - mid["batches_drawn"]):] == batches[mid["batches_drawn"]:]
 
-
-@pytest.mark.skipif(shutil.which("deepspeed") is None, reason="the deepspeed launcher is not on PATH")
-def test_two_rank_zero3_ranks_draw_the_same_order_and_fill_every_step(demo_assets, tmp_path):
-    plugin = tmp_path / "plugin"
-    plugin.mkdir()
-    (plugin / "mostly_flat.py").write_text(PLUGIN)
-    out = tmp_path / "run"
-    proc = run_cli("train_grpo.py", f"output_dir={out}", *RUN, "grpo.max_steps=3",
-                   launcher=["deepspeed", "--num_gpus", "2", "--master_port", "29741"],
-                   env={"PYTHONPATH": str(plugin), "SCORED_LOG": str(tmp_path / "scored")})
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    rows = run_metrics(out)
+    # 2 ranks under ZeRO-3: both ran the same rounds, each on its share of the same batches of the order.
+    rows = run_metrics(two)
     train, order = _prompt_order(world_size=2)
     _check_trained_on_full_informative_groups(rows, order.prompts_per_step)
-    # Both ranks ran the same rounds, each on its share of the same batches of the order.
     drawn = int(sum(r["sampling/rounds"] for r in rows))
     for rank in (0, 1):
         want = [[train[i].reference for i in order.indices(k, rank=rank, world_size=2)] for k in range(drawn)]
-        assert _scored_batches(tmp_path / "scored", rank) == want, rank
-    state = json.loads((out / "checkpoints" / "step-00000003" / "client_state.json").read_text())
+        assert _scored_batches(tmp_path / "two", rank) == want, rank
+    state = json.loads((two / "checkpoints" / "step-00000003" / "client_state.json").read_text())
     assert state["batches_drawn"] == drawn
 
 

@@ -52,15 +52,11 @@ def test_two_rank_zero3_grpo_updates_lora_only_and_partitions_the_optimizer(demo
 
 
 
-def _probe_lora(tmp_path, name, *overrides, port):
-    out = tmp_path / f"{name}.json"
-    proc = run_cli("../tests/_grpo_probe.py", str(out), *overrides,
-                   launcher=["deepspeed", "--num_gpus", "2", "--master_port", str(port)])
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    return [torch.load(f"{out}.rank{r}.lora.pt") for r in (0, 1)]
+def _lora_of(tmp_path, name):
+    return [torch.load(tmp_path / f"{name}.json.rank{r}.lora.pt") for r in (0, 1)]
 
 
-def test_two_rank_policy_pass_on_gathered_weights_equals_the_layer_by_layer_pass(demo_assets, tmp_path):
+def test_two_rank_policy_pass_on_gathered_weights_equals_the_layer_by_layer_pass(demo_assets, tmp_path, launches):
     """grpo.gathered_policy_pass runs the first forward/backward with ZeRO's hooks off on the weights
     gathered for generation. With every parameter partitioned (persistence threshold 0, as for the large
     LoRA matrices of a big model), the update must equal ZeRO-3's own hooked pass: the gradients still
@@ -71,8 +67,15 @@ def test_two_rank_policy_pass_on_gathered_weights_equals_the_layer_by_layer_pass
     ds_path.write_text(json.dumps(ds))
     common = [f"train.deepspeed={ds_path}", "grpo.max_completion_length=8", "model.lora.r=4",
               "model.lora.dropout=0.0", "eval.ood_samples=4", "eval.ood_max_tokens=16"]
-    gathered = _probe_lora(tmp_path, "gathered", *common, "grpo.gathered_policy_pass=true", port=29733)
-    hooked = _probe_lora(tmp_path, "hooked", *common, "grpo.gathered_policy_pass=false", port=29735)
+    procs = [launches.start("../tests/_grpo_probe.py", str(tmp_path / f"{name}.json"), *common,
+                            "grpo.gathered_policy_pass=" + ("true" if name == "gathered" else "false"),
+                            log=tmp_path / f"{name}.log",
+                            launcher=["deepspeed", "--num_gpus", "2", "--master_port", str(port)])
+             for name, port in (("gathered", 29733), ("hooked", 29735))]  # side by side
+    for proc in procs:
+        code, output = launches.wait(proc)
+        assert code == 0, output
+    gathered, hooked = _lora_of(tmp_path, "gathered"), _lora_of(tmp_path, "hooked")
     assert gathered[0].keys() == hooked[0].keys() and gathered[0]
     assert any(t.abs().max() > 0 for n, t in gathered[0].items() if "lora_B" in n)  # it did learn
     for rank in (0, 1):

@@ -4,6 +4,7 @@ import json
 import shutil
 
 import pytest
+from _grpo_parity import GRAD_ACCUM
 from _helpers import run_cli
 
 pytestmark = pytest.mark.skipif(shutil.which("deepspeed") is None, reason="the deepspeed launcher is not on PATH")
@@ -25,9 +26,9 @@ def test_lora_gradient_equals_trl_formula_on_the_global_batch(demo_assets, tmp_p
     all_flat = [r for r in rows if r.get("case") == "all_flat"]
     rows = [r for r in rows if "case" not in r]
     # GA x loss_type x scale_rewards x beta x (one row per iteration, mu 1 and 2)
-    assert len(rows) == 3 * 4 * len(SCALES[world].split(",")) * 2 * (1 + 2)
+    assert len(rows) == len(GRAD_ACCUM) * 4 * len(SCALES[world].split(",")) * 2 * (1 + 2)
     # a step with nothing to learn still steps the optimizer (and its LR schedule) once, as TRL's does
-    assert [(r["optimizer_steps"], r["trained_fraction"]) for r in all_flat] == [(1, 0.0)] * 3, all_flat
+    assert [(r["optimizer_steps"], r["trained_fraction"]) for r in all_flat] == [(1, 0.0)] * len(GRAD_ACCUM), all_flat
     failures = []
     for r in rows:
         case = f"GA={r['ga']} {r['loss_type']} scale={r['scale']} beta={r['beta']} mu={r['mu']} it={r['iteration']}"

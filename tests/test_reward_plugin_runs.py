@@ -1,5 +1,5 @@
-"""Whole GRPO runs with the README's two reward examples: the plugin file examples/rewards/length_plugin.py (on
-PYTHONPATH, as a user puts it) and a loopback reward server answering with examples/rewards/reward_server.py's
+"""Whole GRPO runs with the README's two reward examples: the plugin file examples/rewards/length_plugin.py (copied
+into a temporary folder on PYTHONPATH, as a user puts it) and a loopback reward server answering with examples/rewards/reward_server.py's
 scores. A good server's values reach the weighted sum; a server that times out, fails with 500 or returns the
 wrong number of scores stops the run with one `error:` line and exit status 2, keeping every checkpoint
 written before, from which the run resumes."""
@@ -29,8 +29,9 @@ def _args(out, url, *extra):
             f"reward.kwargs.lenmatch={{tolerance: {TOLERANCE}}}", *extra]
 
 
-ENV = {"PYTHONPATH": os.pathsep.join(filter(None, [str(EXAMPLES), os.environ.get("PYTHONPATH")])),
-       "SEMGRPO_REMOTE_BACKOFF": "0.05"}
+def _env(plugin_dir):
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(plugin_dir), os.environ.get("PYTHONPATH")])),
+            "SEMGRPO_REMOTE_BACKOFF": "0.05"}
 
 
 def _deepspeed(port):
@@ -85,10 +86,14 @@ def test_plugin_and_server_rewards_train_and_failing_servers_stop_cleanly(demo_a
     slow = RewardStub(plan=["ok", "ok", "sleep"], sleep=6.0)
     broken = RewardStub(plan=["ok", "ok", "500"])
     stubs = [good, short, slow, broken]
+    # The plugin file, copied into a folder of its own as a user's would be (the README's example, unchanged).
+    plugin_dir = tmp_path / "my_rewards"
+    plugin_dir.mkdir()
+    shutil.copy(EXAMPLES / "length_plugin.py", plugin_dir)
     try:
         def start(name, stub, launcher, *extra, log=None):
             return launches.start("train_grpo.py", *_args(tmp_path / name, stub.url, *extra), launcher=launcher,
-                                  log=tmp_path / f"{log or name}.log", env=ENV)
+                                  log=tmp_path / f"{log or name}.log", env=_env(plugin_dir))
 
         runs = {"good": start("good", good, _deepspeed(29771)), "short": start("short", short, _deepspeed(29773)),
                 "slow": start("slow", slow, [sys.executable], "reward.remote_timeout=1.5", "reward.remote_retries=1"),
