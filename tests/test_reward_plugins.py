@@ -75,6 +75,19 @@ def infinite(prompts, completions, references):
     return [math.inf] * len(completions)
 
 
+def a_bool(prompts, completions, references):
+    return [bool(c) for c in completions]
+
+
+class Picky:
+    def __init__(self, size):
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+
+    def __call__(self, prompts, completions, references):
+        return [1.0] * len(completions)
+
+
 NOT_CALLABLE = 3
 '''
 
@@ -164,6 +177,7 @@ def test_the_plugin_example_scores_the_length_match_it_documents():
     (f"{PLUGIN_MODULE}:char_count", ["reward.kwargs.char_count={factor: 2}"], "is not a class"),
     (f"{PLUGIN_MODULE}:Scaled", ["reward.kwargs.Scaled={size: 2}"], "building Scaled(**reward.kwargs.Scaled) failed"),
     (f"{PLUGIN_MODULE}:NOT_CALLABLE", [], "not a callable"),
+    (f"{PLUGIN_MODULE}:Picky", ["reward.kwargs.Picky={size: 0}"], "failed: size must be >= 1, got 0"),
 ])
 def test_a_plugin_that_cannot_be_used_is_one_config_error(entry, overrides, message):
     with pytest.raises(ConfigError) as err:
@@ -175,6 +189,7 @@ def test_a_plugin_that_cannot_be_used_is_one_config_error(entry, overrides, mess
     ("wrong_count", "returned 1 values for 4 completions"),
     ("a_string", "returned 'high' at position 0"),
     ("infinite", "returned inf at position 0"),
+    ("a_bool", "returned True at position 0; expected a finite number or None (return 1.0 / 0.0"),
 ])
 def test_unusable_plugin_output_is_one_reward_error(entry, message):
     cfg, fns = _rewards(f"{PLUGIN_MODULE}:{entry}")
@@ -191,6 +206,7 @@ def test_unusable_plugin_output_is_one_reward_error(entry, message):
     ([f"{PLUGIN_MODULE}:char_count", f"char_count={PLUGIN_MODULE}:Scaled"], [], "two rewards are named 'char_count'"),
     (["http://reward host/score"], [], "is not a URL of the form http://host:port/path"),
     (["remote=semantic"], [], "a built-in reward keeps its own name"),
+    (["semantic=semantic"], [], "a built-in reward keeps its own name; write semantic"),
 ])
 def test_reward_config_mistakes_are_one_config_error(functions, overrides, message):
     with pytest.raises(ConfigError) as err:
