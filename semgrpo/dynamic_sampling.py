@@ -63,6 +63,8 @@ def needs_another_round(rounds: list[ScoredGroups], *, group_size: int, max_resa
 def keep_informative(rounds: list[ScoredGroups], *, group_size: int, pad_id: int) -> ScoredGroups:
     """This rank's batch of the step: its first informative groups in the order drawn, as many as one round
     holds, topped up with its first flat groups when there are too few."""
+    if len(rounds) == 1:  # one round: every group it drew, as drawn (no copy on the usual path)
+        return rounds[0]
     wanted = len(rounds[0].examples)
     marks = [(i, g, bool(ok)) for i, r in enumerate(rounds) for g, ok in enumerate(r.informative(group_size))]
     chosen = sorted(([(i, g) for i, g, ok in marks if ok] + [(i, g) for i, g, ok in marks if not ok])[:wanted])

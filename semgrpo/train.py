@@ -55,7 +55,6 @@ class GRPORun:
     engine: object
     rewards: dict
     eos: list[int]
-    prompts_per_step: int  # over all ranks
     tax_meter: TaxMeter | None = None
     reference: object | None = None  # full-parameter runs with beta > 0: the frozen starting policy
 
@@ -66,6 +65,11 @@ class GRPORun:
     @property
     def plan(self) -> BatchPlan:
         return self.setup.plan
+
+    @property
+    def prompts_per_step(self) -> int:
+        """Prompts in one batch of the order, over all ranks."""
+        return self.plan.global_batch // self.grpo.group_size
 
 
 class PhaseTimer:
@@ -149,8 +153,9 @@ def grpo_step(run: GRPORun, draw: Callable[[], list[Example]]) -> tuple[dict[str
     if grpo.dynamic_sampling:
         metrics.update({"sampling/rounds": len(rounds), "sampling/prompts_drawn": len(rounds) * run.prompts_per_step,
                         "sampling/informative_fraction": step.informative.float().mean().item()})
-    samples = [{"prompt": scored.examples[0].prompt, "completion": c, "reference": scored.examples[0].reference,
-                "reward": float(r)} for c, r in zip(scored.completions, rewards.tolist())][: grpo.group_size]
+    first = scored.examples[0]  # its group is the first G rows
+    samples = [{"prompt": first.prompt, "completion": c, "reference": first.reference, "reward": float(r)}
+               for c, r in zip(scored.completions[: grpo.group_size], rewards[: grpo.group_size].tolist())]
     return metrics, samples
 
 
@@ -251,7 +256,7 @@ def build_grpo_run(cfg: Config) -> tuple[GRPORun, PromptOrder, int]:
     script = cfg.reward.script or setup.task.target_script
     rewards = build_reward_functions(cfg.reward, encoder=encoder, script=script)
     run = GRPORun(cfg=cfg, setup=setup, engine=engine, rewards=rewards, eos=eos_ids(setup.tokenizer),
-                  prompts_per_step=order.prompts_per_step, tax_meter=tax_meter, reference=reference)
+                  tax_meter=tax_meter, reference=reference)
     return run, order, total_steps
 
 

@@ -10,7 +10,8 @@ from typing import Any
 from semgrpo.batching import TRAINER_LOSS_TYPES
 from semgrpo.config import Config, ConfigError, get_key
 from semgrpo.config.reward_specs import BUILTIN_REWARDS, reward_specs
-from semgrpo.ops.advantage import SCALES as SCALE_REWARDS  # the choices live with the ops that use them
+from semgrpo.ops.advantage import SCALES as SCALE_REWARDS
+from semgrpo.tracking import TRACKERS  # the choices live with the ops that use them
 
 
 def validate(cfg: Config) -> None:
@@ -58,7 +59,7 @@ def _check_rewards(r) -> None:
                               f"{', '.join(plugins) or 'none'}")
 
 
-REPORT_TO = ("tensorboard", "wandb", "jsonl", "none")
+REPORT_TO = (*TRACKERS, "none")
 
 
 def _check_report_to(report_to: list[str]) -> None:
