@@ -145,12 +145,13 @@ def install_wheels(folder: Path, site: Path) -> list[str]:
         raise CheckError(f"--wheels {folder}: no .whl files there")
     notes = []
     for w in wheels:
-        name = w.name.split("-")[0]
+        name, version = w.name.split("-")[:2]
         try:
             have = importlib.metadata.version(name)
-            notes.append(f"note: {w.name} shadows the installed {name} {have}")
         except importlib.metadata.PackageNotFoundError:
-            pass
+            continue
+        if have != version:
+            notes.append(f"note: {w.name} shadows the installed {name} {have}")
     shutil.rmtree(site, ignore_errors=True)
     cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--no-compile",
            "--no-cache-dir", "--disable-pip-version-check", "--target", str(site), *map(str, wheels)]
@@ -317,7 +318,7 @@ def run(args, steps: list[Step], argv: list[str]) -> int:
     report.write()
     for line in plan_lines(steps, args.smoke):
         print(line, flush=True)
-    failed = False
+    statuses = []
     for step in steps:
         missing = missing_modules(step)
         if missing:
@@ -331,12 +332,13 @@ def run(args, steps: list[Step], argv: list[str]) -> int:
         report.update(step, **{k: res[k] for k in ("status", "seconds", "summary", "body")})
         print(f"step {step.number} {step.key}: {res['status']} in {res['seconds']:.0f} s "
               f"(budget {budget(step, args.smoke)} s): {res['summary']}", flush=True)
-        failed |= res["status"] not in STATUS_OK
+        statuses.append(res["status"])
         if res["stopped"] == "interrupted":
             print(f"interrupted; the report so far is in {out / 'report.md'}")
             return 130
-    print(f"report: {out / 'report.md'}")
-    return 1 if failed else 0
+    counts = ", ".join(f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses))
+    print(f"gpu_check: {counts}; report: {out / 'report.md'}")
+    return 0 if all(s in STATUS_OK for s in statuses) else 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -146,6 +146,14 @@ def step_bench(ctx: Ctx) -> dict:
         except Exception as exc:  # keep the other benchmark and report this one
             errors.append(f"`bench_kernels.py {' '.join(args[:2])}`: {type(exc).__name__}: {exc}")
             print(f"FAILED {errors[-1]}", flush=True)
+        finally:  # the second benchmark needs most of the GPU's memory again
+            import gc
+
+            import torch
+
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
     peers = {"liger": _has_module("liger_kernel"), "trl_chunked": _has_module("trl")}
     fused_rows = tables.read_rows(ctx.out, "bench_kernels_fused_linear_*.csv")
     logit_rows = tables.read_rows(ctx.out, "bench_kernels_*.csv", exclude="fused_linear")

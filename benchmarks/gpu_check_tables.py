@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 CASE_COLUMNS = ("nodeid", "outcome", "seconds", "cuda_allocations", "message")
+MAX_TRACEBACKS, TRACEBACK_LINES = 8, 15  # failures whose traceback ends go into the report
 _OUTCOMES = ("passed", "failed", "error", "skipped")
 
 
@@ -22,16 +23,18 @@ def junit_cases(path: Path) -> list[dict]:
     for tc in ET.parse(path).getroot().iter("testcase"):
         module = tc.get("classname", "").replace(".", "/")
         nodeid = f"{module}.py::{tc.get('name')}" if module else tc.get("name", "?")
-        outcome, message = "passed", ""
+        outcome, message, detail = "passed", "", ""
         for tag in ("failure", "error", "skipped"):
             el = tc.find(tag)
             if el is not None:
                 outcome = {"failure": "failed"}.get(tag, tag)
                 message = (el.get("message") or el.text or "").strip()
+                detail = (el.text or "").strip()
                 break
         props = {p.get("name"): p.get("value") for p in tc.iter("property")}
         cases.append(dict(nodeid=nodeid, outcome=outcome, seconds=float(tc.get("time") or 0.0),
-                          cuda_allocations=int(props.get("cuda_allocations") or 0), message=message))
+                          cuda_allocations=int(props.get("cuda_allocations") or 0), message=message,
+                          detail=detail))
     return cases
 
 
@@ -45,7 +48,7 @@ def log_cases(text: str) -> list[dict]:
     for m in _LOG_LINE.finditer(text):
         nodeid, word = (m.group(1), m.group(2)) if m.group(1) else (m.group(4), m.group(3))
         outcome = {"PASSED": "passed", "FAILED": "failed", "ERROR": "error", "SKIPPED": "skipped"}[word]
-        seen[nodeid] = dict(nodeid=nodeid, outcome=outcome, seconds=0.0, cuda_allocations=0,
+        seen[nodeid] = dict(nodeid=nodeid, outcome=outcome, seconds=0.0, cuda_allocations=0, detail="",
                             message="(from the log: the run was stopped before pytest wrote its XML)")
     return list(seen.values())
 
@@ -61,7 +64,7 @@ def write_cases_csv(path: Path, cases: list[dict]) -> None:
         w = csv.DictWriter(f, fieldnames=CASE_COLUMNS)
         w.writeheader()
         for c in cases:
-            w.writerow(dict(c, message=c["message"].splitlines()[0][:300] if c["message"] else ""))
+            w.writerow({k: c[k] for k in CASE_COLUMNS} | dict(message=_first_line(c["message"], 300)))
 
 
 def cases_markdown(cases: list[dict], log: str, *, list_all: bool = False) -> str:
@@ -79,8 +82,11 @@ def cases_markdown(cases: list[dict], log: str, *, list_all: bool = False) -> st
                  "```", log[-3000:], "```"]
     bad = [c for c in cases if c["outcome"] in ("failed", "error")]
     if bad:
-        lines += ["", "Failures (first line of each message; the full text is in the step's log):", ""]
+        lines += ["", "Failures (first line of each message; every traceback is in the step's pytest log):", ""]
         lines += [f"- `{c['nodeid']}`: {_first_line(c['message'])}" for c in bad]
+        for c in bad[:MAX_TRACEBACKS]:  # the report may be all that comes back from a GPU window
+            tail = "\n".join(c["detail"].splitlines()[-TRACEBACK_LINES:])
+            lines += ["", f"`{c['nodeid']}`:", "", "```", tail or c["message"], "```"]
     if list_all and cases:
         lines += ["", "| case | outcome | CUDA allocations |", "| --- | --- | --- |"]
         lines += [f"| `{c['nodeid'].split('::')[-1]}` | {c['outcome']} | {c['cuda_allocations']} |" for c in cases]
@@ -90,9 +96,9 @@ def cases_markdown(cases: list[dict], log: str, *, list_all: bool = False) -> st
     return "\n".join(lines) + "\n"
 
 
-def _first_line(text: str) -> str:
+def _first_line(text: str, limit: int = 240) -> str:
     line = text.strip().splitlines()[0] if text.strip() else ""
-    return line[:240].replace("|", "\\|")
+    return line[:limit].replace("|", "\\|")
 
 
 # ---- Triton kernels ------------------------------------------------------------------------------------------------
@@ -174,7 +180,7 @@ def fused_linear_markdown(rows: list[dict], peers: dict) -> str:
     mm_ms, tflops = _value(rows, "matmul", "torch.mm", "time"), _value(rows, "matmul", "torch.mm", "tflops")
     if mm_ms is not None:
         lines += ["", f"Matmul peak, measured: `torch.mm` [N, H] x [H, V] in the same dtype, {mm_ms:.2f} ms = "
-                      f"{tflops:.1f} TFLOP/s; a method's % counts 8*N*H*V FLOPs per forward+backward."]
+                      f"{tflops:.3g} TFLOP/s; a method's % counts 8*N*H*V FLOPs per forward+backward."]
     ratios = [(m, _value(rows, op, "ours", m)) for m in ("mem_ratio_vs_eager", "mem_ratio_vs_trl_chunked",
                                                            "time_ratio_vs_trl_chunked")]
     if any(v is not None for _, v in ratios):

@@ -159,6 +159,27 @@ def test_cases_of_a_killed_pytest_come_from_its_verbose_log():
                    "tests/ops/c.py::test_z": "skipped"}
 
 
+def test_junit_failures_reach_the_report_with_the_end_of_their_traceback(tmp_path):
+    trace = "\n".join(f"frame {i}" for i in range(30)) + "\nE   AssertionError: 3 entries out of tolerance"
+    (tmp_path / "j.xml").write_text(
+        '<?xml version="1.0"?><testsuites><testsuite>'
+        '<testcase classname="tests.ops.test_a" name="test_x[triton-cuda]" time="1.5">'
+        '<properties><property name="cuda_allocations" value="7"/></properties>'
+        f'<failure message="AssertionError: 3 entries out of tolerance">{trace}</failure></testcase>'
+        '<testcase classname="tests.ops.test_a" name="test_y[torch-cpu]" time="0.5">'
+        '<skipped message="needs liger"/></testcase></testsuite></testsuites>')
+    cases = gpu_check_tables.junit_cases(tmp_path / "j.xml")
+    assert [(c["nodeid"], c["outcome"], c["cuda_allocations"]) for c in cases] == [
+        ("tests/ops/test_a.py::test_x[triton-cuda]", "failed", 7), ("tests/ops/test_a.py::test_y[torch-cpu]", "skipped", 0)]
+    text = gpu_check_tables.cases_markdown(cases, log="")
+    assert "| `tests/ops/test_a.py` | 0 | 1 | 0 | 1 | 1 | 2.0 |" in text
+    assert "frame 29" in text and "frame 14" not in text and "E   AssertionError: 3 entries" in text
+    assert "Skipped because: needs liger" in text
+    gpu_check_tables.write_cases_csv(tmp_path / "c.csv", cases)
+    with open(tmp_path / "c.csv") as f:
+        assert [r["message"] for r in csv.DictReader(f)] == ["AssertionError: 3 entries out of tolerance", "needs liger"]
+
+
 def test_wheels_are_installed_apart_and_a_folder_without_any_is_refused(tmp_path):
     wheels = tmp_path / "wheels"
     wheels.mkdir()
