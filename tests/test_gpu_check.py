@@ -135,6 +135,39 @@ def test_demo_overrides_are_keys_the_trainer_accepts(tmp_path):
     assert full.sft.before_grpo is True and full.sft.epochs == 1 and full.tax_meter.every_steps == 25
 
 
+def test_bench_step_hands_the_window_sizes_to_the_benchmarks(tmp_path, monkeypatch):
+    import bench_fused_linear
+    import bench_kernels
+
+    seen = {}
+    monkeypatch.setattr(bench_fused_linear, "run", lambda args: seen.setdefault("fused", args) and 0)
+    monkeypatch.setattr(bench_kernels, "bench_grpo",
+                        lambda run, shapes, providers, dtype, device: seen.setdefault("logits", (shapes, providers)))
+    res = gpu_check_steps.step_bench(gpu_check_steps.Ctx(out=tmp_path, smoke=False))
+    a = seen["fused"]
+    assert (a.fl_shape, a.fl_dtype, a.fl_rep, a.fl_matmul_peak, a.smoke) == ("16x1024x2560x151936", "bfloat16", 10,
+                                                                            True, False)
+    assert a.fl_methods.split(",") == ["ours", "trl_chunked", "liger", "eager"]
+    assert seen["logits"][0] == [(16384, 151936)] and "liger" in seen["logits"][1]
+    # nothing measured here: our rows are missing, and the step says so instead of passing
+    assert res["status"] == "fail" and "linear_grpo_loss missing" in res["summary"]
+    assert "| semgrpo `linear_grpo_loss` | no result (failed: see the step's log) |" in res["body"]
+
+
+def test_report_header_names_the_gpu(monkeypatch):
+    import types
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda i=0: types.SimpleNamespace(total_memory=80 * 2**30, multi_processor_count=132))
+    lines = gpu_check.header_lines(smoke=False, argv=["--out", "x"])
+    assert lines[0].startswith("- Device: NVIDIA H100 80GB HBM3, 80 GiB, 132 SMs, CUDA ")
+    assert any(line.startswith("- Packages: torch ") for line in lines)
+
+
 def test_compiled_kernels_counts_each_launched_kernel_in_the_triton_cache(tmp_path):
     kernels = gpu_check_tables.triton_kernels(REPO / "semgrpo" / "ops")
     assert {"_grpo_loss_fwd_kernel", "_softmax_grad_kernel", "_linear_fwd_tile_kernel",
