@@ -12,10 +12,17 @@ advantage per sequence, old and reference log-probs) and computes the gradients 
 
 Errors are max |x - ref| against the same eager computation in fp32 (inputs upcast), run once beforehand; in
 an fp32 run the ``eager`` row therefore shows only run-to-run differences.
+
+``% of matmul peak`` (on by default on CUDA, ``--fl-matmul-peak`` elsewhere): one forward+backward is counted
+as 8*N*H*V FLOPs for every method (four [N, H] x [H, V] products: the logits, their recomputation in the
+backward, the gradients of hidden and weight; a method that keeps the logits does three of them, and is
+counted the same, so the figures rank times). That count over the call's time is compared with the FLOP rate
+of one ``torch.mm`` of the same shape and dtype (``hidden @ weight.T``), timed in the same run.
 """
 
 from __future__ import annotations
 
+import argparse
 import gc
 import math
 from dataclasses import dataclass
@@ -64,6 +71,9 @@ def add_args(p) -> None:
     g.add_argument("--fl-beta", type=float, default=LossConfig.beta)
     g.add_argument("--fl-trl-chunk", type=int, default=None,
                    help="vocabulary chunk of TRL's kernel (default: the one its fused LM head uses, 32768)")
+    g.add_argument("--fl-matmul-peak", action=argparse.BooleanOptionalAction, default=None,
+                   help="time torch.mm of the same shape and give each method's %% of its FLOP rate "
+                        "(default: on for CUDA, off on CPU)")
 
 
 # ---- the loss every torch-side method shares ----------------------------------------------------------------
@@ -255,6 +265,20 @@ def reference(batch, cfg: LossConfig):
     return dict(loss=float(loss.detach()), gh=h.grad, gw=w.grad)
 
 
+def matmul_rate(batch, *, rep: int, warmup: int) -> dict:
+    """Time ``hidden @ weight.T`` ([N, H] x [H, V] in the inputs' dtype): p50/p20/p80 ms and FLOP/s at the p50."""
+    h = batch["hidden"].reshape(-1, batch["hidden"].shape[-1])
+    w = batch["weight"]
+    times = bench(lambda: torch.mm(h, w.t()), rep=rep, warmup=warmup)
+    p50, p20, p80 = quantiles(times)
+    return dict(ms=(p50, p20, p80), flops=2 * h.shape[0] * h.shape[1] * w.shape[0] / (p50 * 1e-3))
+
+
+def fwd_bwd_flops(N: int, H: int, V: int) -> int:
+    """The work counted for one forward+backward: four [N, H] x [H, V] products."""
+    return 8 * N * H * V
+
+
 # ---- the run -----------------------------------------------------------------------------------------------------
 
 
@@ -286,6 +310,14 @@ def run(args) -> int:
     gc.collect()
     print(f"  fp32 eager reference: loss={ref['loss']:.6g} max|grad_hidden|={float(ref['gh'].abs().max()):.3g} "
           f"max|grad_weight|={float(ref['gw'].abs().max()):.3g}", flush=True)
+    mm = None
+    if args.fl_matmul_peak if args.fl_matmul_peak is not None else device == "cuda":
+        mm = matmul_rate(batch, rep=rep, warmup=args.fl_warmup)
+        writer.add("matmul", "torch.mm", "fwd", "time", "ms", shape, *mm["ms"])
+        writer.add("matmul", "torch.mm", "fwd", "tflops", "TFLOP/s", shape, mm["flops"] / 1e12)
+        writer.write()
+        print(f"  torch.mm [N, H] x [H, V] {dt}: {mm['ms'][0]:.3f} ms, {mm['flops'] / 1e12:.1f} TFLOP/s", flush=True)
+        gc.collect()
     methods = build_methods(names, batch, cfg, args.fl_trl_chunk)
     results = {}
     for name, loss_fn in methods.items():
@@ -310,17 +342,23 @@ def run(args) -> int:
         writer.add(op, name, mode, "max_abs_err_loss", "abs", shape, r["err_loss"])
         writer.add(op, name, mode, "max_abs_err_grad_hidden", "abs", shape, r["err_gh"])
         writer.add(op, name, mode, "max_abs_err_grad_weight", "abs", shape, r["err_gw"])
+        r["pct_mm"] = float("nan")
+        if mm is not None:
+            pct = [100 * fwd_bwd_flops(N, H, V) / (t * 1e-3) / mm["flops"] for t in (p50, p80, p20)]
+            writer.add(op, name, mode, "pct_matmul_peak", "%", shape, *pct)
+            r["pct_mm"] = pct[0]
         writer.write()  # keep what we have if a later method is killed
         print(f"  {name:12s} {p50:10.1f} ms  +{r['mem'] / 2**20:9.1f} MB  err loss {r['err_loss']:.2e} "
-              f"grad_hidden {r['err_gh']:.2e} grad_weight {r['err_gw']:.2e}", flush=True)
+              f"grad_hidden {r['err_gh']:.2e} grad_weight {r['err_gw']:.2e}"
+              + (f"  {r['pct_mm']:.1f}% of matmul peak" if mm is not None else ""), flush=True)
 
     print()
-    print("| method | device | dtype | N | H | V | fwd+bwd ms (p50) | peak extra MB | max abs err loss "
-          "| grad_hidden | grad_weight |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| method | device | dtype | N | H | V | fwd+bwd ms (p50) | % of matmul peak | peak extra MB "
+          "| max abs err loss | grad_hidden | grad_weight |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, r in results.items():
-        print(f"| {name} | {dev} | {dt} | {N} | {H} | {V} | {r['ms']:.1f} | {r['mem'] / 2**20:.1f} "
-              f"| {r['err_loss']:.2e} | {r['err_gh']:.2e} | {r['err_gw']:.2e} |")
+        print(f"| {name} | {dev} | {dt} | {N} | {H} | {V} | {r['ms']:.1f} | {r['pct_mm']:.1f} "
+              f"| {r['mem'] / 2**20:.1f} | {r['err_loss']:.2e} | {r['err_gh']:.2e} | {r['err_gw']:.2e} |")
     print()
     _ratios(results, writer, shape)
     print(f"wrote {writer.write()} ({len(writer.rows)} rows)")

@@ -1,7 +1,8 @@
 """Kernel microbenchmarks: ours (Triton) vs torch eager, torch.compile and Liger-Kernel.
 
     python benchmarks/bench_kernels.py                  # CUDA: full shapes, CSV to benchmarks/results/
-    python benchmarks/bench_kernels.py --smoke          # small shapes, torch paths only, seconds on CPU
+    python benchmarks/bench_kernels.py --smoke          # small shapes on CPU, seconds (torch paths; with
+                                                        # TRITON_INTERPRET=1 the Triton ones interpreted too)
     python benchmarks/bench_kernels.py --out DIR --providers ours,eager
     python benchmarks/bench_kernels.py --fused-linear   # GRPO loss from hidden states: ours, TRL, Liger, eager
     python benchmarks/bench_kernels.py --fused-linear --smoke   # the same at 2x32 tokens, H=64, V=1000
@@ -40,15 +41,23 @@ from semgrpo.ops import (
     token_logprobs,
     token_logprobs_torch,
 )
+from semgrpo.ops._dispatch import interpreter_enabled
 
 
 def _liger_grpo():
+    """Liger's logits-level GRPO loss and its per-token log-prob kernel, or (None, None)."""
     try:
+        from liger_kernel.ops.grpo_loss import fused_selective_log_softmax
         from liger_kernel.transformers.grpo_loss import triton_grpo_loss
     except Exception as exc:  # not installed or incompatible
         print(f"liger-kernel: not available ({type(exc).__name__}: {exc})")
-        return None
-    return triton_grpo_loss
+        return None, None
+    return triton_grpo_loss, fused_selective_log_softmax
+
+
+def triton_runs_on(device: str) -> bool:
+    """Whether the Triton providers can run on ``device``: compiled on CUDA, or under the interpreter."""
+    return device == "cuda" or interpreter_enabled()
 
 
 class Runner:
@@ -98,7 +107,8 @@ def _providers_fn(name, compiled_cache, fn):
 
 
 def bench_grpo(run: Runner, shapes, providers, dtype, device):
-    liger = _liger_grpo() if "liger" in providers else None
+    liger, liger_logps = _liger_grpo() if "liger" in providers else (None, None)
+    tri = triton_runs_on(device)
     compiled = {}
     for N, V in shapes:
         T = 256 if N >= 256 else N
@@ -125,7 +135,7 @@ def bench_grpo(run: Runner, shapes, providers, dtype, device):
                     continue
                 if prov == "ours_inplace" and mode == "fwd":
                     continue
-                if prov in ("ours", "ours_inplace") and device != "cuda":
+                if prov in ("ours", "ours_inplace") and not tri:
                     continue
                 leaf = x if prov != "liger" else None
                 if prov == "liger":
@@ -174,9 +184,14 @@ def bench_grpo(run: Runner, shapes, providers, dtype, device):
         # forward-only per-token log-probs (old/ref pass), same shapes
         e = run.case("token_logprobs", "eager", "fwd", shape, lambda: token_logprobs_torch(x, ids), nbytes=fwd_bytes,
                      rep=5)
-        if device == "cuda":
+        if tri:
             run.case("token_logprobs", "ours", "fwd", shape, lambda: token_logprobs(x, ids, backend="triton"),
                      nbytes=fwd_bytes, eager_ms=e)
+        if liger_logps is not None:
+            xl = torch.cat([x, x[:, -1:]], dim=1)  # Liger takes [B, T+1, V] and drops the last position
+            run.case("token_logprobs", "liger", "fwd", shape, lambda: liger_logps(xl, ids, 1.0, mask),
+                     nbytes=fwd_bytes, eager_ms=e)
+            del xl
         x = keep = None  # free this shape's logits before the next one
         gc.collect()
         torch.cuda.empty_cache() if device == "cuda" else None
@@ -189,7 +204,7 @@ def bench_small_ops(run: Runner, providers, device, *, n_groups, G, N_emb, D, dt
     shape = f"B={n_groups},G={G}"
     eager = None
     for prov in providers:
-        if prov in ("liger", "ours_inplace") or (prov == "ours" and device != "cuda"):
+        if prov in ("liger", "ours_inplace") or (prov == "ours" and not triton_runs_on(device)):
             continue
         if prov == "ours":
             fn = lambda: group_advantages(r, G, backend="triton")
@@ -205,7 +220,7 @@ def bench_small_ops(run: Runner, providers, device, *, n_groups, G, N_emb, D, dt
     nbytes = 2 * c.numel() * c.element_size() + 9 * N_emb
     eager = None
     for prov in providers:
-        if prov in ("liger", "ours_inplace") or (prov == "ours" and device != "cuda"):
+        if prov in ("liger", "ours_inplace") or (prov == "ours" and not triton_runs_on(device)):
             continue
         if prov == "ours":
             fn = lambda: semantic_reward(c, ref, lang, tau=0.3, backend="triton")
@@ -268,13 +283,19 @@ def tune_grpo(N: int, V: int, rep: int) -> None:
     reward_mod.LAUNCH_OVERRIDE = None
 
 
+FULL_SHAPES = "4096x32000,4096x151936,16384x32000,16384x151936"
+SMOKE_SHAPES = "512x1000"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--smoke", action="store_true", help="small shapes, torch providers only (CPU-friendly)")
+    p.add_argument("--smoke", action="store_true",
+                   help="small shapes on CPU: torch eager, plus ours and Liger under TRITON_INTERPRET=1")
     p.add_argument("--out", type=Path, default=None, help="CSV folder (default benchmarks/results)")
     p.add_argument("--providers", default="eager,ours,ours_inplace,compile,liger")
     p.add_argument("--ops", default="grpo_loss,small")
-    p.add_argument("--shapes", default="4096x32000,4096x151936,16384x32000,16384x151936", help="NxV list")
+    p.add_argument("--shapes", default=None,
+                   help=f"NxV list for grpo_loss (default {FULL_SHAPES}; with --smoke {SMOKE_SHAPES})")
     p.add_argument("--rep", type=int, default=20)
     p.add_argument("--tune", action="store_true", help="sweep grpo_loss launch configs at the last shape, print only")
     bench_fused_linear.add_args(p)
@@ -282,18 +303,20 @@ def main(argv=None) -> int:
     if args.fused_linear:
         return bench_fused_linear.run(args)
     if args.tune:
-        N, V = (int(v) for v in args.shapes.split(",")[-1].split("x"))
+        N, V = (int(v) for v in (args.shapes or FULL_SHAPES).split(",")[-1].split("x"))
         tune_grpo(N, V, args.rep)
         return 0
     cuda = torch.cuda.is_available()
     smoke = args.smoke or not cuda
     device = "cuda" if cuda and not smoke else "cpu"
     providers = [s for s in args.providers.split(",") if s]
+    shapes = [tuple(int(v) for v in s.split("x")) for s in (args.shapes or (SMOKE_SHAPES if smoke else FULL_SHAPES))
+              .split(",")]
     if smoke:
-        providers = [q for q in providers if q == "eager"] or ["eager"]
-        shapes, small = [(512, 1000)], dict(n_groups=64, G=8, N_emb=512, D=256)
+        runnable = ("eager", "ours", "ours_inplace", "liger") if triton_runs_on(device) else ("eager",)
+        providers = [q for q in providers if q in runnable] or ["eager"]
+        small = dict(n_groups=64, G=8, N_emb=512, D=256)
     else:
-        shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
         small = dict(n_groups=4096, G=8, N_emb=32768, D=1024)
     dev = device_name() if device == "cuda" else "cpu"
     tag = dev.replace(" ", "_").replace("/", "_")
