@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--child", choices=[s.key for s in STEPS], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        from gpu_check_steps import Ctx, run_child
+        from gpu.steps import Ctx, run_child
 
         return run_child(args.child, Ctx(out=args.out, smoke=args.smoke, demo_cache=args.demo_cache))
     try:

@@ -14,8 +14,8 @@ from _helpers import REPO, user_env
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import gpu_check
-import gpu_check_steps
-import gpu_check_tables
+from gpu import steps as gpu_check_steps
+from gpu import tables as gpu_check_tables
 
 SCRIPT = [sys.executable, str(REPO / "benchmarks" / "gpu_check.py")]
 WINDOW_S = 8 * 60  # the bound for the whole check on an H100

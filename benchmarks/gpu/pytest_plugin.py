@@ -1,4 +1,4 @@
-"""pytest plugin of gpu_check's test steps (``python -m pytest -p gpu_check_pytest ...`` with benchmarks/ on the
+"""pytest plugin of gpu_check's test steps (``python -m pytest -p gpu.pytest_plugin ...`` with benchmarks/ on the
 path): records how many CUDA memory allocations each test's call made, as the JUnit XML property
 ``cuda_allocations``. A test whose parameters name CUDA but that allocated nothing there did not run on the GPU;
 the count is the evidence that it did, whatever its id says (tests/ops/test_linear_grpo_kernel.py picks its

@@ -1,6 +1,6 @@
 """Run a training entry point in this process with probes; gpu_check's demo step uses it to show what ran.
 
-    python benchmarks/gpu_check_probe.py RECORD.json bin/train_grpo.py [ARGS...]
+    python benchmarks/gpu/probe.py RECORD.json bin/train_grpo.py [ARGS...]
 
 The script runs as ``python SCRIPT ARGS`` would run it. Probes, installed before it imports anything:
 
@@ -23,7 +23,7 @@ import runpy
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 TORCH_COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter_tensor",
                      "reduce_scatter", "broadcast", "all_to_all_single", "all_gather_object",
@@ -134,7 +134,7 @@ class Probe:
 
 def main(argv: list[str]) -> int:
     if len(argv) < 2:
-        print("usage: gpu_check_probe.py RECORD.json SCRIPT [ARGS...]", file=sys.stderr)
+        print("usage: gpu/probe.py RECORD.json SCRIPT [ARGS...]", file=sys.stderr)
         return 2
     record, script, *args = argv
     sys.path.insert(0, str(ROOT))

@@ -17,9 +17,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import gpu_check_tables as tables
+from gpu import tables
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "benchmarks"
 
 FUSED_LINEAR_SHAPE = "16x1024x2560x151936"  # B x T x H x V: N = 16384 tokens
@@ -64,7 +64,7 @@ def run_pytest(ctx: Ctx, key: str, targets: list[str], extra: list[str], *, para
     """Run pytest on ``targets`` with the CUDA-allocation plugin; the cases from its JUnit XML (or, when it was
     killed before writing it, from its verbose log)."""
     junit, log = ctx.work / f"{key}_junit.xml", ctx.work / f"{key}_pytest.log"
-    cmd = [sys.executable, "-m", "pytest", *targets, *extra, "-p", "gpu_check_pytest", "-p", "no:cacheprovider",
+    cmd = [sys.executable, "-m", "pytest", *targets, *extra, "-p", "gpu.pytest_plugin", "-p", "no:cacheprovider",
            "-v", "-rfEs", "--color=no", "-o", "faulthandler_timeout=60", "--junitxml", str(junit)]
     workers = min(8, max(2, (os.cpu_count() or 2) // 2))
     if parallel and _has_module("xdist"):  # compiling the kernels is most of the time: spread it over cores
@@ -191,7 +191,7 @@ def step_demo(ctx: Ctx) -> dict:
     env = dict(os.environ, SEMGRPO_FORCE_COLLECTIVES="1", SEMGRPO_CACHE=str(cache))
     record = ctx.work / "demo_probe.json"
     steps = 2 if ctx.smoke else DEMO_STEPS
-    cmd = [sys.executable, str(BENCH / "gpu_check_probe.py"), str(record), "bin/train_grpo.py",
+    cmd = [sys.executable, str(BENCH / "gpu" / "probe.py"), str(record), "bin/train_grpo.py",
            "--config", "configs/demo.yaml", *demo_overrides(ctx)]
     print("$ SEMGRPO_FORCE_COLLECTIVES=1", " ".join(cmd), flush=True)
     start = time.perf_counter()
