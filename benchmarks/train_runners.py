@@ -313,4 +313,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from semgrpo.errors import run_entry_point
+
+    sys.exit(run_entry_point("train_runners.py", main))  # leaves the process group on every way out

@@ -29,6 +29,7 @@ from semgrpo import dist
 from semgrpo.checkpoint import find_latest_checkpoint, load_checkpoint
 from semgrpo.cli import DEMO_CONFIG
 from semgrpo.config import load_config
+from semgrpo.errors import leave_process_group
 from semgrpo.modeling import build_engine, load_policy, resolve_dtype
 from semgrpo.session import apply_demo, init_distributed, seed_everything
 from semgrpo.sft import train_sft
@@ -106,6 +107,7 @@ def main() -> int:
 if __name__ == "__main__":
     status = main()
     dist.barrier()
+    leave_process_group()  # a gloo group alive at exit can abort the process ("terminate called ...")
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)  # every run is saved and closed: skip the interpreter's slow teardown (seconds per rank)

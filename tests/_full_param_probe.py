@@ -2,16 +2,18 @@
 
 A full-parameter GRPO run (no LoRA, grpo.beta > 0): snapshots the gathered policy weights and the reference's
 and policy's log-probs of fixed sequences, runs two real grpo_step calls, snapshots again, and writes per rank
-what changed and how much of the optimizer state and of the reference this rank holds.
+what changed and how much of the optimizer state and of the reference this rank holds; rank 0 saves the
+weights after the steps and the first update's gradients.
 """
 import json
+import sys
 from pathlib import Path
 
 import torch
 
 
 def main() -> None:
-    from _grpo_probe import gathered_state, start_probe_run
+    from _grpo_probe import gathered_state, record_first_gradients, start_probe_run
 
     from semgrpo import dist
     from semgrpo.rollout import Rollout
@@ -35,6 +37,7 @@ def main() -> None:
         return _logps_per_micro_batch(model, context, cfg.grpo, fixed, rows)[0]
 
     before, ref_before, policy_before = gathered_state(run.engine), logps(True), logps(False)
+    grads = record_first_gradients(run.engine, lambda name: True)
     metrics = []
     for step in range(2):
         ids = order.indices(step, rank=dist.rank(), world_size=dist.world_size())
@@ -61,7 +64,10 @@ def main() -> None:
     Path(f"{out_path}.rank{dist.rank()}").write_text(json.dumps(report))
     if dist.is_main():
         torch.save(after, f"{out_path}.weights.pt")
+        torch.save(grads, f"{out_path}.grad.pt")
 
 
 if __name__ == "__main__":
-    main()
+    from semgrpo.errors import run_entry_point
+
+    sys.exit(run_entry_point("_full_param_probe.py", main))  # leaves the process group on every way out

@@ -3,7 +3,7 @@
 Builds the real GRPO run (demo config + overrides), snapshots the full (gathered) parameters, runs two
 real grpo_step calls, snapshots again, and writes per-rank facts the test asserts on: which parameters
 changed, and how much of the optimizer state this rank holds; the updated LoRA tensors go to
-OUT.json.rank<r>.lora.pt.
+OUT.json.rank<r>.lora.pt and the first update's LoRA gradients to OUT.json.rank<r>.grad.pt.
 """
 import json
 import sys
@@ -18,6 +18,26 @@ def gathered_state(engine) -> dict[str, torch.Tensor]:
     params = dict(engine.module.named_parameters())
     with deepspeed.zero.GatheredParameters(list(params.values())):
         return {name: p.detach().clone().float() for name, p in params.items()}
+
+
+def record_first_gradients(engine, keep) -> dict[str, torch.Tensor]:
+    """Filled at the first optimizer boundary with the full (gathered) gradients of the trainable parameters whose
+    name `keep` accepts. Two ways of computing a step are compared by these, not by the weights after the
+    update: Adam divides each gradient by its own size, so an entry that is zero up to rounding moves its weight
+    by a fraction of the learning rate in that rounding's direction."""
+    from deepspeed.utils import safe_get_full_grad
+
+    grads: dict[str, torch.Tensor] = {}
+    params = {n: p for n, p in engine.module.named_parameters() if p.requires_grad and keep(n)}
+    original = engine.step
+
+    def step(*args, **kwargs):
+        if not grads and engine.is_gradient_accumulation_boundary():  # every rank: a collective under ZeRO-3
+            grads.update({n: safe_get_full_grad(p).detach().clone().float() for n, p in params.items()})
+        return original(*args, **kwargs)
+
+    engine.step = step
+    return grads
 
 
 def start_probe_run():
@@ -45,6 +65,7 @@ def main() -> None:
 
     out_path, cfg, run, order = start_probe_run()
     before = gathered_state(run.engine)
+    grads = record_first_gradients(run.engine, lambda name: "lora_" in name)
     metrics = []
     for step in range(2):
         ids = order.indices(step, rank=dist.rank(), world_size=dist.world_size())
@@ -88,7 +109,10 @@ def main() -> None:
     with open(f"{out_path}.rank{dist.rank()}", "w") as f:
         json.dump(report, f)
     torch.save({n: t for n, t in after.items() if "lora_" in n}, f"{out_path}.rank{dist.rank()}.lora.pt")
+    torch.save(grads, f"{out_path}.rank{dist.rank()}.grad.pt")
 
 
 if __name__ == "__main__":
-    main()
+    from semgrpo.errors import run_entry_point
+
+    sys.exit(run_entry_point("_grpo_probe.py", main))  # leaves the process group on every way out

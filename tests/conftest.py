@@ -35,25 +35,33 @@ class Launches:
         import subprocess
         from pathlib import Path
 
-        from _helpers import REPO, user_env
+        from _helpers import REPO, is_deepspeed_launch, user_env
 
         with open(log, "w") as out:
             proc = subprocess.Popen(launcher + [str(REPO / "bin" / script), *args], cwd=REPO, stdout=out,
                                     stderr=subprocess.STDOUT, env=user_env(**(env or {})), start_new_session=True)
         proc.log = Path(log)
+        proc.deepspeed = is_deepspeed_launch(launcher)
+        proc.killed = False
         self.procs.append(proc)
         return proc
 
     def wait(self, proc, timeout: int = 600) -> tuple[int, str]:
-        """(return code, last 4000 characters of its output) once `proc` has exited; killed after `timeout` s."""
+        """(return code, last 4000 characters of its output) once `proc` has exited; killed after `timeout` s.
+        A `deepspeed` launch the test did not kill must have exited cleanly (`assert_clean_launch`)."""
         import subprocess
+
+        from _helpers import assert_clean_launch
 
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill(proc)
             raise
-        return proc.returncode, proc.log.read_text(errors="replace")[-4000:]
+        output = proc.log.read_text(errors="replace")
+        if proc.deepspeed and not proc.killed:
+            assert_clean_launch(output)
+        return proc.returncode, output[-4000:]
 
     @staticmethod
     def kill(proc) -> None:
@@ -61,6 +69,7 @@ class Launches:
         import contextlib
         import signal
 
+        proc.killed = proc.poll() is None  # a kill of a launch still running: its ranks die by a signal
         with contextlib.suppress(ProcessLookupError):  # all of them had exited
             os.killpg(proc.pid, signal.SIGKILL)  # its own session: the launcher's process group
         proc.wait()
@@ -73,6 +82,36 @@ def launches():
     yield started
     for proc in started.procs:
         started.kill(proc)
+
+
+# The fast lane: `python -m pytest -m "not slow" tests` (tests/_slow.py says which tests are slow, and why).
+def pytest_addoption(parser):
+    parser.addoption("--record-durations", action="store_true",
+                     help="rewrite tests/durations.json (the tests over 5 s) from this run's timings")
+
+
+def pytest_collection_modifyitems(config, items):
+    from _slow import launches_processes, measured_slow
+
+    slow = measured_slow()
+    for item in items:
+        if item.nodeid in slow or launches_processes(item):
+            item.add_marker(pytest.mark.slow)
+
+
+def pytest_runtest_logreport(report):
+    seconds = _SESSION_SECONDS.setdefault(report.nodeid, 0.0)
+    _SESSION_SECONDS[report.nodeid] = seconds + report.duration  # setup + call + teardown
+
+
+_SESSION_SECONDS: dict[str, float] = {}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if session.config.getoption("--record-durations") and exitstatus == 0:
+        from _slow import write_durations
+
+        write_durations(_SESSION_SECONDS)
 
 
 # Tests never write into the repository: the checkout's state at the start of the session is compared with

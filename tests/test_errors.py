@@ -44,3 +44,52 @@ def test_every_error_class_is_a_user_error():
 
     for cls in (CheckpointError, ConfigError, DataError, EmbedderInputError, JudgeError, OODError):
         assert issubclass(cls, UserError), cls
+
+
+# Every way out of an entry point leaves the torch.distributed group first: a group still alive when the
+# interpreter exits can abort the process ("terminate called without an active exception", SIGABRT).
+_LEAVES = """
+import sys
+import torch.distributed as td
+from _ds_single import init_single_process
+from semgrpo.config import ConfigError
+from semgrpo.errors import run_entry_point
+
+def finished():
+    return 0
+
+def user_error():
+    raise ConfigError("a bad value")
+
+def interrupted():
+    raise SystemExit(130)  # what GracefulInterrupt.exit raises after saving
+
+def bug():
+    raise KeyError("bug")
+
+init_single_process()
+try:
+    status = run_entry_point("probe", {way})
+except BaseException as exc:
+    status = type(exc).__name__
+print("status", status, "initialized", td.is_initialized())
+"""
+
+
+@pytest.mark.parametrize("way, status", [("finished", "0"), ("user_error", "2"), ("interrupted", "SystemExit"),
+                                         ("bug", "KeyError")])
+def test_every_way_out_leaves_the_process_group(way, status):
+    proc = subprocess.run([sys.executable, "-c", _LEAVES.format(way=way)], cwd=REPO / "tests", capture_output=True,
+                          text=True, timeout=300, env=user_env())
+    assert f"status {status} initialized False" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    assert "terminate called" not in proc.stderr
+
+
+def test_an_abort_line_fails_a_launch():
+    from _helpers import assert_clean_launch
+
+    assert_clean_launch("[INFO] [launch.py:285:main] Process 17782 exits successfully.")
+    for line in ("terminate called without an active exception",
+                 "[ERROR] [launch.py:321:sigkill_handler] ... exits with return code = -6"):
+        with pytest.raises(AssertionError, match="did not exit cleanly"):
+            assert_clean_launch("ok\n" + line)

@@ -7,8 +7,12 @@ afterwards; loss and every full gradient must match. Prints ZERO3-OK on success.
 import os
 import socket
 import sys
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the shared tolerances
+from _tolerance import assert_close_scaled, chain_rtol
 
 
 def _free_port() -> int:
@@ -66,13 +70,17 @@ def main() -> int:
     for tied in (False, True):
         loss_ref, grads_ref = _run(tied, zero=False)
         loss, grads = _run(tied, zero=True)
-        torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-6)
+        # a partitioned head gathered around the op vs a plain one: summation order only (2 layers, <= 64 terms)
+        rtol = chain_rtol(torch.float32, 64, depth=2 * 2 + 2)
+        assert abs(loss.item() - loss_ref.item()) <= rtol * abs(loss_ref.item()), (loss.item(), loss_ref.item())
         assert sorted(grads) == sorted(grads_ref)
         for name, g in grads_ref.items():
-            torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-6, msg=f"tied={tied} {name}")
+            assert_close_scaled(grads[name], g, rtol, msg=f"tied={tied} {name}")
     print("ZERO3-OK")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from semgrpo.errors import run_entry_point
+
+    sys.exit(run_entry_point("_trl_zero3_check.py", main))  # leaves the process group on every way out
