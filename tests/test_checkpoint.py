@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from _ds_single import ds_config, init_single_process, make_engine
+from _tolerance import assert_close_scaled, chain_rtol
 
 from semgrpo import dist
 from semgrpo.checkpoint import (
@@ -175,7 +176,8 @@ def test_adapter_dir_loads_with_peft(engine, tmp_path):
         ref = engine.module(input_ids=ids).logits
         out = loaded(input_ids=ids).logits
     engine.module.train()
-    torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+    # the same weights in a ZeRO engine and in a plain PEFT model: summation order only (1 layer, <= 32 terms)
+    assert_close_scaled(out, ref, chain_rtol(torch.float32, 32, depth=2 + 1))
 
 
 def test_killed_saves_are_ignored_and_cleaned(engine, tmp_path):

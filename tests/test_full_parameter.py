@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from _helpers import run_cli
+from _helpers import SAME_RUN_RTOL, run_cli
+from _tolerance import assert_close_scaled, model_rtol
 
 pytestmark = pytest.mark.skipif(shutil.which("deepspeed") is None, reason="the deepspeed launcher is not on PATH")
 
@@ -49,10 +50,12 @@ def test_full_parameter_grpo_trains_every_weight_against_a_frozen_partitioned_re
     # The policy pass on the weights gathered for generation (ZeRO's hooks off) makes the same update as
     # ZeRO-3's own layer-by-layer pass: full-size gradients still reach each rank's partition.
     _probe_reports(launches, tmp_path, "hooked", probes)  # the run with grpo.gathered_policy_pass=false
-    gathered, hooked = (torch.load(tmp_path / n / f"{n}.json.weights.pt") for n in ("gathered", "hooked"))
-    assert gathered.keys() == hooked.keys()
+    # The first update's gradients agree to summation order (tests/_grpo_probe.py says why not the weights).
+    gathered, hooked = (torch.load(tmp_path / n / f"{n}.json.grad.pt") for n in ("gathered", "hooked"))
+    assert gathered.keys() == hooked.keys() and len(gathered) == len(rep["trainable"])
+    rtol = model_rtol(demo_assets.policy_path / "config.json")
     for name in gathered:
-        torch.testing.assert_close(gathered[name], hooked[name], atol=1e-5, rtol=1e-4)
+        assert_close_scaled(gathered[name], hooked[name], rtol, msg=name)
 
 
 def _start_probe(launches, tmp_path, name, *overrides, port):
@@ -101,7 +104,7 @@ def test_full_parameter_kill_and_resume_equals_the_straight_run(demo_assets, tmp
     for ra in a[1:]:
         rb = by_step[ra["step"]]
         for key in ra:
-            assert ra[key] == pytest.approx(rb[key], rel=1e-5, abs=1e-7, nan_ok=True), (ra["step"], key)
+            assert ra[key] == pytest.approx(rb[key], rel=SAME_RUN_RTOL, abs=SAME_RUN_RTOL, nan_ok=True), (ra["step"], key)
 
 
 def test_a_full_parameter_run_as_init_from_says_to_export_it(tmp_path):

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from _helpers import run_cli
+from _tolerance import assert_close_scaled, model_rtol
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,8 +47,10 @@ def test_two_rank_zero3_grpo_updates_lora_only_and_partitions_the_optimizer(demo
     # Live alignment-tax meter: 5 passages split 3 + 2 (one repeat masked out), gathered, equal on both
     # ranks and equal to measuring all passages at once; the updated LoRA has drifted from the reference.
     assert reports[0]["tax"] == reports[1]["tax"]
+    # windows split over ranks vs all at once: the same forwards, the statistics summed in another order
+    rtol = model_rtol(demo_assets.policy_path / "config.json")
     for key, value in rep["tax_direct"].items():
-        assert rep["tax"][key] == pytest.approx(value, rel=1e-4), key
+        assert rep["tax"][key] == pytest.approx(value, rel=rtol), key
     assert rep["tax"]["tax/kl_mean"] > 0
 
 
@@ -80,5 +83,13 @@ def test_two_rank_policy_pass_on_gathered_weights_equals_the_layer_by_layer_pass
     assert any(t.abs().max() > 0 for n, t in gathered[0].items() if "lora_B" in n)  # it did learn
     for rank in (0, 1):
         for name in gathered[0]:
-            torch.testing.assert_close(gathered[rank][name], hooked[rank][name], atol=1e-5, rtol=1e-4)
             assert torch.equal(gathered[rank][name], gathered[0][name]), name  # ranks agree
+    # The same update: the first optimizer step's gradients agree to summation order (the probe says why they,
+    # not the weights after Adam, are compared).
+    rtol = model_rtol(demo_assets.policy_path / "config.json")
+    grads = {name: [torch.load(tmp_path / f"{name}.json.rank{r}.grad.pt") for r in (0, 1)]
+             for name in ("gathered", "hooked")}
+    assert grads["gathered"][0].keys() == gathered[0].keys()
+    for rank in (0, 1):
+        for name, g in grads["hooked"][rank].items():
+            assert_close_scaled(grads["gathered"][rank][name], g, rtol, msg=name)

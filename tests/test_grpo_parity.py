@@ -4,8 +4,10 @@ import json
 import shutil
 
 import pytest
+import torch
 from _grpo_parity import GRAD_ACCUM
 from _helpers import run_cli
+from _tolerance import chain_rtol
 
 pytestmark = pytest.mark.skipif(shutil.which("deepspeed") is None, reason="the deepspeed launcher is not on PATH")
 
@@ -13,6 +15,10 @@ pytestmark = pytest.mark.skipif(shutil.which("deepspeed") is None, reason="the d
 # The whole grid on 2 ranks, where scale_rewards="batch" needs the global std. One rank runs scale "group" only:
 # it is the baseline every distributed difference is measured from, and the other scales add nothing new there.
 SCALES = {1: "group", 2: "group,batch,none"}
+# The trainer and the fp32 reference compute one gradient by other paths (fused head, micro-batches, ranks): they
+# differ by summation order only, along the demo policy's forward and backward chain (2 reductions per layer
+# and the head's 2), the widest a log-softmax over its 764-token vocabulary.
+RTOL = chain_rtol(torch.float32, 764, depth=2 * 2 + 2)
 
 
 @pytest.mark.parametrize("world", [1, 2])
@@ -36,7 +42,7 @@ def test_lora_gradient_equals_trl_formula_on_the_global_batch(demo_assets, tmp_p
             failures.append(f"{case}: {r['updates']} optimizer updates, expected {r['mu']}")
         if not r["grad_norm"] > 0:
             failures.append(f"{case}: the reference gradient is zero, so the comparison would prove nothing")
-        if not r["rel_err"] <= 1e-5:
+        if not r["rel_err"] <= RTOL:
             failures.append(f"{case}: |g - g_ref| / |g_ref| = {r['rel_err']:.2e}")
         if not r["train_mode"] or not all(r["train_mode"]):
             failures.append(f"{case}: policy passes in train mode: {r['train_mode']}")

@@ -8,8 +8,9 @@ import importlib
 import pytest
 import torch
 from _ops_ref import trl_grpo_loss_ref
-from test_linear_grpo_loss import TOL, _kwargs_for
+from _tolerance import assert_close_scaled, linear_grad_rtol, linear_loss_rtol
 from test_linear_grpo_loss import _case as _cpu_case
+from test_linear_grpo_loss import _kwargs_for
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -38,7 +39,7 @@ def _case(**kw):
     """test_linear_grpo_loss's inputs (fully masked last row, both clip sides hit), on the kernel's device."""
     return {k: (None if v is None else v.to(DEV)) for k, v in _cpu_case(**kw).items()}
 
-def _check(c, *, use_old=True, use_ref=True, use_isr=False, frozen=(), tol=None, **kw):
+def _check(c, *, use_old=True, use_ref=True, use_isr=False, frozen=(), **kw):
     """Triton-path linear_grpo_loss against the float64 TRL reference on the materialised logits."""
     dtype = c["hidden"].dtype
     leaves = {k: c[k].detach().clone().requires_grad_(k not in frozen) for k in ("hidden", "weight", "bias")
@@ -59,24 +60,23 @@ def _check(c, *, use_old=True, use_ref=True, use_isr=False, frozen=(), tol=None,
                                          cpu["ref"], vllm_is_ratio=cpu["isr"], **kw)
     want.backward()
 
-    lrt, lat, grt, gat = tol or TOL[dtype]
+    (N, H), V = c["hidden"].reshape(-1, c["hidden"].shape[-1]).shape, c["weight"].shape[0]
+    lrt, grt = linear_loss_rtol(H, V, N), linear_grad_rtol(dtype, H, V, N)
     assert loss.dtype == torch.float32 and loss.dim() == 0
-    torch.testing.assert_close(loss.detach().cpu().double(), want.detach(), rtol=lrt, atol=lat)
+    assert loss.item() == pytest.approx(want.item(), rel=lrt, abs=lrt)
     for k, v in leaves.items():
         if k in frozen:
             assert v.grad is None, k
             continue
-        g_want = ref_leaves[k].grad
-        scale = max(g_want.abs().max().item(), 1e-6)
         assert v.grad.dtype == v.dtype and torch.isfinite(v.grad).all(), k
-        torch.testing.assert_close(v.grad.cpu().double(), g_want, rtol=grt, atol=gat * scale, msg=k)
+        assert_close_scaled(v.grad.cpu().double(), ref_leaves[k].grad, grt, msg=k)
     for key, val in want_stats.items():
         assert stats[key].dim() == 0 and not stats[key].requires_grad
-        assert stats[key].item() == pytest.approx(val, rel=1e-4, abs=1e-6), key
+        assert stats[key].item() == pytest.approx(val, rel=lrt, abs=lrt), key
     ent = stats["per_token_entropy"]
     lsm = torch.log_softmax(logits.detach() / kw.get("temperature", 1.0), -1)
     want_ent = -(lsm.exp() * lsm).sum(-1) * c["mask"].cpu()
-    torch.testing.assert_close(ent.detach().cpu().double(), want_ent, rtol=1e-4, atol=1e-4)
+    assert_close_scaled(ent.detach().cpu().double(), want_ent, lrt)
     return loss, stats, leaves
 
 
@@ -128,9 +128,10 @@ def test_bf16_dlogits_path(monkeypatch):
     monkeypatch.setattr(kern, "bwd_tile", lambda z, out, *a: (out_dtypes.add(out.dtype), real(z, out, *a))[1])
     _, _, half = _check(c, **kw)
     assert out_dtypes == {torch.bfloat16}
-    for k in exact:
-        a, b = half[k].grad.float(), exact[k].grad.float()
-        torch.testing.assert_close(a, b, rtol=2e-2, atol=1e-2 * b.abs().max().item(), msg=k)
+    N, H, V = c["ids"].numel(), c["hidden"].shape[-1], c["weight"].shape[0]
+    for k in exact:  # two bf16 results, each within its bound of exact
+        assert_close_scaled(half[k].grad.float(), exact[k].grad.float(), 2 * linear_grad_rtol(torch.bfloat16, H, V, N),
+                            msg=k)
 
 
 @pytest.mark.parametrize("frozen", [("weight",), ("bias",), ("hidden",)])
@@ -159,10 +160,10 @@ def test_entropy_bonus_gradient():
     lsm = torch.log_softmax(logits / 0.6, -1)
     ent64 = -(lsm.exp() * lsm).sum(-1)
     (want - 0.01 * (ent64 * m.cpu()).sum() / m.sum().item()).backward()
-    torch.testing.assert_close(ent.detach().cpu().double(), ent64.detach() * m.cpu(), rtol=1e-5, atol=1e-5)
+    N, H, V = m.numel(), c["hidden"].shape[-1], c["weight"].shape[0]
+    assert_close_scaled(ent.detach().cpu().double(), ent64.detach() * m.cpu(), linear_loss_rtol(H, V, N))
     for k, v in leaves.items():
-        g = r[k].grad
-        torch.testing.assert_close(v.grad.cpu().double(), g, rtol=1e-4, atol=2e-5 * g.abs().max().item(), msg=k)
+        assert_close_scaled(v.grad.cpu().double(), r[k].grad, linear_grad_rtol(torch.float32, H, V, N), msg=k)
 
 
 def test_logprobs_and_entropy_strided_inputs_and_grads():
@@ -187,13 +188,14 @@ def test_logprobs_and_entropy_strided_inputs_and_grads():
     lp64 = lsm.gather(-1, ids.cpu()[..., None])[..., 0]
     ent64 = -(lsm.exp() * lsm).sum(-1)
     ((lp64 * wl.cpu()).sum() + 0.5 * ent64.sum()).backward()
-    torch.testing.assert_close(lp.detach().cpu().double(), lp64.detach(), rtol=1e-5, atol=2e-5)
-    torch.testing.assert_close(ent.detach().cpu().double(), ent64.detach(), rtol=1e-5, atol=2e-5)
+    lrt, grt = linear_loss_rtol(H, V, 1), linear_grad_rtol(torch.float32, H, V, B * T)  # per token; grads sum tokens
+    assert_close_scaled(lp.detach().cpu().double(), lp64.detach(), lrt)
+    assert_close_scaled(ent.detach().cpu().double(), ent64.detach(), lrt)
     gf = full.grad.cpu().double()
-    torch.testing.assert_close(gf[:, P - 1 : -1], h64.grad, rtol=1e-4, atol=1e-6)
+    assert_close_scaled(gf[:, P - 1 : -1], h64.grad, grt)
     assert gf[:, : P - 1].abs().sum() == 0 and gf[:, -1].abs().sum() == 0
-    torch.testing.assert_close(w_store.grad.t().cpu().double(), w64.grad, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(b_store.grad[:, 1].cpu().double(), b64.grad, rtol=1e-4, atol=1e-6)
+    assert_close_scaled(w_store.grad.t().cpu().double(), w64.grad, grt)
+    assert_close_scaled(b_store.grad[:, 1].cpu().double(), b64.grad, grt)
     assert b_store.grad[:, 0].abs().sum() == 0
 
 
@@ -213,8 +215,9 @@ def test_loss_with_strided_inputs():
     want, _ = linear_grpo_loss(h, c["weight"], c["ids"], c["mask"], c["adv"], c["old"], c["ref"], bias=c["bias"],
                                beta=0.1, temperature=1.1, backend="torch")
     want.backward()
-    torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(full.grad[:, P - 1 : -1], h.grad, rtol=1e-4, atol=1e-7)
+    # the Triton and torch paths, each within its bound of exact
+    assert loss.item() == pytest.approx(want.item(), rel=2 * linear_loss_rtol(96, 1000, 111))
+    assert_close_scaled(full.grad[:, P - 1 : -1], h.grad, 2 * linear_grad_rtol(torch.float32, 96, 1000, 111))
 
 
 @pytest.mark.parametrize(
@@ -240,8 +243,9 @@ def test_tile_and_block_shapes_match_the_torch_path(monkeypatch, N, V, chunks, l
         lp, ent = linear_logprobs_and_entropy(leaves[0], leaves[1], ids, bias=leaves[2], temperature=0.7, backend=be)
         ((lp * gl).sum() + (ent * ge).sum()).backward()
         out[be] = [lp, ent] + [x.grad for x in leaves]
+    rtol = 2 * linear_grad_rtol(torch.float32, 24, V, N)  # the Triton and torch paths, each within it of exact
     for name, a, r in zip(("logp", "entropy", "hidden", "weight", "bias"), out["triton"], out["torch"]):
-        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-5 * max(r.abs().max().item(), 1.0), msg=name)
+        assert_close_scaled(a, r, rtol, msg=name)
 
 
 def test_linear_token_logprobs():
@@ -251,7 +255,7 @@ def test_linear_token_logprobs():
         logits = c["hidden"].cpu().double() @ c["weight"].cpu().double().T + (0 if bias is None else bias.cpu().double())
         want = torch.log_softmax(logits / temp, -1).gather(-1, c["ids"].cpu()[..., None])[..., 0]
         assert got.dtype == torch.float32 and got.shape == (2, 37) and not got.requires_grad
-        torch.testing.assert_close(got.cpu().double(), want, rtol=1e-5, atol=2e-5)
+        assert_close_scaled(got.cpu().double(), want, linear_loss_rtol(96, 1000, 1))
 
 
 class _Largest(TorchDispatchMode):

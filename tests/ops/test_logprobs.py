@@ -1,21 +1,24 @@
 import pytest
 import torch
 from _ops_ref import naive_logps
+from _tolerance import loss_rtol, sum_rtol
 
 from semgrpo.ops import logprobs as logprobs_mod
 from semgrpo.ops import token_logprobs, token_logprobs_torch
 
 
-@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-4), (torch.float16, 1e-4)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("temperature", [1.0, 0.8])
-def test_matches_full_log_softmax(backend_device, dtype, tol, temperature):
+def test_matches_full_log_softmax(backend_device, dtype, temperature):
     backend, device = backend_device
     g = torch.Generator().manual_seed(0)
     logits = (torch.randn(2, 37, 1000, generator=g) * 3).to(dtype)
     ids = torch.randint(0, 1000, (2, 37), generator=g)
     got = token_logprobs(logits.to(device), ids.to(device), temperature=temperature, backend=backend)
     assert got.dtype == torch.float32 and got.shape == (2, 37)
-    # reference on the same (rounded) low-precision values, in float64
+    # reference on the same (rounded) low-precision values, in float64: fp32 math per token, relative to the
+    # magnitudes it sums (|logits| / temperature up to ~15 here)
+    tol = loss_rtol(1000, 1) * 15
     torch.testing.assert_close(got.cpu().double(), naive_logps(logits, ids, temperature), rtol=tol, atol=tol)
 
 
@@ -27,13 +30,15 @@ def test_strided_view_and_small_chunks(backend_device, monkeypatch):
     view = full.to(device)[:, 4:-1]
     assert not view.is_contiguous()
     got = token_logprobs(view, ids.to(device), backend=backend)
-    torch.testing.assert_close(got.cpu().double(), naive_logps(full[:, 4:-1], ids), rtol=1e-5, atol=1e-5)
+    tol = loss_rtol(33, 1) * 5  # per token; randn logits: |values| up to ~5
+    torch.testing.assert_close(got.cpu().double(), naive_logps(full[:, 4:-1], ids), rtol=tol, atol=tol)
 
 
 def test_hand_computed():
     logits = torch.log(torch.tensor([[[1.0, 3.0]]]))  # softmax = [.25, .75]
     got = token_logprobs_torch(logits, torch.tensor([[1]]))
-    torch.testing.assert_close(got, torch.log(torch.tensor([[0.75]])))
+    hand = sum_rtol(torch.float32, 2)  # a few fp32 operations on exact inputs
+    torch.testing.assert_close(got, torch.log(torch.tensor([[0.75]])), rtol=hand, atol=hand)
 
 
 def test_bad_inputs():

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from _tolerance import sum_rtol
 
 from semgrpo.ops import semantic_reward, semantic_reward_torch
 
@@ -12,9 +13,10 @@ def test_hand_computed():
     lang = torch.tensor([True, False, True, False])
     reward, sim = semantic_reward_torch(c, r, lang, tau=0.5)
     s = 1 / math.sqrt(2)
-    torch.testing.assert_close(sim, torch.tensor([s, -1.0, 0.0, 1.0]))
+    hand = 3 * sum_rtol(torch.float32, 2)  # 2-term dot products and norms, a few fp32 roundings
+    torch.testing.assert_close(sim, torch.tensor([s, -1.0, 0.0, 1.0]), rtol=hand, atol=hand)
     want = [1.5 * (s - 0.5) / 0.5 + 1.0, 0.0, 1.0, 1.5]  # zero vector -> sim 0, no NaN
-    torch.testing.assert_close(reward, torch.tensor(want))
+    torch.testing.assert_close(reward, torch.tensor(want), rtol=3 * hand, atol=3 * hand)  # / (1 - tau), x w_sim
 
 
 def _naive(c, r, lang, tau, w_sim, w_lang):
@@ -38,8 +40,11 @@ def test_matches_naive(backend_device, dtype, N, D):
                                   backend=backend)
     want_r, want_s = _naive(c.float(), r.float(), lang, 0.3, 1.5, 0.7)
     assert reward.dtype == torch.float32 and sim.dtype == torch.float32
-    torch.testing.assert_close(sim.cpu().double(), want_s, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(reward.cpu().double(), want_r, rtol=1e-5, atol=1e-5)
+    # fp32 dot products and norms of D terms on the same rounded inputs; cosines are <= 1 in magnitude, and the
+    # reward rescales by 1 / (1 - tau) and w_sim
+    tol = sum_rtol(torch.float32, D) * 3
+    torch.testing.assert_close(sim.cpu().double(), want_s, rtol=tol, atol=tol)
+    torch.testing.assert_close(reward.cpu().double(), want_r, rtol=tol, atol=tol * 1.5 / (1 - 0.3))
 
 
 def test_strided_input(backend_device):
@@ -49,7 +54,8 @@ def test_strided_input(backend_device):
     lang = torch.ones(8, dtype=torch.bool, device=device)
     got = semantic_reward(c, r, lang, tau=-0.2, backend=backend)
     want = semantic_reward_torch(c.cpu().contiguous(), r.cpu().contiguous(), lang.cpu(), tau=-0.2)
-    torch.testing.assert_close(got[0].cpu(), want[0], rtol=1e-5, atol=1e-6)
+    tol = 2 * 3 * sum_rtol(torch.float32, 10)  # two fp32 paths over 10-term dot products and norms
+    torch.testing.assert_close(got[0].cpu(), want[0], rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize(
