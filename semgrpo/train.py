@@ -1,7 +1,10 @@
 """Stage 2: GRPO with semantic rewards under DeepSpeed ZeRO-3.
 
-`grpo_step` is one step, top to bottom, in the order of DESIGN section 4. `train_grpo` builds the run
-(session.py), measures tau, and loops over steps with logging and atomic checkpoints.
+`grpo_step` is one step, top to bottom: (1) each prompt G times, (2) sampled under gathered weights,
+(3) decoded and scored, (4) advantages per group over the global batch, (5) old and reference log-probs when
+needed, (6) the policy's forward/backward per micro-batch and the optimizer step, (7) metrics over all ranks.
+`train_grpo` builds the run (session.py), measures tau, and loops over steps with logging and atomic
+checkpoints.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """GRPO loss on completion logits, every TRL 1.16 option, with its gradient to the logits.
 
-Semantics follow TRL 1.16's ``GRPOTrainer._compute_loss`` number for number (DESIGN section 5). The
-classic four loss types (:data:`LOSS_TYPES`) at token level::
+Semantics follow TRL 1.16's ``GRPOTrainer._compute_loss`` number for number, so that results compare with
+TRL's and Liger's directly. The classic four loss types (:data:`LOSS_TYPES`) at token level::
 
     logp   = log_softmax(logits / temperature)[id]
     ratio  = exp(logp - old)                       old = logp.detach() when absent
