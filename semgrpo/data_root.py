@@ -28,8 +28,9 @@ class DataRootError(UserError):
 
 
 def data_root() -> Path:
-    """`$SEMGRPO_DATA` when set (and not empty), else `~/.cache/semgrpo/data`; `~` expanded."""
-    return Path(os.environ.get(DATA_ENV, "").strip() or DEFAULT_ROOT).expanduser()
+    """`$SEMGRPO_DATA` when set (and not empty), else `~/.cache/semgrpo/data`: absolute, `~` expanded (a relative
+    value is taken from the current folder, so the subprocesses of a command see the same root)."""
+    return Path(os.environ.get(DATA_ENV, "").strip() or DEFAULT_ROOT).expanduser().absolute()
 
 
 def is_data_path(value: object) -> bool:

@@ -21,6 +21,9 @@ def test_root_is_the_env_var_else_the_user_cache(monkeypatch, tmp_path):
     assert data_root() == tmp_path / "home" / ".cache" / "semgrpo" / "data"
     monkeypatch.setenv("SEMGRPO_DATA", "~/elsewhere")
     assert data_root() == tmp_path / "home" / "elsewhere"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SEMGRPO_DATA", "rel")
+    assert data_root() == tmp_path / "rel"
 
 
 def test_data_paths_resolve_in_the_root_and_plain_paths_stay(monkeypatch, tmp_path):

@@ -52,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
                    "else ~/.cache/semgrpo/data; python bin/get_data.py fetches it)")
     t.add_argument("--cmrc-limit", type=int, default=0, help="first N questions (0 = all)")
     t.add_argument("--cmrc-max-new-tokens", type=int, default=64)
-    t.add_argument("--ood", help="OOD passages (default: the CMRC contexts, else the run's tax_meter.ood_passages)")
+    t.add_argument("--ood", help="OOD passages, a path or data:<path> (default: the CMRC contexts, else the run's "
+                   "tax_meter.ood_passages)")
     t.add_argument("--ood-samples", type=int, default=200)
     t.add_argument("--ood-max-tokens", type=int, default=256)
     j = p.add_argument_group("LLM judge (OpenAI-compatible; key from SEMGRPO_JUDGE_API_KEY or OPENAI_API_KEY)")
