@@ -49,6 +49,7 @@ setup(
     version="0.1.0",
     description="Semantic-reward GRPO for low-resource language expansion on DeepSpeed ZeRO-3",
     packages=find_packages(include=["semgrpo", "semgrpo.*"]),
+    package_data={"semgrpo.getdata": ["*.json"]},  # the data manifest and the OpenPecha id lists
     python_requires=">=3.10",
     install_requires=_requirements("requirements.txt"),
     extras_require={"test": _requirements("requirements-test.txt"), "wandb": ["wandb==0.31.0"]},

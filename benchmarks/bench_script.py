@@ -1,8 +1,9 @@
 """Throughput of the script checker: C extension vs `regex` path vs a plain Python loop.
 
 MB/s counts the UTF-8 bytes of the input (what a tokenizer would decode), on mixed Tibetan /
-Chinese text: the bo and zh fields of ../shared/data/bo_zh_openpecha plus the Tibetan texts and
-the CMRC contexts when the folder is present, else generated text of the same mix. Modes:
+Chinese text: the bo and zh fields of bo_zh_openpecha plus the Tibetan texts and the CMRC contexts of
+the data root ($SEMGRPO_DATA, else ~/.cache/semgrpo/data; python bin/get_data.py) when it holds them,
+else generated text of the same mix. Modes:
 ``1thread`` (one call on the whole list) and ``2threads`` (two threads, each calling on half).
 
     python benchmarks/bench_script.py [--seconds 1.0] [--csv out.csv]
@@ -28,16 +29,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 import semgrpo.script as S  # noqa: E402
+from semgrpo.data_root import data_root  # noqa: E402
 from semgrpo.script.tables import SCRIPT_CLASSES, class_table  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data"
+DATA = data_root()
 HEADER = "op,provider,mode,metric,unit,shape,p50,p20,p80,device,git_sha,timestamp"
 
 
 def load_texts() -> tuple[list[str], str]:
     """Mixed Tibetan/Chinese strings and where they came from."""
     texts: list[str] = []
-    if DATA.is_dir():
+    if all((DATA / rel).is_file() for rel in ("bo_zh_openpecha/train.jsonl", "bo_title_openpecha/train.jsonl",
+                                              "cmrc2018/dev.json")):
         for path in sorted((DATA / "bo_zh_openpecha").glob("*.jsonl")):
             for line in path.open(encoding="utf-8"):
                 rec = json.loads(line)

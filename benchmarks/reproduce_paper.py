@@ -35,9 +35,11 @@ sys.path[:0] = [str(HERE), str(ROOT)]  # run from a checkout without installing
 
 import yaml  # noqa: E402
 from reproduce.base_model import BaseSettings, build_base  # noqa: E402
-from reproduce.corpus import DEFAULT_DATA, CorpusError, data_paths  # noqa: E402
+from reproduce.corpus import CorpusError, data_paths  # noqa: E402
 from reproduce.jobs import Job, StageFailed, python_cmd, run_jobs  # noqa: E402
 from reproduce.report import write_report  # noqa: E402
+
+from semgrpo.data_root import data_root  # noqa: E402
 
 CONFIG = HERE / "reproduce" / "config.yaml"
 
@@ -120,7 +122,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes and one seed: checks the plumbing in minutes")
     p.add_argument("--config", type=Path, default=CONFIG)
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="../shared/data")
+    p.add_argument("--data", type=Path, help="a folder laid out like the data root (default: the data root, "
+                   "$SEMGRPO_DATA or ~/.cache/semgrpo/data, which python bin/get_data.py fills)")
     p.add_argument("--output", type=Path, help="work folder (default runs/reproduce_paper[_quick])")
     p.add_argument("--results", type=Path, help="where the table, plot and results.json go "
                                                 "(default benchmarks/results/reproduce; --quick: <output>/results)")
@@ -129,6 +132,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", help="comma-separated seeds instead of the config's (e.g. to try settings on one)")
     p.add_argument("--jobs", type=int, default=2, help="stages run at once, one CPU thread each (default 2)")
     args = p.parse_args(argv)
+    args.data = args.data or data_root()
     try:
         if args.jobs < 1:
             raise ValueError(f"--jobs must be >= 1, got {args.jobs}")

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from semgrpo.config import Config, ConfigError, load_config, valid_keys
+from semgrpo.data_root import resolve_data_path
 from semgrpo.errors import run_entry_point
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -142,8 +143,9 @@ EMBEDDER_DOC = "Bilingual contrastive adaptation of the reward encoder (paper se
 def _embedder_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="train_embedder.py", description=EMBEDDER_DOC)
     p.add_argument("--model", required=True, help="sentence-transformers directory or plain HF encoder directory")
-    p.add_argument("--data", required=True, help="training JSONL of parallel pairs")
-    p.add_argument("--dev", help="JSONL for the graded diagnostic (default: the training data)")
+    p.add_argument("--data", required=True, help="training JSONL of parallel pairs (a path, or data:<path> in the "
+                   "data root, e.g. data:bo_zh_openpecha/train.jsonl)")
+    p.add_argument("--dev", help="JSONL for the graded diagnostic, a path or data:<path> (default: the training data)")
     p.add_argument("--src-field", default="bo", help="source-language field (default: bo)")
     p.add_argument("--tgt-field", default="zh", help="target-language field (default: zh)")
     p.add_argument("--mono-field", help="field of the monolingual diagnostic (default: --src-field)")
@@ -168,9 +170,10 @@ def _embedder_precheck(args: argparse.Namespace) -> str | None:
         return f"{output}: output exists and is not empty (pass --overwrite)"
     if not Path(args.model).is_dir():
         return f"{args.model}: --model must be a model directory"
-    for path in (args.data, args.dev):
-        if path is not None and not Path(path).is_file():
-            return f"{path}: no such file"
+    for flag in ("data", "dev"):
+        value = getattr(args, flag)  # a data: path that the data root lacks raises, naming how to fetch it
+        if value is not None and not resolve_data_path(value, what=f"--{flag}").is_file():
+            return f"{value}: no such file"
     return None
 
 

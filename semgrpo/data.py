@@ -1,8 +1,9 @@
 """Records -> validated dicts -> tokenized examples -> padded batches.
 
 Sources: a local JSON-lines file (`.jsonl`, or `.json` holding JSON lines or one JSON array), a
-`.parquet` file, a directory holding `{split}.jsonl` / `{split}.json` / `{split}.parquet`, or a
-hub dataset id `owner/name` (only when no local path of that name exists). JSON lines are parsed
+`.parquet` file, a directory holding `{split}.jsonl` / `{split}.json` / `{split}.parquet`, any of these
+in the data root as `data:<path>` (`semgrpo.data_root`), or a hub dataset id `owner/name` (only when no
+local path of that name exists). JSON lines are parsed
 here, line by line, so that every error names the file and the 1-based line. Every record is
 checked against its task (see `semgrpo.prompts.TASKS`); over-long samples are dropped by token
 count as in the paper (1024 tokens for prompt + reference).
@@ -19,6 +20,7 @@ from typing import Any
 
 import torch
 
+from semgrpo.data_root import is_data_path, resolve_data_path
 from semgrpo.errors import UserError
 from semgrpo.files import is_hub_id
 from semgrpo.prompts import TASKS, TaskSpec, get_task, render_prompt
@@ -144,8 +146,8 @@ def _read_hub(source: str, split: str) -> Iterator[tuple[str, Any]]:
 
 def _open_source(source: str | Path, split: str) -> tuple[str, Iterator[tuple[str, Any]]]:
     """Resolve `source` to (name for messages, iterator of (location, raw record))."""
-    path = Path(source)
-    name = str(source)
+    path = resolve_data_path(source)  # a data: path must exist in the data root, or the error says how to fetch it
+    name = str(path) if is_data_path(source) else str(source)
     if path.is_dir():
         for suffix in _LOCAL_SUFFIXES:
             candidate = path / f"{split}{suffix}"
@@ -201,8 +203,8 @@ def load_records(source: str | Path, *, task: str | TaskSpec, split: str = "trai
 
     Args:
         source: A `.jsonl`/`.json` file (JSON lines, or one JSON array), a `.parquet` file, a
-            directory holding `{split}.jsonl` (or `.json`, `.parquet`), or, when no such local
-            path exists and it looks like `owner/name`, a hub dataset id.
+            directory holding `{split}.jsonl` (or `.json`, `.parquet`), a `data:<path>` in the data
+            root, or, when no such local path exists and it looks like `owner/name`, a hub dataset id.
         task: Task name (a key of `TASKS`) or a `TaskSpec`; decides the required fields.
         split: Split to read from a directory or hub dataset; ignored for a file.
 
@@ -213,6 +215,7 @@ def load_records(source: str | Path, *, task: str | TaskSpec, split: str = "trai
     Raises:
         DataError: Missing file, unreadable line, missing or mistyped field, or no records; the
             message names the file, the 1-based line (or row) and the field.
+        DataRootError: A `data:` path that the data root does not hold.
     """
     spec = _task(task)
     if not isinstance(source, (str, Path)) or not str(source):

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from semgrpo.data import iter_json_lines
+from semgrpo.data_root import resolve_data_path
 from semgrpo.errors import UserError
 
 # One unit of meaning for the partial-match diagnostic: a Tibetan syllable with its tsheg, one Han
@@ -30,13 +31,13 @@ class EmbedderInputError(UserError):
 
 
 def read_pairs_jsonl(path: str | Path, *, fields: Sequence[str]) -> list[dict]:
-    """Read JSONL records that each hold non-empty string ``fields``.
+    """Read JSONL records that each hold non-empty string ``fields`` from a path or a ``data:`` path.
 
     Raises:
         EmbedderInputError: Missing file, or a record that is not an object or lacks a field.
         DataError: A line that is not valid UTF-8 or JSON (both name ``file:line``).
     """
-    path = Path(path)
+    path = resolve_data_path(path)
     if not path.is_file():
         raise EmbedderInputError(f"{path}: no such file")
     records = []

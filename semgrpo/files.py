@@ -57,6 +57,17 @@ def write_jsonl_atomic(path: str | os.PathLike, rows) -> Path:
     return write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` exists (a staging folder named after a pid that is gone was left by a killed run)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def fsync_dir(directory: Path) -> None:
     """Make a rename inside `directory` durable (best effort: not every platform allows it)."""
     try:

@@ -20,6 +20,7 @@ from semgrpo import dist
 from semgrpo.batching import BatchPlan, load_ds_config
 from semgrpo.config import Config, ConfigError
 from semgrpo.data import Example, build_examples, load_records
+from semgrpo.data_root import check_data_paths
 from semgrpo.modeling import check_model_source, load_tokenizer, resolve_dtype
 from semgrpo.prompts import TaskSpec, get_task
 
@@ -112,7 +113,9 @@ def prepare(cfg: Config, *, need_encoder: bool) -> RunSetup:
     if cfg.model.init_from and not Path(cfg.model.init_from).exists():
         raise ConfigError(f"model.init_from {cfg.model.init_from!r} does not exist")
     if not cfg.data.train:
-        raise ConfigError("data.train is not set (a JSONL/Parquet file, a folder, or a hub id)")
+        raise ConfigError("data.train is not set (a JSONL/Parquet file, a folder, a data: path or a hub id)")
+    check_data_paths({"data.train": cfg.data.train, "data.dev": cfg.data.dev,
+                      **({"tax_meter.ood_passages": cfg.tax_meter.ood_passages} if cfg.tax_meter.every_steps else {})})
     dtype = resolve_dtype(cfg.model.dtype)
     ds_config, plan = load_ds_config(cfg.run.deepspeed, dtype=dtype, world_size=dist.world_size())
     try:

@@ -11,6 +11,19 @@ import torch
 from _tolerance import chain_rtol
 
 REPO = Path(__file__).resolve().parents[1]
+# The real datasets come from a folder laid out like the data root: $SEMGRPO_TEST_DATA, else the team's copy beside
+# the checkout (and CI's). Tests do not read it themselves: they take conftest's `real_data_root` fixture.
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def real_data_source() -> Path | None:
+    """The folder `real_data_root` installs from, or None when there is none."""
+    named = os.environ.get("SEMGRPO_TEST_DATA")
+    if named:
+        if not Path(named).is_dir():
+            raise pytest.UsageError(f"SEMGRPO_TEST_DATA={named} is not a folder")
+        return Path(named)
+    return SHARED_DATA if SHARED_DATA.is_dir() else None
 
 
 # Set in the pytest process by in-process DeepSpeed tests; a child must not join that process group.

@@ -5,6 +5,7 @@ set here, at the top of the first conftest pytest loads.
 """
 import os
 import shutil
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -13,6 +14,24 @@ if "TRITON_INTERPRET" not in os.environ and not (os.path.exists("/dev/nvidia0") 
     os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest
+
+
+@pytest.fixture(scope="session")
+def real_data_root(tmp_path_factory) -> Path:
+    """A temporary data root holding the real datasets (OpenPecha pairs and titles, DRCD, CMRC 2018), installed
+    by `bin/get_data.py --from` with every sha256 checked, as a user's `python bin/get_data.py` leaves them.
+    The one way tests read the real data (from `_helpers.real_data_source()`)."""
+    from _helpers import SHARED_DATA, real_data_source
+
+    source = real_data_source()
+    if source is None:
+        pytest.skip(f"no copy of the real datasets to install: set SEMGRPO_TEST_DATA to a folder laid out like the "
+                    f"data root (e.g. one filled by python bin/get_data.py), or have {SHARED_DATA}")
+    from semgrpo.getdata.install import Options, get_data
+
+    root = tmp_path_factory.mktemp("data_root")
+    get_data(root, Options(from_dir=source), log=lambda *_: None)
+    return root
 
 
 @pytest.fixture(scope="session")

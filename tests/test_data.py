@@ -26,7 +26,6 @@ from semgrpo.data import (
 )
 from semgrpo.prompts import TaskSpec, get_task
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 WORDS = ["Translate", "from", "Tibetan", "to", "Chinese", "Write", "a", "title", "for", "this", "text", ":", "b", "c", "d", "e", "f", "g"]
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
@@ -345,27 +344,25 @@ REAL_FILES = [
 ]
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"shared data folder {SHARED_DATA} is absent")
 @pytest.mark.parametrize("folder, task", REAL_FILES)
 @pytest.mark.parametrize("split", ["train", "dev"])
-def test_real_data_loads(folder, task, split):
-    path = SHARED_DATA / folder / f"{split}.jsonl"
+def test_real_data_loads(folder, task, split, real_data_root):
+    path = real_data_root / folder / f"{split}.jsonl"
     spec = TASKS[task]
     expected = []
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.strip():
             raw = json.loads(line)
             expected.append({"id": str(raw["id"]), **{f: raw[f] for f in spec.required_fields}})
-    assert load_records(SHARED_DATA / folder, task=task, split=split) == expected
+    assert load_records(real_data_root / folder, task=task, split=split) == expected
     # the reverse MT direction reads the same files
     if task == "mt_bo_zh":
         assert len(load_records(path, task="mt_zh_bo")) == len(expected)
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"shared data folder {SHARED_DATA} is absent")
-def test_real_data_length_filter():
+def test_real_data_length_filter(real_data_root):
     tok = make_tokenizer()
-    records = load_records(SHARED_DATA / "bo_title_openpecha", task="hg_bo", split="dev")
+    records = load_records(real_data_root / "bo_title_openpecha", task="hg_bo", split="dev")
     limit = 300
     n_prompt = [len(tok(render_prompt("hg_bo", r["text"], tok), add_special_tokens=False)["input_ids"]) for r in records]
     n_ref = [len(tok(r["title"], add_special_tokens=False)["input_ids"]) for r in records]

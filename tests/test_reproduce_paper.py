@@ -3,6 +3,7 @@ every number is present, the plot is written), plus its errors."""
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,30 +13,30 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from reproduce.corpus import DEFAULT_DATA, CorpusError, load_corpus
+from reproduce.corpus import CorpusError, load_corpus
 from reproduce.report import ARMS, arm_metrics, interval
 
-needs_data = pytest.mark.skipif(not (DEFAULT_DATA / "drcd" / "dev.json").is_file(),
-                                reason="../shared/data (DRCD, CMRC 2018, OpenPecha) is not beside the checkout")
 SCRIPT = ROOT / "benchmarks" / "reproduce_paper.py"
 
 
-def _run(*args, cwd=ROOT):
+def _run(*args, data_root, cwd=ROOT):
+    """The script with `data_root` as the user's data root ($SEMGRPO_DATA: no --data flag, the default path)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SEMGRPO_DATA": str(data_root)}
     return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=900, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+                          timeout=900, env=env)
 
 
-@needs_data
-def test_corpus_keeps_ood_out_of_pretraining_and_never_reads_the_mt_pairs():
-    corpus = load_corpus(DEFAULT_DATA)
-    drcd = json.loads((DEFAULT_DATA / "drcd" / "dev.json").read_text(encoding="utf-8"))["data"]
+def test_corpus_keeps_ood_out_of_pretraining_and_never_reads_the_mt_pairs(real_data_root):
+    data = real_data_root
+    corpus = load_corpus(data)
+    drcd = json.loads((data / "drcd" / "dev.json").read_text(encoding="utf-8"))["data"]
     held = {p["context"].strip() for a in drcd[-corpus.heldout_articles:] for p in a["paragraphs"]}
-    cmrc_dev = {p["context"].strip() for a in json.loads((DEFAULT_DATA / "cmrc2018" / "dev.json").read_text(
+    cmrc_dev = {p["context"].strip() for a in json.loads((data / "cmrc2018" / "dev.json").read_text(
         encoding="utf-8"))["data"] for p in a["paragraphs"]}
     assert corpus.heldout_articles == round(len(drcd) * 0.1)
     assert set(corpus.ood) == held | cmrc_dev
     assert not set(corpus.ood) & set(corpus.pretraining)
-    pairs = [json.loads(x) for x in (DEFAULT_DATA / "bo_zh_openpecha" / "train.jsonl").read_text(
+    pairs = [json.loads(x) for x in (data / "bo_zh_openpecha" / "train.jsonl").read_text(
         encoding="utf-8").splitlines() if x.strip()]
     text = "\n".join(corpus.pretraining)
     # Short MT lines may occur inside a longer text by chance; whole long ones would mean the pairs were read.
@@ -43,11 +44,12 @@ def test_corpus_keeps_ood_out_of_pretraining_and_never_reads_the_mt_pairs():
     assert sum(z in text for z in long_zh) < 0.05 * len(long_zh)
 
 
-def test_corpus_errors_name_the_file(tmp_path):
-    with pytest.raises(CorpusError, match="missing data file"):
+def test_corpus_errors_name_the_file_and_the_fetch_command(tmp_path):
+    with pytest.raises(CorpusError, match=f"missing data file.*drcd.*fetch them with: python bin/get_data.py --root "
+                                          f"{tmp_path}"):
         load_corpus(tmp_path)
     with pytest.raises(CorpusError, match="heldout_fraction"):
-        load_corpus(DEFAULT_DATA, heldout_fraction=0.7)
+        load_corpus(tmp_path, heldout_fraction=0.7)
 
 
 def test_interval_against_hand_computed_t_interval():
@@ -73,25 +75,30 @@ def test_arm_metrics_deltas_are_against_the_base_row():
 
 
 def test_bad_arguments_exit_2_with_one_line(tmp_path):
-    r = _run("--jobs", "0", "--output", tmp_path / "o")
+    r = _run("--jobs", "0", "--output", tmp_path / "o", data_root=tmp_path / "root")
     assert r.returncode == 2 and "--jobs must be >= 1" in r.stderr
-    r = _run("--data", tmp_path / "nowhere", "--output", tmp_path / "o")
+    r = _run("--data", tmp_path / "nowhere", "--output", tmp_path / "o", data_root=tmp_path / "root")
     assert r.returncode == 2 and "missing data file" in r.stderr and "nowhere" in r.stderr
+    # The default is the data root ($SEMGRPO_DATA here): an empty one names what to run.
+    r = _run("--output", tmp_path / "o", data_root=tmp_path / "empty_root")
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert f"{tmp_path / 'empty_root' / 'drcd' / 'dev.json'}" in r.stderr
+    assert r.stderr.rstrip().endswith("fetch them with: python bin/get_data.py")
     bad = tmp_path / "bad.yaml"
     bad.write_text("seeds: [0]\n")
-    r = _run("--config", bad, "--output", tmp_path / "o")
+    r = _run("--config", bad, "--output", tmp_path / "o", data_root=tmp_path / "root")
     assert r.returncode == 2 and "missing section" in r.stderr
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory):
+def quick(tmp_path_factory, real_data_root):
     root = tmp_path_factory.mktemp("reproduce")
-    r = _run("--quick", "--output", root / "out", "--cache", root / "cache", "--results", root / "results")
+    r = _run("--quick", "--output", root / "out", "--cache", root / "cache", "--results", root / "results",
+             data_root=real_data_root)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return root, r
 
 
-@needs_data
 def test_quick_run_trains_every_arm_and_reports_every_number(quick):
     root, r = quick
     results = json.loads((root / "results" / "results.json").read_text(encoding="utf-8"))
@@ -113,16 +120,17 @@ def test_quick_run_trains_every_arm_and_reports_every_number(quick):
         assert stage in r.stdout  # a progress line per stage
 
 
-@needs_data
-def test_quick_rerun_skips_finished_stages_and_a_failing_stage_names_its_log(quick, tmp_path):
+def test_quick_rerun_skips_finished_stages_and_a_failing_stage_names_its_log(quick, tmp_path, real_data_root):
     root, _ = quick
-    r = _run("--quick", "--output", root / "out", "--cache", root / "cache", "--results", root / "results2")
+    r = _run("--quick", "--output", root / "out", "--cache", root / "cache", "--results", root / "results2",
+             data_root=real_data_root)
     assert r.returncode == 0 and r.stdout.count("skipped") == 4 and "base: cached" in r.stdout
     assert (root / "results2" / "results.json").is_file()
     # A trainer that refuses its config: the stage fails, the command says which and where its log is.
     cfg = (ROOT / "benchmarks" / "reproduce" / "config.yaml").read_text(encoding="utf-8")
     bad = tmp_path / "bad.yaml"
     bad.write_text(cfg.replace("loss_type: grpo", "loss_type: nonsense"), encoding="utf-8")
-    r = _run("--quick", "--config", bad, "--output", tmp_path / "o", "--cache", root / "cache")
+    r = _run("--quick", "--config", bad, "--output", tmp_path / "o", "--cache", root / "cache",
+             data_root=real_data_root)
     assert r.returncode == 1
     assert "stage seed0." in r.stderr and "failed (exit 2)" in r.stderr and "loss_type" in r.stderr

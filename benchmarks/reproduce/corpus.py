@@ -1,6 +1,7 @@
 """The real text of the reproduction: what the base model is pretrained on and what measures its drift.
 
-All of it is read from ``../shared/data`` (never copied into the project):
+All of it is read from the data root (``$SEMGRPO_DATA``, else ``~/.cache/semgrpo/data``; ``python bin/get_data.py``
+fills it), never copied into the project:
 
 - pretraining: DRCD paragraphs (Traditional Chinese Wikipedia) except a held-out slice of articles, the
   CMRC 2018 *trial* contexts, and the Tibetan texts of ``bo_title_openpecha/train.jsonl``. Never the MT
@@ -14,8 +15,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from semgrpo.data_root import GET_DATA, data_root
+
 ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_DATA = ROOT.parent / "shared" / "data"
+DEFAULT_DATA = data_root()  # the root when this module was imported; callers pass data_root() to follow $SEMGRPO_DATA
 
 # (folder, file) of every input, so a missing one is named before anything runs.
 FILES = {
@@ -52,7 +55,8 @@ def data_paths(data_dir: str | Path = DEFAULT_DATA) -> dict[str, Path]:
     paths = {key: data_dir / folder / name for key, (folder, name) in FILES.items()}
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
-        raise CorpusError(f"missing data file(s): {', '.join(missing)} (see ../shared/data/README.md)")
+        fetch = GET_DATA if data_dir == data_root() else f"{GET_DATA} --root {data_dir}"
+        raise CorpusError(f"missing data file(s): {', '.join(missing)}; fetch them with: {fetch}")
     return paths
 
 
@@ -88,7 +92,7 @@ def load_corpus(data_dir: str | Path = DEFAULT_DATA, *, heldout_fraction: float 
     """Read and split the text.
 
     Args:
-        data_dir: ``../shared/data``.
+        data_dir: A folder laid out like the data root.
         heldout_fraction: Share of DRCD *articles* (the last ones, in file order) kept out of pretraining
             for the OOD set; whole articles, so no paragraph of a held-out topic is seen.
         max_chars: When > 0, keep about this many characters of each pretraining language (``--quick``).

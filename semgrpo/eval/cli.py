@@ -1,10 +1,11 @@
 """`bin/evaluate.py`: flags -> `EvalSettings`, with defaults read from the run being evaluated.
 
-    python bin/evaluate.py --run runs/demo --cmrc ../shared/data/cmrc2018/dev.json --cmrc-limit 50
+    python bin/evaluate.py --run runs/demo --cmrc data:cmrc2018/dev.json --cmrc-limit 50
 
 `--run DIR` evaluates every stage of a run (base, the runs it started from, the run itself) with the
 run's own base, tokenizer, task, dev data, reward encoder and completion length; `--model NAME=PATH`
-adds (or, without --run, names) models explicitly. User errors print one line and exit with status 2.
+adds (or, without --run, names) models explicitly. Data flags take a path, or `data:<path>` in the data
+root that `bin/get_data.py` fills (`semgrpo.data_root`). User errors print one line and exit with status 2.
 When the LLM judge fails (errors, timeouts, its circuit breaker opened), everything else is still
 written, eval.json records the failure under "judge"."error", one warning line goes to stderr and the
 exit status is 3.
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 
 from semgrpo.config import ConfigError
+from semgrpo.data_root import check_data_paths
 from semgrpo.errors import run_entry_point
 from semgrpo.eval.models import resolve_model, specs_from_run
 from semgrpo.lineage import run_config
@@ -37,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--tokenizer", help="tokenizer directory (default: the run's, else --base)")
     d = p.add_argument_group("task")
     d.add_argument("--task", help="mt_bo_zh | mt_zh_bo | hg_bo (default: the run's data.task)")
-    d.add_argument("--data", help="test set JSONL/Parquet/folder (default: the run's data.dev)")
+    d.add_argument("--data", help="test set JSONL/Parquet/folder, or data:<path> in the data root (default: the "
+                   "run's data.dev)")
     d.add_argument("--limit", type=int, default=0, help="first N test samples (0 = all)")
     d.add_argument("--encoder", help="reward encoder for similarity (default: the run's reward.encoder)")
     d.add_argument("--max-new-tokens", type=int, help="greedy decoding length (default: the run's "
@@ -45,10 +48,12 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--max-prompt-length", type=int, default=1024)
     d.add_argument("--batch-size", type=int, default=16)
     t = p.add_argument_group("alignment tax")
-    t.add_argument("--cmrc", help="CMRC 2018 JSON (e.g. ../shared/data/cmrc2018/dev.json)")
+    t.add_argument("--cmrc", help="CMRC 2018 JSON, e.g. data:cmrc2018/dev.json (in the data root: $SEMGRPO_DATA, "
+                   "else ~/.cache/semgrpo/data; python bin/get_data.py fetches it)")
     t.add_argument("--cmrc-limit", type=int, default=0, help="first N questions (0 = all)")
     t.add_argument("--cmrc-max-new-tokens", type=int, default=64)
-    t.add_argument("--ood", help="OOD passages (default: the CMRC contexts, else the run's tax_meter.ood_passages)")
+    t.add_argument("--ood", help="OOD passages, a path or data:<path> (default: the CMRC contexts, else the run's "
+                   "tax_meter.ood_passages)")
     t.add_argument("--ood-samples", type=int, default=200)
     t.add_argument("--ood-max-tokens", type=int, default=256)
     j = p.add_argument_group("LLM judge (OpenAI-compatible; key from SEMGRPO_JUDGE_API_KEY or OPENAI_API_KEY)")
@@ -94,6 +99,7 @@ def settings_from_args(args):
     data = args.data or get("data", "dev") or get("data", "train")
     if not data:
         raise ConfigError("no test data: pass --data PATH (the run has no data.dev)")
+    check_data_paths({"--data": data, "--cmrc": args.cmrc, "--ood": args.ood})
     pairs = [tuple(p.split(":", 1)) for p in args.judge_pair] or ([(names[-1], names[-2])] if len(names) > 1 else [])
     for pair in pairs:
         if len(pair) != 2 or not all(x in names for x in pair):

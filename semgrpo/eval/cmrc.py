@@ -1,6 +1,6 @@
 """CMRC 2018 EM / F1, as the benchmark's official evaluation script computes them.
 
-The rules (``../shared/data/README.md``; squad-style-data/cmrc2018_evaluate.py, v5 of the benchmark):
+The rules (squad-style-data/cmrc2018_evaluate.py of ymcui/cmrc2018, v5 of the benchmark):
 
 - Text is lower-cased and stripped of surrounding whitespace.
 - A fixed list of punctuation marks (`CMRC_PUNCTUATION`) is removed before scoring. The official list

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from semgrpo.data import DataError, collate_left_padded
+from semgrpo.data_root import resolve_data_path
 from semgrpo.prompts import render_chat
 from semgrpo.rollout import cut_after_eos
 
@@ -45,14 +46,16 @@ def cmrc_questions(dataset: dict[str, Any], *, limit: int = 0) -> list[dict[str,
 
 
 def load_cmrc(path: str | Path) -> dict[str, Any]:
-    """A CMRC 2018 (SQuAD-style) JSON file, checked to have the structure that scoring reads.
+    """A CMRC 2018 (SQuAD-style) JSON file (a path, or `data:<path>` in the data root), checked to have the
+    structure that scoring reads.
 
     Raises:
         DataError: the file is unreadable, not JSON, or not ``{"data": [{"paragraphs": [{"context",
             "qas": [{"id", "question", "answers": [{"text"}]}]}]}]}``; the message names the file and
             the first offending place.
+        DataRootError: a `data:` path that the data root does not hold.
     """
-    path = Path(path)
+    path = resolve_data_path(path)
     try:
         dataset = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -10,6 +10,8 @@ Accepted passage sources (`load_passages`):
 - CMRC 2018 / SQuAD-style JSON: every ``data[].paragraphs[].context`` (``.json``);
 - JSONL: one record per line with a ``text`` or ``context`` field (``.jsonl``);
 - plain text: one passage per non-empty line (any other suffix).
+
+Any of them may sit in the data root, named `data:<path>` (`semgrpo.data_root`).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 
 from semgrpo.data import DataError, iter_json_lines
+from semgrpo.data_root import resolve_data_path
 from semgrpo.errors import UserError
 from semgrpo.eval.metrics import token_nll_kl
 
@@ -37,13 +40,14 @@ def load_passages(source: str | Path, *, limit: int = 0) -> list[str]:
     """Passages from `source` in file order, de-duplicated (CMRC repeats a context for each question).
 
     Args:
-        source: File path (see the module docstring for formats).
+        source: File path or `data:` path (see the module docstring for formats).
         limit: Keep the first `limit` passages; 0 keeps all.
 
     Raises:
         OODError: missing file, malformed JSON (names file and line), no passage.
+        DataRootError: a `data:` path that the data root does not hold.
     """
-    path = Path(source)
+    path = resolve_data_path(source)
     if not path.is_file():
         raise OODError(f"OOD passage file not found: {path}")
     if path.suffix == ".json":

@@ -18,6 +18,7 @@ import torch
 
 from semgrpo.config import ConfigError
 from semgrpo.data import build_examples, load_records
+from semgrpo.data_root import resolve_data_path
 from semgrpo.eval.generation import cmrc_prompt_ids, cmrc_questions, first_answer_line, generate_texts, load_cmrc
 from semgrpo.eval.metrics import bleu, chrf, chrf_pp, cmrc_scores, nll_kl_summary, rouge_l, similarity_stats
 from semgrpo.eval.models import ModelBench, ModelSpec, check_adapter, logits_fn
@@ -92,7 +93,7 @@ def run_evaluation(s: EvalSettings) -> dict:
     source_text = {str(r.get("id", f"{s.data}:{i}")): r[task.source_field] for i, r in enumerate(records, 1)}
     questions, cmrc_data = [], None
     if s.cmrc:
-        if not Path(s.cmrc).is_file():
+        if not resolve_data_path(s.cmrc, what="--cmrc").is_file():
             raise ConfigError(f"--cmrc {s.cmrc!r} does not exist")
         cmrc_data = load_cmrc(s.cmrc)
         questions = cmrc_questions(cmrc_data, limit=s.cmrc_limit)

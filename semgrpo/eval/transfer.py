@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from semgrpo.config import ConfigError, load_config
+from semgrpo.data_root import check_data_paths
 from semgrpo.errors import run_entry_point
 from semgrpo.eval.models import ModelSpec, resolve_model
 from semgrpo.lineage import run_config
@@ -38,8 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="sources", action="append", default=[], metavar="NAME=RUN_DIR",
                    help="an MT run (output_dir of train_sft.py or train_grpo.py); repeatable")
     p.add_argument("--config", action="append", default=[], help="SFT config YAML (e.g. configs/hg_bo.yaml)")
-    p.add_argument("--train", help="HG training data (default: the config's data.train)")
-    p.add_argument("--dev", help="HG test data (default: the config's data.dev)")
+    p.add_argument("--train", help="HG training data, a path or data:<path> (default: the config's data.train)")
+    p.add_argument("--dev", help="HG test data, a path or data:<path> (default: the config's data.dev)")
     p.add_argument("--samples", type=int, default=1000, help="HG training samples (paper: 1000)")
     p.add_argument("--output", default="runs/transfer")
     p.add_argument("--launcher", default=sys.executable,
@@ -109,6 +110,8 @@ def _transfer(args: argparse.Namespace) -> int:
     dev = args.dev or cfg.data.dev
     if not dev:
         raise ConfigError("no HG test data: pass --dev PATH or set data.dev in --config")
+    check_data_paths({"--train" if args.train else "data.train": args.train or cfg.data.train,
+                      "--dev" if args.dev else "data.dev": dev})  # before the first fine-tune starts
     out = Path(args.output)
     tuned = [(name, fine_tune(name, path, model, args, out)) for name, path, model in sources]
     base_cfg = sources[0][2]

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from semgrpo.config import ConfigError
-from semgrpo.files import fsync_dir
+from semgrpo.files import fsync_dir, process_alive
 from semgrpo.modeling import TORCH_DTYPES, _Loading
 
 
@@ -83,18 +83,8 @@ def _remove_stale(out: Path) -> None:
     """Staging folders of earlier exports to this OUT_DIR whose process is gone (killed mid-write)."""
     for sibling in out.parent.glob(f"{glob.escape(out.name)}.tmp-*"):
         pid = sibling.name.rsplit("-", 1)[-1]
-        if sibling.is_dir() and pid.isdigit() and not _alive(int(pid)):
+        if sibling.is_dir() and pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(sibling, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
 
 
 def save_model(model, folder: Path, *, dtype: str) -> None:

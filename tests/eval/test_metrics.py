@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,9 +27,6 @@ from semgrpo.eval.metrics import (
     token_nll_kl,
 )
 from semgrpo.script.text import tibetan_syllables
-
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
 
 # ---------------------------------------------------------------- CMRC 2018
 
@@ -114,9 +110,8 @@ def test_cmrc_bad_input(dataset, predictions, match):
         cmrc_scores(dataset, predictions)
 
 
-@pytest.mark.skipif(not (DATA / "cmrc2018" / "dev.json").exists(), reason=f"{DATA}/cmrc2018/dev.json absent")
-def test_cmrc_dev_set_gold_and_half():
-    dataset = json.loads((DATA / "cmrc2018" / "dev.json").read_text(encoding="utf-8"))
+def test_cmrc_dev_set_gold_and_half(real_data_root):
+    dataset = json.loads((real_data_root / "cmrc2018" / "dev.json").read_text(encoding="utf-8"))
     golds = {qa["id"]: qa["answers"][-1]["text"]
              for a in dataset["data"] for p in a["paragraphs"] for qa in p["qas"]}
     full = cmrc_scores(dataset, golds)
@@ -196,10 +191,9 @@ def test_chrf_pp_hand_computed_chinese():
     assert chrf_pp(["今天很好"], ["今天天气很好"], script="han") == pytest.approx(100 * 5 * ap * ar / (4 * ap + ar))
 
 
-def _dev_pairs():
-    path = DATA / "bo_zh_openpecha" / "dev.jsonl"
-    if not path.is_file():
-        pytest.skip(f"{path} not found (the shared data sits beside the checkout, ../shared/data)")
+@pytest.fixture(scope="module")
+def dev_pairs(real_data_root):
+    path = real_data_root / "bo_zh_openpecha" / "dev.jsonl"
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
@@ -211,10 +205,10 @@ def _first_half(text: str, script: str) -> str:
 
 
 @pytest.mark.parametrize("field, script", [("bo", "tibetan"), ("zh", "han")])
-def test_chrf_pp_equals_sacrebleu_on_dev_pairs(field, script):
+def test_chrf_pp_equals_sacrebleu_on_dev_pairs(field, script, dev_pairs):
     """The 244 dev pairs of the OpenPecha corpus: a third of the outputs exact, a third the next line's reference,
     a third the first half of the reference (by syllable / character)."""
-    refs = [r[field] for r in _dev_pairs()]
+    refs = [r[field] for r in dev_pairs]
     hyps = [ref if i % 3 == 0 else refs[(i + 1) % len(refs)] if i % 3 == 1 else _first_half(ref, script)
             for i, ref in enumerate(refs)]
     hyp_words, ref_words = ([chrf_pp_text(t, script=script) for t in texts] for texts in (hyps, refs))

@@ -7,7 +7,6 @@ import resource
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +20,6 @@ from semgrpo.script.tables import class_table
 pytestmark = pytest.mark.skipif(
     S._c is None, reason="C extension semgrpo._script_check not built (python setup.py build_ext --inplace)"
 )
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 N = len(SCRIPT_CLASSES)
 
 
@@ -44,22 +42,20 @@ def _strings(obj):
             yield from _strings(v)
 
 
-def _shared_texts():
-    if not DATA.is_dir():
-        pytest.skip(f"shared data folder {DATA} is absent")
+def _real_texts(root):
     texts = []
-    for path in sorted(DATA.rglob("*.jsonl")):
+    for path in sorted(root.rglob("*.jsonl")):
         with open(path, encoding="utf-8") as f:
             for line in f:
                 texts.extend(_strings(json.loads(line)))
-    for path in sorted(DATA.rglob("*.json")):
+    for path in sorted(root.rglob("*.json")):
         texts.extend(_strings(json.loads(path.read_text(encoding="utf-8"))))  # CMRC: contexts, questions, answers
-    assert len(texts) > 10000, f"expected the shared data to hold >10k strings, found {len(texts)}"
+    assert len(texts) > 10000, f"expected the real datasets to hold >10k strings, found {len(texts)}"
     return texts
 
 
-def test_shared_data_c_equals_regex():
-    texts = _shared_texts()
+def test_real_data_c_equals_regex(real_data_root):
+    texts = _real_texts(real_data_root)
     prof = both(texts)
     assert prof[:, SCRIPT_CLASSES.index("tibetan")].sum() > 700_000  # letters only: tsheg/shad are punct
     assert prof[:, SCRIPT_CLASSES.index("han")].sum() > 500_000
