@@ -21,7 +21,7 @@ from pathlib import Path
 from semgrpo.config import ConfigError
 from semgrpo.data_root import check_data_paths
 from semgrpo.errors import run_entry_point
-from semgrpo.eval.models import resolve_model, specs_from_run
+from semgrpo.eval.models import checkpoint_specs, resolve_model, specs_from_run
 from semgrpo.lineage import run_config
 
 PROG = "evaluate.py"
@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--run", help="a training run's output_dir: evaluates base, its earlier stages and itself")
     m.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
                    help="an adapter dir, run dir, checkpoint or full model dir; repeatable")
+    m.add_argument("--checkpoints", choices=["last", "all"], default="last",
+                   help="with --run: evaluate the run at its last checkpoint (default) or at every complete one, "
+                        "named <stage>@<step> (a learning curve)")
     m.add_argument("--base", help="base model directory (default: the run's model.path)")
     m.add_argument("--tokenizer", help="tokenizer directory (default: the run's, else --base)")
     d = p.add_argument_group("task")
@@ -43,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
                    "run's data.dev)")
     d.add_argument("--limit", type=int, default=0, help="first N test samples (0 = all)")
     d.add_argument("--encoder", help="reward encoder for similarity (default: the run's reward.encoder)")
+    d.add_argument("--independent-encoder", default="",
+                   help="a second sentence encoder, trained apart from the reward's: similarity GRPO did not "
+                        "optimise, each output cut to its reference's length in tokens")
     d.add_argument("--max-new-tokens", type=int, help="greedy decoding length (default: the run's "
                    "grpo.max_completion_length)")
     d.add_argument("--max-prompt-length", type=int, default=1024)
@@ -79,6 +85,8 @@ def settings_from_args(args):
     if args.run:
         cfg = run_config(args.run) or {}
         run_base, specs = specs_from_run(args.run)
+        if args.checkpoints == "all":
+            specs = specs[:-1] + checkpoint_specs(args.run, specs[-1])
         base = base or run_base
         if args.base:
             specs[0].source = args.base
@@ -87,6 +95,8 @@ def settings_from_args(args):
         if not sep or not name or not path:
             raise ConfigError(f"--model {item!r} is not of the form NAME=PATH")
         specs.append(resolve_model(name, path))
+    if args.checkpoints == "all" and not args.run:
+        raise ConfigError("--checkpoints all needs --run DIR")
     if not base:
         raise ConfigError("no base model: pass --run DIR or --base PATH")
     if not args.run:
@@ -117,6 +127,7 @@ def settings_from_args(args):
         tokenizer=args.tokenizer or get("model", "tokenizer") or base, models=specs,
         task=args.task or get("data", "task", "mt_zh_bo"), data=data, limit=args.limit,
         encoder=args.encoder if args.encoder is not None else get("reward", "encoder"),
+        independent_encoder=args.independent_encoder,
         max_new_tokens=args.max_new_tokens or get("grpo", "max_completion_length", 256),
         max_prompt_length=args.max_prompt_length, batch_size=args.batch_size, cmrc=args.cmrc or "",
         cmrc_limit=args.cmrc_limit, cmrc_max_new_tokens=args.cmrc_max_new_tokens,

@@ -18,13 +18,16 @@ CMRC_INSTRUCTION = "阅读下面的文章并回答问题。答案请直接摘录
 
 @torch.no_grad()
 def generate_texts(model, tokenizer, prompts: list[list[int]], *, eos_ids: list[int], max_new_tokens: int,
-                   batch_size: int, device: torch.device, progress=None) -> list[str]:
+                   batch_size: int, device: torch.device, progress=None, with_lengths: bool = False):
     """Greedy completions of token-id prompts, decoded without special tokens, in input order.
 
-    Prompts are batched by length (less padding), left padded as in training.
+    Prompts are batched by length (less padding), left padded as in training. With `with_lengths`, returns
+    ``(texts, lengths, capped)``: each completion's token count (its end-of-sequence token included) and
+    whether it ran into `max_new_tokens` without ending.
     """
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[str] = [""] * len(prompts)
+    lengths, capped = [0] * len(prompts), [False] * len(prompts)
     starts = range(0, len(order), batch_size)
     for s in progress(starts) if progress else starts:
         rows = order[s:s + batch_size]
@@ -32,10 +35,13 @@ def generate_texts(model, tokenizer, prompts: list[list[int]], *, eos_ids: list[
         ids, mask = ids.to(device), mask.to(device)
         generated = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                    do_sample=False, eos_token_id=eos_ids, pad_token_id=tokenizer.pad_token_id)
-        completion, _ = cut_after_eos(generated[:, ids.shape[1]:], eos_ids, tokenizer.pad_token_id)
-        for i, text in zip(rows, tokenizer.batch_decode(completion, skip_special_tokens=True)):
+        completion, completion_mask = cut_after_eos(generated[:, ids.shape[1]:], eos_ids, tokenizer.pad_token_id)
+        ended = torch.isin(completion, torch.as_tensor(eos_ids, device=completion.device)).any(1)
+        for k, (i, text) in enumerate(zip(rows, tokenizer.batch_decode(completion, skip_special_tokens=True))):
             out[i] = text
-    return out
+            lengths[i] = int(completion_mask[k].sum())
+            capped[i] = bool(lengths[i] >= max_new_tokens and not ended[k])
+    return (out, lengths, capped) if with_lengths else out
 
 
 def cmrc_questions(dataset: dict[str, Any], *, limit: int = 0) -> list[dict[str, str]]:

@@ -63,6 +63,19 @@ def specs_from_run(run_dir: str) -> tuple[str, list[ModelSpec]]:
     return cfg["model"]["path"], specs
 
 
+def checkpoint_specs(run_dir: str, final: ModelSpec) -> list[ModelSpec]:
+    """The run's last stage at every complete checkpoint, oldest first, each named ``<stage>@<step>``: the
+    points of a learning curve. The earlier stages' adapters stay as they are; the run's own adapter is the
+    checkpoint's."""
+    from semgrpo.checkpoint import list_checkpoints
+
+    checkpoints = list_checkpoints(run_dir)
+    if not checkpoints:
+        raise ConfigError(f"--checkpoints all: {run_dir!r} has no complete checkpoint")
+    return [ModelSpec(name=f"{final.name}@{step}", source=str(path), adapters=[*final.adapters[:-1], path / "adapter"])
+            for step, path in checkpoints]
+
+
 def _summary(run_dir: str) -> dict:
     path = Path(run_dir) / "summary.json"
     try:
@@ -143,3 +156,53 @@ class ModelBench:
                 yield model, base_logits
             finally:
                 self.base = model.unload()  # the LoRA layers out again: the pristine base for the next model
+
+    @contextlib.contextmanager
+    def use_all(self, specs: list[ModelSpec]):
+        """Every model of `specs` at once, for passes that compare them batch by batch against one base forward:
+        yields ``({name: logits_fn}, base_logits_fn)``. Adapters are loaded side by side into one PEFT model
+        and each model's own set is activated for its forward; full-weight models are loaded each."""
+        fns, full, model, names = {}, [], None, {}
+        for i, spec in enumerate(specs):
+            if spec.full_path:
+                from transformers import AutoModelForCausalLM
+
+                m = AutoModelForCausalLM.from_pretrained(spec.full_path, dtype=TORCH_DTYPES[self.dtype])
+                full.append(m.to(self.device).eval())
+                fns[spec.name] = logits_fn(full[-1])
+                continue
+            for j, adapter in enumerate(spec.adapters):
+                from peft import PeftModel
+
+                name = f"m{i}s{j}"
+                if model is None:
+                    model = PeftModel.from_pretrained(self.base, str(adapter), adapter_name=name)
+                else:
+                    model.load_adapter(str(adapter), adapter_name=name)
+                names.setdefault(spec.name, []).append(name)
+        if model is not None:
+            model.eval()
+
+        def base_logits(ids, mask):
+            if model is None:
+                return logits_fn(self.base)(ids, mask)
+            with model.disable_adapter():
+                return logits_fn(model)(ids, mask)
+
+        def with_adapters(active):
+            def fn(ids, mask):
+                model.base_model.set_adapter(active)
+                return logits_fn(model)(ids, mask)
+            return fn
+
+        for spec in specs:
+            if spec.name in names:
+                fns[spec.name] = with_adapters(names[spec.name])
+            elif not spec.full_path:
+                fns[spec.name] = base_logits  # the base itself
+        try:
+            yield fns, base_logits
+        finally:
+            if model is not None:
+                self.base = model.unload()  # every LoRA layer out again: the pristine base
+            del full

@@ -27,7 +27,8 @@ from semgrpo.data_root import resolve_data_path
 from semgrpo.errors import UserError
 from semgrpo.eval.metrics import token_nll_kl
 
-__all__ = ["OODError", "load_passages", "encode_windows", "pad_windows", "drift_per_token"]
+__all__ = ["OODError", "load_passages", "encode_windows", "pad_windows", "drift_per_token", "drift_of_models",
+           "script_token_mask"]
 
 LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -105,7 +106,6 @@ def pad_windows(windows: list[list[int]], *, pad_id: int) -> tuple[torch.Tensor,
     return ids, mask
 
 
-@torch.no_grad()
 def drift_per_token(adapted: LogitsFn, base: LogitsFn, windows: list[list[int]], *, pad_id: int,
                     batch_size: int = 8, device: torch.device | str = "cpu",
                     progress: Callable | None = None) -> dict[str, np.ndarray]:
@@ -123,11 +123,58 @@ def drift_per_token(adapted: LogitsFn, base: LogitsFn, windows: list[list[int]],
         `semgrpo.eval.metrics.token_nll_kl`'s dict: ``nll_base``, ``nll_adapted``, ``kl``, ``delta_nll``,
         float64 arrays over all predicted tokens, passage by passage.
     """
+    return drift_of_models({"adapted": adapted}, base, windows, pad_id=pad_id, batch_size=batch_size, device=device,
+                           progress=progress)["adapted"]
+
+
+@torch.no_grad()
+def drift_of_models(models: dict[str, LogitsFn], base: LogitsFn, windows: list[list[int]], *, pad_id: int,
+                    batch_size: int = 8, device: torch.device | str = "cpu", script_mask: torch.Tensor | None = None,
+                    progress: Callable | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """`drift_per_token` for several models at once: the base's logits of each batch of windows are computed
+    once and compared with every model's, instead of once per model.
+
+    With `script_mask` ([V] bool: the tokens of the language being taught) each model's NLL is also split in
+    two, to tell forgetting from a moved script prior: ``script_shift = -log(1 - p(script tokens))``, the
+    probability mass taken by the taught script, and ``nll_renormalised = nll - script_shift``, the NLL under the
+    model's distribution renormalised over the other tokens; the same for the base (``..._base``).
+
+    Returns:
+        ``{name: {"nll_base", "nll_adapted", "kl", "delta_nll"[, "script_shift", "script_shift_base",
+        "nll_renormalised", "nll_renormalised_base"]}}``, float64 arrays over all predicted tokens.
+    """
     starts = range(0, len(windows), batch_size)
-    parts = []
+    parts: dict[str, list[dict]] = {name: [] for name in models}
     for s in progress(starts) if progress else starts:
         ids, mask = pad_windows(windows[s:s + batch_size], pad_id=pad_id)
         ids, mask = ids.to(device), mask.to(device)
-        logits_a, logits_b = adapted(ids, mask), base(ids, mask)
-        parts.append(token_nll_kl(logits_b[:, :-1], logits_a[:, :-1], ids[:, 1:], mask[:, 1:]))
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        logits_b = base(ids, mask)[:, :-1]
+        targets, on = ids[:, 1:], mask[:, 1:]
+        shift_b = None if script_mask is None else _script_shift(logits_b, on, script_mask)
+        for name, fn in models.items():
+            logits_a = fn(ids, mask)[:, :-1]
+            stats = token_nll_kl(logits_b, logits_a, targets, on)
+            if shift_b is not None:
+                shift_a = _script_shift(logits_a, on, script_mask)
+                stats.update(script_shift=shift_a, script_shift_base=shift_b,
+                             nll_renormalised=stats["nll_adapted"] - shift_a,
+                             nll_renormalised_base=stats["nll_base"] - shift_b)
+            parts[name].append(stats)
+    return {name: {k: np.concatenate([p[k] for p in ps]) for k in ps[0]} for name, ps in parts.items()}
+
+
+def _script_shift(logits: torch.Tensor, mask: torch.Tensor, script_mask: torch.Tensor) -> np.ndarray:
+    """-log(1 - p(script tokens)) at every masked position (float64; inf if the script takes all the mass)."""
+    rows = logits[mask.bool()].float()
+    logp = torch.log_softmax(rows, dim=-1)
+    log_mass = torch.logsumexp(logp[:, script_mask.to(rows.device)], dim=-1)
+    return (-torch.log1p(-log_mass.double().exp().clamp(max=1.0))).cpu().numpy()
+
+
+def script_token_mask(tokenizer, script: str) -> torch.Tensor:
+    """[V] bool: the tokens whose text holds at least one letter of `script` (semgrpo.script's rule)."""
+    from semgrpo.script import script_consistent
+
+    texts = [tokenizer.decode([i]) for i in range(len(tokenizer))]
+    # consistent with any share of the script and any number of foreign letters = holds one letter of it
+    return torch.as_tensor(script_consistent(texts, script=script, min_ratio=1e-9, max_foreign=10**9), dtype=torch.bool)

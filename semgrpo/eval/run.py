@@ -21,8 +21,8 @@ from semgrpo.data import build_examples, load_records
 from semgrpo.data_root import resolve_data_path
 from semgrpo.eval.generation import cmrc_prompt_ids, cmrc_questions, first_answer_line, generate_texts, load_cmrc
 from semgrpo.eval.metrics import bleu, chrf, chrf_pp, cmrc_scores, nll_kl_summary, rouge_l, similarity_stats
-from semgrpo.eval.models import ModelBench, ModelSpec, check_adapter, logits_fn
-from semgrpo.eval.ood import drift_per_token, encode_windows, load_passages
+from semgrpo.eval.models import ModelBench, ModelSpec, check_adapter
+from semgrpo.eval.ood import drift_of_models, encode_windows, load_passages, script_token_mask
 from semgrpo.eval.report import write_report
 from semgrpo.files import write_json_atomic, write_jsonl_atomic
 from semgrpo.prompts import get_task
@@ -43,6 +43,9 @@ class EvalSettings:
     data: str
     limit: int = 0
     encoder: str = ""
+    # A second encoder, trained apart from the reward's: similarity that GRPO did not optimise, with each output
+    # cut to its reference's length in tokens, so that a longer output cannot score higher by length alone.
+    independent_encoder: str = ""
     max_new_tokens: int = 256
     max_prompt_length: int = 1024
     batch_size: int = 16
@@ -110,6 +113,8 @@ def run_evaluation(s: EvalSettings) -> dict:
         for adapter in spec.adapters:
             check_adapter(adapter)
     similarity = SemanticSimilarity(load_reward_encoder(s.encoder, device=device)) if s.encoder else None
+    independent = (SemanticSimilarity(load_reward_encoder(s.independent_encoder, device=device))
+                   if s.independent_encoder else None)
     Path(s.output).mkdir(parents=True, exist_ok=True)
 
     for spec in s.models:
@@ -131,28 +136,39 @@ def run_evaluation(s: EvalSettings) -> dict:
     for spec in s.models:
         _say(f"{spec.name}: {len(examples)} task prompts, {len(questions)} CMRC questions, "
              f"{len(windows)} OOD passages")
-        with bench.use(spec) as (model, base_logits):
-            texts = generate_texts(model, tok, [ex.prompt_ids for ex in examples], eos_ids=eos,
-                                   max_new_tokens=s.max_new_tokens, batch_size=s.batch_size, device=device,
-                                   progress=_progress(f"{spec.name}: task"))
+        with bench.use(spec) as (model, _):
+            texts, lengths, capped = generate_texts(model, tok, [ex.prompt_ids for ex in examples], eos_ids=eos,
+                                                    max_new_tokens=s.max_new_tokens, batch_size=s.batch_size,
+                                                    device=device, progress=_progress(f"{spec.name}: task"),
+                                                    with_lengths=True)
             outputs[spec.name] = texts
             entry = {"source": spec.source, "checkpoint": _checkpoint_of(spec),
                      "adapters": [str(a) for a in spec.adapters],
                      "task": _task_scores(texts, examples, task.target_script, similarity)}
+            entry["task"]["length"] = {"mean_tokens": float(np.mean(lengths)) if lengths else 0.0,
+                                       "capped_share": float(np.mean(capped)) if capped else 0.0}
+            entry["task"]["similarity_independent"] = (
+                similarity_stats(independent.similarity(_cut_to_references(texts, examples, tok),
+                                                        [ex.reference for ex in examples]))
+                if independent is not None else None)
             entry["cmrc"] = _cmrc(model, tok, questions, cmrc_data, s, eos, device, spec.name) if questions else None
             entry["ood"] = None
-            if windows:
-                per_token = drift_per_token(logits_fn(model), base_logits, windows, pad_id=tok.pad_token_id,
-                                            batch_size=s.batch_size, device=device,
-                                            progress=_progress(f"{spec.name}: OOD"))
-                summary = nll_kl_summary(per_token)
-                entry["ood"] = {"tokens": int(len(per_token["kl"])), "nll": summary["nll_adapted"],
-                                "kl": summary["kl"], "delta_nll": summary["delta"]}
-                tokens[spec.name] = {"nll": per_token["nll_adapted"], "kl": per_token["kl"]}
         models[spec.name] = entry
         _say(f"{spec.name}: " + _headline(entry))
         result["settings"] = settings()
         _write_progress(out, result, outputs, examples)  # what is done survives a later failure
+    if windows:  # every model against one base forward per batch of windows
+        _say(f"OOD drift of {len(s.models)} models on {len(windows)} passages")
+        script_mask = script_token_mask(tok, task.target_script)
+        with bench.use_all(s.models) as (fns, base_logits):
+            drift = drift_of_models(fns, base_logits, windows, pad_id=tok.pad_token_id, batch_size=s.batch_size,
+                                    device=device, script_mask=script_mask, progress=_progress("OOD"))
+        for name, per_token in drift.items():
+            models[name]["ood"] = _ood_entry(per_token)
+            tokens[name] = {"nll": per_token["nll_adapted"], "kl": per_token["kl"]}
+            _say(f"{name}: " + _headline(models[name]))
+        result["settings"] = settings()
+        _write_progress(out, result, outputs, examples)
 
     if judge:
         sources = [source_text[ex.id] for ex in examples]
@@ -162,6 +178,25 @@ def run_evaluation(s: EvalSettings) -> dict:
     result["settings"] = settings()
     _write(out, result, outputs, examples, tokens)
     return result
+
+
+def _ood_entry(per_token: dict) -> dict:
+    """The OOD numbers of one model: NLL, KL and ΔNLL (mean, median, p90), and the ΔNLL split into the mass the
+    taught script took (script_shift) and the NLL renormalised over the other tokens (forgetting)."""
+    summary = nll_kl_summary(per_token)
+    split = {k: float(np.mean(per_token[k] - per_token[k + "_base"])) for k in ("script_shift", "nll_renormalised")
+             if k in per_token}
+    return {"tokens": int(len(per_token["kl"])), "nll": summary["nll_adapted"], "kl": summary["kl"],
+            "delta_nll": summary["delta"], "delta_nll_split": split or None}
+
+
+def _cut_to_references(texts: list[str], examples, tok) -> list[str]:
+    """Each output cut to its reference's length in tokens (decoded back to text)."""
+    out = []
+    for text, ex in zip(texts, examples):
+        n = len(tok(ex.reference, add_special_tokens=False)["input_ids"])
+        out.append(tok.decode(tok(text, add_special_tokens=False)["input_ids"][:max(n, 1)]))
+    return out
 
 
 def _checkpoint_of(spec: ModelSpec) -> str | None:
@@ -183,12 +218,17 @@ def _describe(spec: ModelSpec, base: str) -> str:
     return f"checkpoint {_checkpoint_of(spec)} (base {base} + adapters {chain})"
 
 
+def metric_script(script: str) -> str:
+    """How the reference metrics segment text of the task's target script (`semgrpo.eval.metrics`)."""
+    return script if script in ("tibetan", "han") else "latin"
+
+
 def _task_scores(texts, examples, script, similarity) -> dict:
     refs = [ex.reference for ex in examples]
-    metric_script = script if script in ("tibetan", "han") else "latin"
-    out = {"n": len(texts), "bleu": bleu(texts, refs, script=metric_script),
-           "chrf": chrf(texts, refs, script=metric_script), "chrf_pp": chrf_pp(texts, refs, script=metric_script),
-           "rouge_l": rouge_l(texts, refs, script=metric_script),
+    unit = metric_script(script)
+    out = {"n": len(texts), "bleu": bleu(texts, refs, script=unit),
+           "chrf": chrf(texts, refs, script=unit), "chrf_pp": chrf_pp(texts, refs, script=unit),
+           "rouge_l": rouge_l(texts, refs, script=unit),
            "script_consistent": float(np.mean(script_consistent(texts, script=script))), "similarity": None}
     if similarity is not None:
         out["similarity"] = similarity_stats(similarity.similarity(texts, refs))

@@ -9,9 +9,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _tolerance import sum_rtol
 
 from semgrpo.config import Config, ConfigError
-from semgrpo.eval.ood import OODError, drift_per_token, encode_windows, load_passages, pad_windows
+from semgrpo.eval.ood import (
+    OODError,
+    drift_of_models,
+    drift_per_token,
+    encode_windows,
+    load_passages,
+    pad_windows,
+    script_token_mask,
+)
 from semgrpo.eval.tax_meter import TaxMeter
 
 
@@ -96,10 +105,51 @@ def test_drift_per_token_matches_direct_torch():
         nll_b += (-lb.gather(-1, tgt)).flatten().tolist()
         kl += (lb.exp() * (lb - la)).sum(-1).tolist()
     assert len(got["kl"]) == sum(len(w) - 1 for w in windows)
-    np.testing.assert_allclose(got["nll_adapted"], nll_a, rtol=1e-5)
-    np.testing.assert_allclose(got["nll_base"], nll_b, rtol=1e-5)
-    np.testing.assert_allclose(got["kl"], kl, rtol=1e-4, atol=1e-7)
-    np.testing.assert_allclose(got["delta_nll"], np.array(nll_a) - np.array(nll_b), rtol=1e-5, atol=1e-6)
+    # fp32 log-softmax over 12 logits of magnitude < ~10 against float64: absolute, relative to those magnitudes
+    tol = sum_rtol(torch.float32, 12) * 10
+    np.testing.assert_allclose(got["nll_adapted"], nll_a, rtol=tol, atol=tol)
+    np.testing.assert_allclose(got["nll_base"], nll_b, rtol=tol, atol=tol)
+    np.testing.assert_allclose(got["kl"], kl, rtol=tol, atol=tol)
+    np.testing.assert_allclose(got["delta_nll"], np.array(nll_a) - np.array(nll_b), rtol=tol, atol=2 * tol)
+
+
+def test_drift_of_models_reads_the_base_once_per_batch_and_splits_the_script_mass():
+    windows = [[3, 5, 7, 9, 2], [4, 4, 1], [8, 6, 5, 3]]
+    base_lm, calls = _linear_lm(12, 1), []
+    base = lambda ids, mask: calls.append(ids.shape) or base_lm(ids, mask)
+    models = {"a": _linear_lm(12, 0), "b": _linear_lm(12, 2)}
+    script = torch.zeros(12, dtype=torch.bool)
+    script[[2, 5, 9]] = True  # the "taught script's" tokens
+    got = drift_of_models(models, base, windows, pad_id=0, batch_size=2, script_mask=script)
+    assert len(calls) == 2  # one base forward per batch of windows, whatever the number of models
+    tol = sum_rtol(torch.float32, 12) * 10  # as above
+    for name, fn in models.items():
+        alone = drift_per_token(fn, base_lm, windows, pad_id=0, batch_size=2)
+        for key in ("nll_base", "nll_adapted", "kl"):
+            np.testing.assert_array_equal(got[name][key], alone[key])  # the same computation
+        # the split adds up exactly, and the shift is -log(1 - p(script tokens)) computed in float64 by hand
+        np.testing.assert_allclose(got[name]["nll_renormalised"] + got[name]["script_shift"], got[name]["nll_adapted"],
+                                   rtol=0, atol=1e-12)
+        shift = []
+        for w in windows:
+            ids = torch.tensor([w])
+            p = F.softmax(fn(ids, torch.ones_like(ids))[0, :-1].double(), -1)
+            shift += (-torch.log1p(-p[:, script].sum(-1))).tolist()
+        np.testing.assert_allclose(got[name]["script_shift"], shift, rtol=tol, atol=tol)
+
+
+def test_script_token_mask_marks_tokens_holding_a_letter_of_the_script():
+    class Tok:
+        vocab = ["<pad>", "ཀ", "་", "甲", "ཀ་", "a", "ཁ甲"]
+
+        def __len__(self):
+            return len(self.vocab)
+
+        def decode(self, ids):
+            return "".join(self.vocab[i] for i in ids)
+
+    # a tsheg alone is neutral, not Tibetan; a token mixing a Tibetan letter with Han still holds one
+    assert script_token_mask(Tok(), "tibetan").tolist() == [False, True, False, False, True, False, True]
 
 
 def test_pad_windows_right_pads():
@@ -141,11 +191,13 @@ def test_tax_meter_equals_drift_summary(tmp_path):
     out = meter.measure(SimpleNamespace(module=model, device=torch.device("cpu")))
     windows = encode_windows(tok, load_passages(passages), max_tokens=6)
     ref = drift_per_token(model.adapted, model.base, windows, pad_id=0)
-    assert out["tax/nll_mean"] == pytest.approx(ref["nll_adapted"].mean(), rel=1e-6)
-    assert out["tax/nll_p90"] == pytest.approx(np.percentile(ref["nll_adapted"], 90), rel=1e-6)
-    assert out["tax/kl_mean"] == pytest.approx(ref["kl"].mean(), rel=1e-5)
-    assert out["tax/kl_p90"] == pytest.approx(np.percentile(ref["kl"], 90), rel=1e-5)
-    assert out["tax/delta_nll_mean"] == pytest.approx(ref["delta_nll"].mean(), rel=1e-5, abs=1e-7)
+    # the same per-token values (the meter splits the windows over batches its own way), then fp32 means
+    tol = 2 * sum_rtol(torch.float32, len(ref["kl"])) * 10
+    assert out["tax/nll_mean"] == pytest.approx(ref["nll_adapted"].mean(), rel=tol)
+    assert out["tax/nll_p90"] == pytest.approx(np.percentile(ref["nll_adapted"], 90), rel=tol)
+    assert out["tax/kl_mean"] == pytest.approx(ref["kl"].mean(), rel=tol, abs=tol)
+    assert out["tax/kl_p90"] == pytest.approx(np.percentile(ref["kl"], 90), rel=tol, abs=tol)
+    assert out["tax/delta_nll_mean"] == pytest.approx(ref["delta_nll"].mean(), rel=tol, abs=tol)
 
 
 def test_tax_meter_bad_config(tmp_path):
