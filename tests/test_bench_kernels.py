@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _tolerance import sum_rtol
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -31,7 +32,9 @@ def test_benchmark_loss_matches_the_project_trl_formula(loss_type):
     got = bfl.grpo_loss_from_logps(logp, mask, adv, old, ref, cfg)
     want, _ = policy_loss_from_logps(logp, mask, adv, old, ref, eps_low=0.2, eps_high=0.2, beta=0.04,
                                      loss_type=loss_type, use_bias_correction_kl=True)
-    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    # two fp32 implementations of the same per-token formula and its mean over B x T tokens
+    tol = 2 * sum_rtol(torch.float32, logp.numel())
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol)
 
 
 def test_cpu_peak_extra_memory_counts_bytes_live_together():

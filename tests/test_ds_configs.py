@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _tolerance import stored_rtol
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "ds_configs").glob("*.json"))
@@ -52,5 +53,7 @@ def test_offload_config_steps_with_deepspeeds_cpu_adam_like_torch_adamw(tmp_path
     assert kind == "DeepSpeedCPUAdam"
     reference_kind, reference = _one_step(ROOT / "ds_configs" / "zero3.json", tmp_path)
     assert reference_kind == "AdamW"
+    # one AdamW step from the same gradients by two implementations (vectorised vs per tensor): each weight's
+    # update is a few fp32 operations, stored back into the fp32 weight
     for a, b in zip(offloaded, reference):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a, b, rtol=2 * stored_rtol(torch.float32) * 8, atol=2 * stored_rtol(torch.float32))

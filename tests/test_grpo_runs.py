@@ -76,7 +76,7 @@ def test_sft_checkpoint_hands_off_to_grpo(demo_assets, tmp_path):
         start_logits = start(ids).logits
         with start.disable_adapter():  # the GRPO reference policy
             ref_logits = start(ids).logits
-    assert not torch.allclose(sft_logits, base_logits, atol=1e-4), "SFT did not change the model"
+    assert not torch.allclose(sft_logits, base_logits, atol=1e-2), "SFT did not change the model"  # far above rounding
     # merged into the base vs applied as an adapter: summation order only, along the demo policy's forward
     rtol = model_rtol(demo_assets.policy_path / "config.json")
     assert_close_scaled(start_logits, sft_logits, rtol)
