@@ -2,13 +2,17 @@
 
 Every stage is a plain command line (``bin/train_sft.py``, ``bin/train_grpo.py``, ``bin/evaluate.py``),
 so the experiment exercises exactly what users run; nothing is reimplemented here. A stage that finished
-leaves ``jobs/<name>.done`` and is skipped when the experiment is started again; one that was
-interrupted resumes from its newest checkpoint (the trainers' ``resume=auto``).
+leaves ``jobs/<name>.done`` with a digest of its command, of the content of every file it reads and of the
+stages it needs; started again, the experiment skips it only when that digest is unchanged. Otherwise its
+output folder is cleared and it runs again, so an edited config or data file never reuses a stale stage.
+One that was interrupted resumes from its newest checkpoint (the trainers' ``resume=auto``).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -29,7 +33,33 @@ class Job:
     name: str
     argv: list[str]
     needs: list[str] = field(default_factory=list)
+    reads: list[Path] = field(default_factory=list)  # files whose content decides the stage's result
+    output: Path | None = None  # cleared before a rerun
     seconds: float | None = None
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _digests(jobs: list[Job]) -> dict[str, str]:
+    """Each job's digest: its command, the content of the files it reads, the digests of the jobs it needs."""
+    by_name, out = {j.name: j for j in jobs}, {}
+
+    def digest(name: str) -> str:
+        if name not in out:
+            j = by_name[name]
+            parts = [j.argv, [file_digest(p) for p in j.reads], [digest(n) for n in j.needs]]
+            out[name] = hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
+        return out[name]
+
+    for j in jobs:
+        digest(j.name)
+    return out
 
 
 def stage_env(threads: int) -> dict:
@@ -39,8 +69,10 @@ def stage_env(threads: int) -> dict:
     return env
 
 
-def run_jobs(jobs: list[Job], *, workdir: Path, slots: int, threads: int, cwd: Path, log) -> dict[str, float]:
-    """Run `jobs` respecting `needs`, at most `slots` at once; returns each job's wall seconds.
+def run_jobs(jobs: list[Job], *, workdir: Path, slots: int, threads: int, cwd: Path, log,
+             known: dict[str, float] | None = None) -> dict[str, float]:
+    """Run `jobs` respecting `needs`, at most `slots` at once; returns each job's wall seconds. Jobs in `known`
+    (finished earlier in this same experiment, with their seconds) are taken as done without a word.
 
     Raises:
         StageFailed: The first failing job (the others still running are stopped).
@@ -54,11 +86,23 @@ def run_jobs(jobs: list[Job], *, workdir: Path, slots: int, threads: int, cwd: P
         if unknown:
             raise ValueError(f"job {j.name} needs unknown job(s) {unknown}")
     seconds: dict[str, float] = {}
+    digests = _digests(jobs)
     for j in jobs:
         marker = done_dir / f"{j.name}.done"
-        if marker.is_file():
-            seconds[j.name] = json.loads(marker.read_text())["seconds"]
+        if j.name in (known or {}):
+            seconds[j.name] = known[j.name]
+            continue
+        if not marker.is_file():
+            continue
+        done = json.loads(marker.read_text())
+        if done.get("digest") == digests[j.name]:
+            seconds[j.name] = done["seconds"]
             log(f"{j.name}: done in an earlier run ({seconds[j.name]:.0f} s), skipped")
+        else:
+            log(f"{j.name}: its command, inputs or upstream stages changed since it ran: running it again")
+            marker.unlink()
+            if j.output is not None:
+                shutil.rmtree(j.output, ignore_errors=True)
     pending = [j for j in jobs if j.name not in seconds]
     running: dict[str, tuple[subprocess.Popen, float]] = {}
     total = len(jobs)
@@ -88,7 +132,8 @@ def run_jobs(jobs: list[Job], *, workdir: Path, slots: int, threads: int, cwd: P
                     raise StageFailed(f"stage {name} failed (exit {proc.returncode}); log "
                                       f"{log_dir / (name + '.log')}, last lines:\n  " + "\n  ".join(tail))
                 seconds[name] = round(time.perf_counter() - start, 1)
-                (done_dir / f"{name}.done").write_text(json.dumps({"seconds": seconds[name]}) + "\n")
+                (done_dir / f"{name}.done").write_text(json.dumps({"seconds": seconds[name],
+                                                                    "digest": digests[name]}) + "\n")
                 log(f"{name}: finished in {seconds[name]:.0f} s ({len(seconds)}/{total} stages done)")
     finally:
         for proc, _ in running.values():

@@ -1,122 +1,173 @@
-"""The experiment's numbers: per arm and seed from each seed's ``eval.json``, then mean ± 95% interval.
-
-Outputs (``write_report``): ``results.json`` (everything), ``table.md`` (Table 3's layout with OOD drift in
-place of CMRC, then Appendix C's NLL and KL panels) and ``tax_vs_quality.png`` (x = Δ OOD NLL vs the base,
-the tax; y = dev similarity; one point per arm and seed).
+"""The experiment's report: results.json (everything), table.md (the gate, the matched-quality test, the paper's
+table) and frontier.png (test chrF and independent similarity against the test alignment tax, one line per
+method and learning rate through its checkpoints).
 """
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
-ARMS = ("cold_start", "cold_start_grpo", "strong_sft")
-LABELS = {"base": "Base", "cold_start": "Cold start (SFT)", "cold_start_grpo": "Cold start + GRPO (ours)",
-          "strong_sft": "Strong SFT"}
-COLORS = {"cold_start": "tab:gray", "cold_start_grpo": "tab:blue", "strong_sft": "tab:red"}
-# Two-sided 95% quantiles of Student's t by degrees of freedom (standard tables).
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+from reproduce import frontier, grid
+
+LABELS = {"base": "Base", "cold_start": "Cold start (SFT)", "grpo": "Cold start + GRPO (ours)",
+          "grpo_beta": "GRPO, beta 0.04", "grpo_length": "GRPO + length reward",
+          "sft_continuation": "Cold start + SFT continuation", "strong_sft": "Strong SFT"}
+COLORS = {"cold_start": "tab:gray", "grpo": "tab:blue", "grpo_beta": "tab:cyan", "grpo_length": "tab:purple",
+          "sft_continuation": "tab:orange", "strong_sft": "tab:red"}
 
 
-def arm_metrics(eval_json: dict, name: str) -> dict:
-    """The numbers of one model in one seed's eval.json; Δ are differences to that file's base row."""
-    models = eval_json["models"]
-    if name not in models or "base" not in models:
-        raise KeyError(f"eval.json has no {name!r} or 'base' model (has {sorted(models)})")
-    m, base = models[name], models["base"]
-    out = {"bleu": m["task"]["bleu"], "chrf": m["task"]["chrf"], "similarity": m["task"]["similarity"]["mean"],
-           "target_script": m["task"]["script_consistent"]}
-    for kind in ("nll", "kl"):
-        for stat in ("mean", "median", "p90"):
-            out[f"{kind}_{stat}"] = m["ood"][kind][stat]
-    for stat in ("mean", "median", "p90"):
-        out[f"delta_nll_{stat}"] = m["ood"]["nll"][stat] - base["ood"]["nll"][stat]
+def _arm(run: str) -> str:
+    return run.split("_lr")[0]
+
+
+def curves_of(runs: dict) -> dict:
+    """{seed: {run: {set: [Point]}}} from the eval.json dicts."""
+    return {s: {run: {which: frontier.curve(ev, start=None if _arm(run) in ("cold_start", "strong_sft")
+                                            else "cold_start") for which, ev in sets.items()}
+                for run, sets in by_run.items()} for s, by_run in runs.items()}
+
+
+def base_points(runs: dict) -> dict:
+    """The base model on the test set, per seed (every evaluation holds it; the first one is taken)."""
+    out = {}
+    for s, by_run in runs.items():
+        ev = next(iter(by_run.values()))["test"]
+        out[s] = frontier.point("base", ev["models"]["base"], ev["models"]["base"], 0)
     return out
 
 
-def interval(values: list[float]) -> dict:
-    """Mean and the half-width of its 95% t-interval (0 for one value)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return {"mean": mean, "ci95": 0.0, "n": n}
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return {"mean": mean, "ci95": _T975.get(n - 1, 1.96) * sd / math.sqrt(n), "n": n}
+def paper_rows(curves: dict, picked: dict) -> dict:
+    """The last checkpoint of each of the paper's arms on test, per seed: {arm: {seed: Point}}."""
+    rows = {"cold_start": "cold_start", "grpo": grid.run_name("grpo", picked["grpo"]),
+            "sft_continuation": grid.run_name("sft_continuation", picked["sft_continuation"]),
+            "strong_sft": "strong_sft"}
+    return {arm: {s: curves[s][run]["test"][-1] for s in curves if run in curves[s]} for arm, run in rows.items()}
 
 
-def aggregate(per_seed: dict[int, dict[str, dict]]) -> dict[str, dict[str, dict]]:
-    """``{arm: {metric: interval}}`` over seeds."""
-    arms = list(next(iter(per_seed.values())))
-    return {arm: {k: interval([per_seed[s][arm][k] for s in per_seed]) for k in per_seed[next(iter(per_seed))][arm]}
-            for arm in arms}
+def write_report(results_dir: Path, *, meta: dict, runs: dict, picked: dict | None, matched: dict | None) -> dict:
+    """Write results.json, table.md and frontier.png into `results_dir`; return the results dict."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    curves = curves_of(runs)
+    results = {"schema": "semgrpo.reproduce/2", **meta, "picked": picked,
+               "matched": matched or {"q_star": None, "metric": "chrf", "per_seed": [], "grpo_tax_lower": False,
+                                      "reason": "not testable at this size: a gate failed"},
+               "curves": {str(s): {run: {w: [asdict(p) for p in pts] for w, pts in sets.items()}
+                                   for run, sets in by_run.items()} for s, by_run in curves.items()}}
+    (results_dir / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True, default=_finite) + "\n",
+                                              encoding="utf-8")
+    base = base_points(runs)
+    (results_dir / "table.md").write_text(markdown(results, curves, picked, base), encoding="utf-8")
+    plot_frontier(curves, base, meta["gate"], results["matched"].get("q_star"), results_dir / "frontier.png")
+    return results
 
 
-def _cell(iv: dict, digits: int, signed: bool = False) -> str:
+def _finite(x):
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+def _iv(values: list[float], digits: int, signed: bool = False) -> str:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return "n/a"
+    iv = frontier.t_interval(values)
     fmt = f"{{:{'+' if signed else ''}.{digits}f}}"
-    return fmt.format(iv["mean"]) + (f" ± {iv['ci95']:.{digits}f}" if iv["n"] > 1 else "")
+    if iv["low"] is None:
+        return fmt.format(iv["mean"])
+    return fmt.format(iv["mean"]) + f" ± {(iv['high'] - iv['mean']):.{digits}f}"
 
 
-def markdown_table(agg: dict, base: dict) -> str:
-    """Table 3's layout (task quality, then the alignment tax) and Appendix C's two panels."""
-    n = next(iter(next(iter(agg.values())).values()))["n"]
-    lines = [f"Mean ± 95% interval over {n} seed(s). Δ = change vs the base model (same OOD tokens).", "",
-             "| Model | BLEU | chrF | Similarity | Target script | OOD NLL | Δ OOD NLL (tax) | KL to base |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |",
-             f"| {LABELS['base']} | {base['bleu']:.2f} | {base['chrf']:.2f} | {base['similarity']:.4f} | "
-             f"{base['target_script']:.3f} | {base['nll_mean']:.3f} | 0 | 0 |"]
-    for arm, m in agg.items():
-        lines.append(f"| {LABELS[arm]} | {_cell(m['bleu'], 2)} | {_cell(m['chrf'], 2)} | {_cell(m['similarity'], 4)}"
-                     f" | {_cell(m['target_script'], 3)} | {_cell(m['nll_mean'], 3)} | "
-                     f"{_cell(m['delta_nll_mean'], 3, True)} | {_cell(m['kl_mean'], 4)} |")
-    lines += ["", "Appendix C (a): OOD token NLL (nats)", "",
-              "| Model | mean | Δ mean | median | Δ median | p90 | Δ p90 |",
-              "| --- | --- | --- | --- | --- | --- | --- |",
-              f"| {LABELS['base']} | {base['nll_mean']:.3f} | | {base['nll_median']:.3f} | | {base['nll_p90']:.3f} | |"]
-    for arm, m in agg.items():
-        lines.append(f"| {LABELS[arm]} | " + " | ".join(
-            f"{_cell(m[f'nll_{s}'], 3)} | {_cell(m[f'delta_nll_{s}'], 3, True)}" for s in ("mean", "median", "p90"))
-            + " |")
-    lines += ["", "Appendix C (b): KL(base ‖ model) per OOD token (nats)", "",
-              "| Model | mean | median | p90 |", "| --- | --- | --- | --- |"]
-    for arm, m in agg.items():
-        cells = " | ".join(_cell(m[f"kl_{s}"], 4) for s in ("mean", "median", "p90"))
-        lines.append(f"| {LABELS[arm]} | {cells} |")
+def _needed(value: float, signed: bool = False) -> str:
+    return "off (--quick)" if value < -1e6 else f">= {'+' if signed else ''}{value:g}"
+
+
+def markdown(results: dict, curves: dict, picked: dict | None, base: dict) -> str:
+    g = results["gate"]
+    lines = ["## Gate (test sets)", "",
+             "| check | measured | needed | |", "| --- | --- | --- | --- |",
+             f"| base OOD NLL below the unigram model's (nats/token) | {g['base_nll']:.3f} vs {g['unigram_nll']:.3f}:"
+             f" {g['base_gap']:.2f} | {_needed(g['base_gap_needed'])} | "
+             f"{'ok' if g['base_gap'] >= g['base_gap_needed'] else 'FAILS'} |"]
+    if "strong_sft_chrf" in g:
+        over = g["strong_sft_chrf"] - g["floor_random_line"]
+        lines.append(f"| Strong SFT chrF above the random-training-line floor | {g['strong_sft_chrf']:.2f} vs "
+                     f"{g['floor_random_line']:.2f}: {over:+.2f} | {_needed(g['chrf_over_floor_needed'], True)} | "
+                     f"{'ok' if over >= g['chrf_over_floor_needed'] else 'FAILS'} |")
+        lines.append(f"| (most frequent training line) | {g['floor_most_frequent_line']:.2f} | | |")
+    m = results["matched"]
+    lines += ["", "## Matched quality: Δ test OOD NLL at q* (the pre-registered test)", ""]
+    if not g.get("passed"):
+        lines += ["**Not testable at this size**: a gate failed, so no arm beyond the cold start and Strong SFT ran "
+                  "and there is no verdict."]
+        return "\n".join(lines) + "\n"
+    q = m["q_star"]
+    lines += [f"Picked on seed 0's select curves: GRPO lr x{picked['grpo']:g}, SFT continuation lr "
+              f"x{picked['sft_continuation']:g} (of the SFT rate); q* = "
+              + ("none" if q is None else f"{q:.2f} chrF") + ".", "",
+              "| seed | GRPO | SFT continuation | GRPO - SFT |", "| --- | --- | --- | --- |"]
+    fmt = lambda v: ("no q*" if q is None else "not reached") if v is None else f"{v:+.3f}"
+    for r in m["per_seed"]:
+        diff = None if r["grpo"] is None or r["sft"] is None else r["grpo"] - r["sft"]
+        lines.append(f"| {r['seed']} | {fmt(r['grpo'])} | {fmt(r['sft'])} | {fmt(diff)} |")
+    d = m.get("difference")
+    if d:
+        ci = "" if d["low"] is None else f", 95% interval [{d['low']:+.3f}, {d['high']:+.3f}]"
+        lines.append(f"| mean | | | {d['mean']:+.3f}{ci} |")
+    lines += ["", f"**Verdict: GRPO pays less tax = {m['grpo_tax_lower']}** ({m['reason']}).", ""]
+    rows = paper_rows(curves, picked)
+    lines += ["## The paper's table (test sets, last checkpoint; mean ± 95% interval over seeds)", "",
+              "| Model | BLEU | chrF | Similarity (reward) | Similarity (independent) | Length | At cap | "
+              "Δ OOD NLL | of it: script shift | renormalised | KL to base |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for arm, by_seed in {"base": base, **rows}.items():
+        pts = list(by_seed.values())
+        col = lambda f, d, signed=False: _iv([getattr(p, f) for p in pts], d, signed)
+        lines.append(f"| {LABELS[arm]} | {col('bleu', 2)} | {col('chrf', 2)} | {col('similarity', 3)} | "
+                     f"{col('similarity_independent', 3)} | {col('mean_length', 1)} | {col('capped_share', 2)} | "
+                     f"{col('delta_nll', 3, True)} | {col('script_shift', 3, True)} | "
+                     f"{col('nll_renormalised', 3, True)} | {col('kl', 3)} |")
     return "\n".join(lines) + "\n"
 
 
-def plot_tax_vs_quality(per_seed: dict[int, dict[str, dict]], path: Path, *, title: str) -> None:
+def plot_frontier(curves: dict, base: dict, gate: dict, q_star: float | None, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    for arm in ARMS:
-        xs = [per_seed[s][arm]["delta_nll_mean"] for s in per_seed]
-        ys = [per_seed[s][arm]["similarity"] for s in per_seed]
-        ax.scatter(xs, ys, s=50, color=COLORS[arm], label=LABELS[arm], alpha=0.85)
-        for s, x, y in zip(per_seed, xs, ys):
-            ax.annotate(f"s{s}", (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7, color=COLORS[arm])
-    ax.axvline(0.0, color="black", lw=0.6, ls=":")
-    ax.set_xlabel("Δ OOD NLL vs base (nats/token): the alignment tax →")
-    ax.set_ylabel("dev semantic similarity ↑")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8, loc="best")
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.6))
+    for ax, field, label in ((axes[0], "chrf", "test chrF ↑"),
+                             (axes[1], "similarity_independent", "test similarity, independent encoder ↑")):
+        seen = set()
+        for s, by_run in sorted(curves.items()):
+            for run, sets in sorted(by_run.items()):
+                pts = sets["test"]
+                ys = [getattr(p, field) for p in pts]
+                if any(y is None for y in ys):
+                    continue
+                arm = _arm(run)
+                name = LABELS[arm] + (f" (lr x{run.split('_lr')[1]})" if "_lr" in run else "")
+                ax.plot([p.delta_nll for p in pts], ys, marker="o", ms=3, lw=1.6 if s == 0 else 0.8,
+                        alpha=1.0 if s == 0 else 0.45, color=COLORS[arm],
+                        ls={"0.025": ":", "0.1": "--"}.get(run.split("_lr")[-1], "-") if "_lr" in run else "-",
+                        label=None if (s != 0 or name in seen) else name)
+                seen.add(name)
+        ax.scatter([0.0] * len(base), [getattr(p, field) for p in base.values()], color="black", s=30, zorder=5,
+                   label="base (Δ = 0)")
+        if field == "chrf":
+            if "floor_random_line" in gate:
+                ax.axhline(gate["floor_random_line"], color="black", lw=0.8, ls="--", label="random training line")
+                ax.axhline(gate["floor_most_frequent_line"], color="gray", lw=0.8, ls=":",
+                           label="most frequent training line")
+            if q_star is not None:
+                ax.axhline(q_star, color="tab:green", lw=1.0, ls="-.", label="q* (matched quality)")
+        ax.axvline(0.0, color="black", lw=0.5, ls=":")
+        ax.set_xlabel("Δ test OOD NLL vs base (nats/token): the alignment tax →")
+        ax.set_ylabel(label)
+    axes[0].legend(fontsize=6.5, loc="best")
+    fig.suptitle("Quality against alignment tax through each run's checkpoints (thick: seed 0; thin: seeds 1, 2)",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
-
-
-def write_report(results_dir: Path, *, evals: dict[int, dict], meta: dict) -> dict:
-    """Read every seed's eval.json dict, write results.json, table.md and the plot; return results."""
-    per_seed = {s: {arm: arm_metrics(ev, arm) for arm in ARMS} for s, ev in sorted(evals.items())}
-    first = evals[min(evals)]
-    base = arm_metrics(first, "base")
-    agg = aggregate(per_seed)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    results = {"schema": "semgrpo.reproduce/1", **meta, "base_model": base, "per_seed": per_seed, "aggregate": agg}
-    (results_dir / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    (results_dir / "table.md").write_text(markdown_table(agg, base), encoding="utf-8")
-    plot_tax_vs_quality(per_seed, results_dir / "tax_vs_quality.png",
-                        title=f"mt_zh_bo, {len(per_seed)} seed(s): task quality vs alignment tax")
-    return results
