@@ -79,6 +79,34 @@ def a_bool(prompts, completions, references):
     return [bool(c) for c in completions]
 
 
+def numpy_scalars(prompts, completions, references):
+    import numpy as np
+    return [np.float32(0.5), np.int64(2), np.float16(0.25), np.float64(-1.5)]
+
+
+def tensor_scalars(prompts, completions, references):
+    import torch
+    return [torch.tensor(0.5), torch.tensor(2), torch.tensor(float("nan")), torch.tensor(0.25, dtype=torch.bfloat16)]
+
+
+def huge_int(prompts, completions, references):
+    return [1.0, 10**400] + [1.0] * (len(completions) - 2)
+
+
+def beyond_float32(prompts, completions, references):
+    return [1e39] * len(completions)
+
+
+def numpy_inf(prompts, completions, references):
+    import numpy as np
+    return [np.float32(0.5), np.float32("inf")] + [1.0] * (len(completions) - 2)
+
+
+def tensor_rows(prompts, completions, references):
+    import torch
+    return [torch.tensor([1.0, 2.0])] * len(completions)
+
+
 class Picky:
     def __init__(self, size):
         if size < 1:
@@ -190,12 +218,24 @@ def test_a_plugin_that_cannot_be_used_is_one_config_error(entry, overrides, mess
     ("a_string", "returned 'high' at position 0"),
     ("infinite", "returned inf at position 0"),
     ("a_bool", "returned True at position 0; expected a finite number or None (return 1.0 / 0.0"),
+    ("huge_int", "returned an integer of about 401 digits at position 1; expected a finite number or None (too large "
+                 "for a float)"),
+    ("beyond_float32", "returned 1e+39 at position 0; expected a finite number or None (beyond the float32 range"),
+    ("numpy_inf", "returned inf at position 1"),
+    ("tensor_rows", "returned tensor([1., 2.]) at position 0"),
 ])
 def test_unusable_plugin_output_is_one_reward_error(entry, message):
     cfg, fns = _rewards(f"{PLUGIN_MODULE}:{entry}")
     with pytest.raises(RewardError) as err:
         _score(cfg, fns)
     assert f"reward {entry!r}" in str(err.value) and message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_any_real_number_is_a_value_numpy_scalars_and_0d_tensors_included():
+    cfg, fns = _rewards(f"{PLUGIN_MODULE}:numpy_scalars", f"{PLUGIN_MODULE}:tensor_scalars")
+    _, per_fn = _score(cfg, fns)
+    assert per_fn["numpy_scalars"] == [0.5, 2.0, 0.25, -1.5]
+    assert per_fn["tensor_scalars"] == pytest.approx([0.5, 2.0, math.nan, 0.25], nan_ok=True)
 
 
 @pytest.mark.parametrize("functions, overrides, message", [
