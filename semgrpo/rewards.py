@@ -146,7 +146,7 @@ def build_reward_functions(cfg: RewardConfig, *, encoder, script: str) -> dict[s
             from semgrpo.reward_remote import RemoteReward
 
             functions[spec.name] = RemoteReward(spec.target, name=spec.name, timeout=cfg.remote_timeout,
-                                                retries=cfg.remote_retries)
+                                                retries=cfg.remote_retries, max_bytes=cfg.remote_max_bytes)
     return functions
 
 

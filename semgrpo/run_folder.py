@@ -40,10 +40,10 @@ RUN_FILES = ("metrics.jsonl", "samples.jsonl", "summary.json", CONFIG_FILE, DEEP
              "tracker_state.json")
 
 # Keys a resume may change: logging/saving cadence and trackers, the memory budget, the live alignment-tax meter
-# and a remote reward's patience. grpo.max_steps may only grow (or stay); see `compare_configs`.
+# and a remote reward's patience and reply limit. grpo.max_steps may only grow (or stay); see `compare_configs`.
 MAY_CHANGE = ("grpo.max_steps", "run.gpu_memory_gib", "run.log_every", "run.sample_every", "run.save_every",
               "run.keep_last", "run.report_to", "tax_meter.", "reward.remote_timeout", "reward.remote_retries",
-              "resume", "overwrite", "demo")
+              "reward.remote_max_bytes", "resume", "overwrite", "demo")
 # Keys SFT never reads: a cold start resumed after a GRPO-only change is still the same cold start.
 SFT_UNUSED = ("grpo.", "reward.", "tax_meter.", "run.sample_every", "sft.before_grpo")
 

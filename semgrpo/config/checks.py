@@ -115,6 +115,7 @@ _RANGES = {
     "reward.encoder_batch_size": _at_least(1),
     "reward.remote_timeout": _within(0, lo_open=True),
     "reward.remote_retries": _at_least(0),
+    "reward.remote_max_bytes": _at_least(1),
     "grpo.group_size": _at_least(2),
     "grpo.temperature": _within(0, lo_open=True),
     "grpo.top_p": _within(0, 1, lo_open=True),
