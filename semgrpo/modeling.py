@@ -126,7 +126,12 @@ def load_policy(model_cfg: ModelConfig, *, dtype: str, ds_config: dict | None = 
     """
     from transformers import AutoModelForCausalLM
 
-    from semgrpo.partitioned import is_partitioned, load_pretrained_partitioned, merge_adapters_partitioned
+    from semgrpo.partitioned import (
+        check_whole_checkpoint_fits,
+        is_partitioned,
+        load_pretrained_partitioned,
+        merge_adapters_partitioned,
+    )
 
     path = check_model_source(model_cfg.path, "model.path")
     partitioned = is_partitioned(ds_config)
@@ -134,6 +139,7 @@ def load_policy(model_cfg: ModelConfig, *, dtype: str, ds_config: dict | None = 
         if partitioned:
             model = load_pretrained_partitioned(path, dtype=TORCH_DTYPES[dtype], ds_config=ds_config)
         else:
+            check_whole_checkpoint_fits(path)
             model = AutoModelForCausalLM.from_pretrained(path, dtype=TORCH_DTYPES[dtype])
     if model_cfg.init_from:
         chain = adapter_chain(model_cfg.init_from)

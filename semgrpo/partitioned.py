@@ -7,6 +7,12 @@ built), then the checkpoint is copied in with transformers' own ZeRO-3 loader (e
 that reads the whole checkpoint into rank 0's memory first (a full copy of the model on one rank); here
 rank 0 reads one decoder layer's tensors at a time, so no rank ever holds the whole model. Adapters of a
 `model.init_from` chain are merged the same way, one layer at a time.
+
+Before any weight is read, `check_checkpoint_fits` compares the checkpoint's tensor names and shapes (the
+safetensors headers, which every rank reads alike) with the model its config.json builds: a tensor the model
+has no place for, a weight the checkpoint lacks or one of another shape is one ConfigError, raised on every
+rank at once (transformers' loader would drop the extra tensors silently). The whole-weight path runs the same
+check on a model built on the meta device (`modeling.load_policy`).
 """
 from __future__ import annotations
 
@@ -14,10 +20,12 @@ import contextlib
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 from semgrpo import dist
+from semgrpo.config import ConfigError
 
 
 def is_partitioned(ds_config: dict | None, world_size: int | None = None) -> bool:
@@ -63,14 +71,16 @@ def load_pretrained_partitioned(path: str, *, dtype: torch.dtype, ds_config: dic
     from transformers.integrations.deepspeed import _load_state_dict_into_zero3_model
 
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    files = _weight_files(Path(path))
     # from_config initialises the weights randomly before they are overwritten; fork the RNG so loading
     # leaves the seed's stream (the fresh LoRA's init, sampling) as the whole-weight path leaves it.
     with zero3_loading(ds_config), torch.random.fork_rng(devices=devices):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype)
+        check_checkpoint_fits(model, files, path)  # every rank, before the first collective gather
         # Renamings/fusions (e.g. MoE experts) are applied per chunk; a layer's keys stay in one chunk.
         load_config = _LoadConfig(get_model_conversion_mapping(model))
         unloaded = set(model.state_dict())
-        for group in _key_groups(_weight_files(Path(path))):
+        for group in _key_groups(files):
             chunk = {}
             for file, keys in group.items():
                 with safe_open(str(file), framework="pt") as f:  # closed per group: its pages leave RSS
@@ -90,6 +100,72 @@ def load_pretrained_partitioned(path: str, *, dtype: torch.dtype, ds_config: dic
         raise ValueError(f"the checkpoint has no weights for {', '.join(absent[:5])}"
                          + (f" and {len(absent) - 5} more" if len(absent) > 5 else ""))
     return model
+
+
+def check_checkpoint_fits(model, files: dict[str, Path], path: str) -> None:
+    """Raise a ConfigError unless the tensors of `files` ({name: safetensors file}) fill `model` exactly.
+
+    Names are matched as transformers' loader matches them (its renamings, the base-model prefix added or
+    dropped, the keys a model declares it may ignore); a weight tied to a loaded one (tied embeddings) may be
+    absent. Shapes are compared where no conversion (e.g. an MoE fusion) reshapes the tensor. Reads headers only.
+    """
+    from safetensors import safe_open
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+
+    params = dict(model.named_parameters(remove_duplicate=False))
+    expected = {name: tuple(getattr(params.get(name), "ds_shape", tensor.shape))
+                for name, tensor in model.state_dict().items()}  # a partitioned parameter's own shape is empty
+    mapping = get_model_conversion_mapping(model)
+    renamings = [m for m in mapping if isinstance(m, WeightRenaming)]
+    converters = [m for m in mapping if isinstance(m, WeightConverter)]
+    present = dict.fromkeys(expected, True)  # what rename_source_key looks names up in
+    unexpected, reshaped, loaded = set(), [], set()
+    for file in sorted(set(files.values())):
+        with safe_open(str(file), framework="pt") as f:
+            for key in (k for k, v in files.items() if v == file):
+                name, converted = rename_source_key(key, renamings, converters,
+                                                    base_model_prefix=model.base_model_prefix, meta_state_dict=present)
+                if name not in expected:
+                    unexpected.add(key)
+                    continue
+                loaded.add(name)
+                shape = tuple(f.get_slice(key).get_shape())
+                if converted is None and shape != expected[name]:
+                    reshaped.append(f"{key} {list(shape)} vs {list(expected[name])}")
+    tied = getattr(model, "all_tied_weights_keys", None) or {}
+    missing = {name for name in expected.keys() - loaded
+               if not (tied.get(name) in loaded or any(t in loaded and s == name for t, s in tied.items()))}
+    info = SimpleNamespace(missing_keys=missing, unexpected_keys=unexpected)
+    if hasattr(model, "_adjust_missing_and_unexpected_keys"):  # the names the model says a checkpoint may lack/add
+        model._adjust_missing_and_unexpected_keys(info)
+    problems = [f"{label}: {len(keys)} ({_first(keys)})" for label, keys in (
+        ("tensors the model has no place for", sorted(info.unexpected_keys)),
+        ("weights the checkpoint lacks", sorted(info.missing_keys)),
+        ("tensors of another shape, checkpoint vs model", sorted(reshaped))) if keys]
+    if problems:
+        raise ConfigError(f"model.path {path!r} does not fit the {type(model).__name__} its config.json builds: "
+                          f"{'; '.join(problems)}. Is config.json the checkpoint's own?")
+
+
+def _first(keys: list[str], shown: int = 4) -> str:
+    return ", ".join(keys[:shown]) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
+
+
+def check_whole_checkpoint_fits(path: str) -> None:
+    """`check_checkpoint_fits` for a whole-weight load of `path`, on a model built on the meta device (nothing
+    allocated); a hub id or a folder without safetensors is left to transformers' own checks."""
+    if not Path(path).is_dir():
+        return
+    try:
+        files = _weight_files(Path(path))
+    except ValueError:  # pytorch_model.bin and other formats: from_pretrained reports what it finds
+        return
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
+    check_checkpoint_fits(model, files, path)
 
 
 class _LoadConfig:

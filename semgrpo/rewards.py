@@ -10,9 +10,13 @@ component is NaN gets NaN, which group_advantages turns into advantage 0.
 """
 from __future__ import annotations
 
+import decimal
 import math
+import numbers
+import reprlib
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 
 from semgrpo import dist
@@ -142,7 +146,7 @@ def build_reward_functions(cfg: RewardConfig, *, encoder, script: str) -> dict[s
             from semgrpo.reward_remote import RemoteReward
 
             functions[spec.name] = RemoteReward(spec.target, name=spec.name, timeout=cfg.remote_timeout,
-                                                retries=cfg.remote_retries)
+                                                retries=cfg.remote_retries, max_bytes=cfg.remote_max_bytes)
     return functions
 
 
@@ -176,7 +180,12 @@ def score_on_every_rank(functions, weights, prompts, completions, references, *,
 
 
 def _checked_values(name: str, values, expected: int) -> list[float]:
-    """A reward's values as floats (None and NaN -> NaN); anything else fails loudly, never as 0."""
+    """A reward's values as floats (None and NaN -> NaN); anything else fails loudly, never as 0.
+
+    Any real number is taken: Python's, numpy scalars, 0-d tensors and arrays, Fractions and Decimals. A value
+    the trainer cannot use (an infinity, beyond float32, a bool, a string, a nested list, ...) is one
+    RewardError naming the reward and the position, its value shown shortened.
+    """
     if hasattr(values, "tolist") and not isinstance(values, (list, tuple)):  # numpy arrays, tensors
         values = values.tolist()
     if not isinstance(values, (list, tuple)):
@@ -186,11 +195,43 @@ def _checked_values(name: str, values, expected: int) -> list[float]:
         raise RewardError(f"reward {name!r} returned {len(values)} values for {expected} completions")
     out = []
     for i, v in enumerate(values):
-        if v is None:
-            out.append(float("nan"))
-        elif isinstance(v, (int, float)) and not isinstance(v, bool) and (math.isfinite(v) or math.isnan(v)):
-            out.append(float(v))
-        else:
-            raise RewardError(f"reward {name!r} returned {v!r} at position {i}; expected a finite number or None"
-                              + (" (return 1.0 / 0.0, not True / False)" if isinstance(v, bool) else ""))
+        value, refused = _real(v)
+        if refused is not None:
+            shown, why = refused
+            raise RewardError(f"reward {name!r} returned {shown} at position {i}; expected a finite number or None"
+                              + (f" ({why})" if why else ""))
+        out.append(value)
     return out
+
+
+# Rewards are summed in float32: a larger finite value would become an infinity there.
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+_SHORT = reprlib.Repr()  # a refused value is shown cut short: it may be a megabyte of text or deeply nested
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlevel = 60, 60, 3
+
+
+def _real(v) -> tuple[float, tuple[str, str] | None]:
+    """(v as a float, None); or (nan, (v shown short, why it is refused)) when v is no usable real number."""
+    if v is None:
+        return math.nan, None
+    if getattr(v, "ndim", None) == 0 and hasattr(v, "item"):  # a 0-d tensor or array
+        v = v.item()
+    if isinstance(v, (bool, np.bool_)):
+        return math.nan, (repr(v), "return 1.0 / 0.0, not True / False")
+    if not isinstance(v, (numbers.Real, decimal.Decimal)):
+        return math.nan, (_SHORT.repr(v), "")
+    try:
+        value = float(v)
+    except OverflowError:
+        if isinstance(v, numbers.Integral):  # repr(v) itself fails beyond 4300 digits
+            return math.nan, (f"an integer of about {int(math.log10(abs(v))) + 1} digits", "too large for a float")
+        return math.nan, (_SHORT.repr(v), "too large for a float")
+    except (TypeError, ValueError):  # a signalling Decimal NaN, a numeric type that refuses float()
+        return math.nan, (_SHORT.repr(v), "")
+    if math.isnan(value):
+        return value, None
+    if math.isinf(value):
+        return math.nan, (repr(value), "")
+    if abs(value) > _FLOAT32_MAX:
+        return math.nan, (repr(value), "beyond the float32 range rewards are summed in")
+    return value, None

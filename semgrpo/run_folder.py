@@ -3,6 +3,8 @@
 One small function per job, called by `train_grpo`, `train_sft` and `cli.run_grpo_stages`:
 
 * `check_output_dir`: the folder is usable (set, a directory or creatable, writable); reads only.
+* `check_run_parts`: what the run writes inside it (checkpoints/, the trackers' folders, its files) can be
+  written, so that a tracker does not fail after the model loaded; reads only.
 * `start_mode`: fresh, overwrite (fresh, replacing an old run) or resume; refuses a fresh start into a
   folder that holds checkpoints unless `overwrite=true`.
 * `compare_configs` / `check_resume_config`: a resume may change only `MAY_CHANGE` keys; any other
@@ -26,9 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from semgrpo import dist
-from semgrpo.checkpoint import checkpoint_config, list_checkpoints, resolve_resume
+from semgrpo.checkpoint import CHECKPOINTS_DIR, checkpoint_config, list_checkpoints, resolve_resume
 from semgrpo.config import Config, ConfigError, to_dict, upgrade_saved_config
 from semgrpo.files import write_json_atomic
+from semgrpo.tracking import METRICS_FILE, SAMPLES_FILE, STATE_FILE, SUMMARY_FILE, TENSORBOARD_DIR
+from semgrpo.tracking_wandb import WANDB_DIR
 
 LOCK_FILE = ".lock"
 CONFIG_FILE = "config.json"
@@ -40,10 +44,10 @@ RUN_FILES = ("metrics.jsonl", "samples.jsonl", "summary.json", CONFIG_FILE, DEEP
              "tracker_state.json")
 
 # Keys a resume may change: logging/saving cadence and trackers, the memory budget, the live alignment-tax meter
-# and a remote reward's patience. grpo.max_steps may only grow (or stay); see `compare_configs`.
+# and a remote reward's patience and reply limit. grpo.max_steps may only grow (or stay); see `compare_configs`.
 MAY_CHANGE = ("grpo.max_steps", "run.gpu_memory_gib", "run.log_every", "run.sample_every", "run.save_every",
               "run.keep_last", "run.report_to", "tax_meter.", "reward.remote_timeout", "reward.remote_retries",
-              "resume", "overwrite", "demo")
+              "reward.remote_max_bytes", "resume", "overwrite", "demo")
 # Keys SFT never reads: a cold start resumed after a GRPO-only change is still the same cold start.
 SFT_UNUSED = ("grpo.", "reward.", "tax_meter.", "run.sample_every", "sft.before_grpo")
 
@@ -75,6 +79,27 @@ def check_output_dir(output_dir: str) -> Path:
         what = "is" if existing == path else f"would be created in {str(existing)!r}, which is"
         raise ConfigError(f"output_dir {text!r} {what} not writable")
     return path
+
+
+def check_run_parts(output_dir: Path, report_to: list[str]) -> None:
+    """A ConfigError when a folder the run writes into exists but is a file or not writable, or one of its
+    files is a folder. Writes nothing."""
+    folders = {CHECKPOINTS_DIR: "checkpoints", TENSORBOARD_DIR: "TensorBoard events", WANDB_DIR: "wandb runs"}
+    for name, what in folders.items():
+        path = output_dir / name
+        unused = name != CHECKPOINTS_DIR and name not in report_to
+        if unused or not (path.exists() or path.is_symlink()):
+            continue
+        if not path.is_dir():
+            raise ConfigError(f"{str(path)!r} is a file, but the run writes its {what} into a folder of that name: "
+                              "move it away")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ConfigError(f"{str(path)!r} is not writable, and the run writes its {what} there: fix its "
+                              "permissions or use another output_dir")
+    for name in (METRICS_FILE, SAMPLES_FILE, STATE_FILE, SUMMARY_FILE, CONFIG_FILE):
+        if (output_dir / name).is_dir():
+            raise ConfigError(f"{str(output_dir / name)!r} is a folder, but the run writes a file of that name: "
+                              "move it away")
 
 
 def holds_checkpoints(output_dir: str | os.PathLike) -> bool:
@@ -323,6 +348,7 @@ def plan(cfg: Config, *, stage: str) -> RunFolder:
     """Every check of the run folder, before anything is written or loaded: the folder is usable,
     the start is fresh/overwrite/resume, and a resume's config matches its checkpoint's."""
     output_dir = check_output_dir(cfg.output_dir)
+    check_run_parts(output_dir, cfg.run.report_to)
     if cfg.demo:
         from semgrpo.session import apply_demo
 

@@ -124,6 +124,37 @@ def _truncate_jsonl(path: Path, start_step: int) -> None:
     write_text_atomic(path, "".join(kept))
 
 
+def _read_state(path: Path) -> dict[str, Any]:
+    """tracker_state.json as saved; a damaged one (a full disk, an edit) is set aside with one warning line and the
+    resume goes on without it: the wall time counts from this session, wandb starts a new run."""
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+        problem = _state_problem(state)
+    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        problem = f"unreadable ({exc})"
+    if problem is None:
+        return state
+    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    with contextlib.suppress(OSError):  # it is rewritten at the first logged step anyway
+        os.replace(path, aside)
+    print(f"semgrpo: warning: {path} is {problem}; set aside as {aside.name}. The run resumes: its wall time counts "
+          "from now and wandb, if used, starts a new run", file=sys.stderr, flush=True)
+    return {}
+
+
+def _state_problem(state: Any) -> str | None:
+    if not isinstance(state, dict):
+        return f"a JSON {type(state).__name__}, not an object"
+    wall, step = state.get("wall_seconds", 0.0), state.get("wandb_step", 0)
+    if isinstance(wall, bool) or not isinstance(wall, (int, float)) or not (math.isfinite(wall) and wall >= 0):
+        return f"damaged (wall_seconds {wall!r})"
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        return f"damaged (wandb_step {step!r})"
+    if not isinstance(state.get("wandb_run_id", ""), str):
+        return f"damaged (wandb_run_id {state['wandb_run_id']!r})"
+    return None
+
+
 def _trackers(report_to: Any) -> tuple[str, ...]:
     """The trackers `report_to` names, checked; ("none",) is the empty tuple."""
     if isinstance(report_to, str) or not isinstance(report_to, (list, tuple)):
@@ -237,7 +268,7 @@ class RunTracker:
             for path in (metrics, samples):
                 _truncate_jsonl(path, start_step)
             if state_file.is_file():
-                self._state = json.loads(state_file.read_text(encoding="utf-8"))
+                self._state = _read_state(state_file)
         self._prior_wall = float(self._state.get("wall_seconds", 0.0))
         self._t0 = time.monotonic()
         if "tensorboard" in self.report_to:

@@ -3,11 +3,15 @@
 Loads the policy the way a ZeRO-3 run on 2 ranks does (partitioned, the init_from chain merged layer by
 layer) and the way a single process does (whole weights, PEFT's merge_and_unload), and writes per rank: how
 much of each weight this rank holds, and the largest difference between the gathered partitioned weights
-and the whole ones.
+and the whole ones. With $PROBE_MISMATCHED_MODEL set (a folder whose config.json describes another architecture
+than its weights), it then loads that folder partitioned too and records, per rank, the error it raised.
 """
 import json
+import os
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's semgrpo, not an installed one
 
 
 def main() -> None:
@@ -39,6 +43,16 @@ def main() -> None:
             key = name.replace("base_model.model.", "").replace(".base_layer", "")
             moved = (p.detach().float() - raw[key].float()).abs().max().item() if key in raw else None
         report["params"][name] = {"held": held, "total": total, "max_diff": diff, "merged_change": moved}
+    mismatched = os.environ.get("PROBE_MISMATCHED_MODEL")
+    if mismatched:
+        from semgrpo.errors import UserError
+
+        cfg.model.path, cfg.model.init_from = mismatched, ""
+        try:
+            load_policy(cfg.model, dtype="fp32", ds_config=ds_config)
+            report["mismatched"] = None
+        except UserError as exc:  # every rank must raise it, before any of them waits in a gather
+            report["mismatched"] = f"{type(exc).__name__}: {exc}"
     Path(f"{out_path}.rank{dist.rank()}").write_text(json.dumps(report))
 
 

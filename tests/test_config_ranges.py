@@ -61,7 +61,11 @@ BAD = [
     ("grpo.lr=-1", "grpo.lr must be a finite number > 0, got -1.0"),
     ("grpo.lr=.nan", "grpo.lr must be a finite number > 0, got nan"),
     ("run.weight_decay=-1", "run.weight_decay must be a finite number >= 0, got -1.0"),
-    ("seed=-1", "seed must be >= 0, got -1"),
+    ("seed=-1", "seed must be an integer in [0, 4294967295] (what numpy and torch take as a seed), got -1"),
+    # issue 27: crashed after config.json was written (torch's seed overflowed) / in PEFT after the model loaded
+    ("seed=100000000000000000", "seed must be an integer in [0, 4294967295]"),
+    ("seed=4294967296", "seed must be an integer in [0, 4294967295]"),
+    ("model.lora.target_modules=[]", "model.lora.target_modules is empty; name the modules LoRA adapts"),
     ("model.lora.r=0", "model.lora.r must be >= 1, got 0"),
     ("model.lora.dropout=2", "model.lora.dropout must be a number in [0, 1), got 2.0"),
     ("grpo.temperature=.inf", "grpo.temperature must be a finite number > 0, got inf"),
@@ -114,12 +118,16 @@ GOOD = ["grpo.max_steps=-1", "grpo.max_steps=0", "grpo.max_steps=5", "grpo.epoch
         "run.sample_every=0", "grpo.generation_batch_size=0", "reward.tau=0", "reward.tau=0.75",
         "reward.tau=auto", "grpo.warmup_ratio=1", "grpo.top_p=1", "model.lora.dropout=0", "grpo.beta=0",
         "reward.script=han", "reward.script=", "reward.min_script_ratio=1", "reward.max_foreign=0", "seed=0",
-        "tax_meter.every_steps=0"]
+        "tax_meter.every_steps=0", "seed=4294967295"]
 
 
 @pytest.mark.parametrize("override", GOOD)
 def test_edge_values_are_accepted(override):
     load_config([], [override])
+
+
+def test_no_target_modules_is_fine_without_lora():
+    assert load_config([], ["model.lora.enabled=false", "model.lora.target_modules=[]"]).model.lora.target_modules == []
 
 
 def test_max_steps_with_epochs():

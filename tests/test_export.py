@@ -8,13 +8,16 @@ the project's own loading code and records the logits of fixed inputs: the refer
 """
 import json
 import pickle
+import resource
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import deepspeed  # noqa: F401 - imported before any capsys test: DeepSpeed's logger keeps the stream it first saw
 import pytest
 import torch
-from _helpers import run_cli
+from _helpers import REPO, run_cli, user_env
 from _tolerance import assert_close_scaled, chain_rtol
 from safetensors import safe_open
 
@@ -246,7 +249,34 @@ def _case(name: str, runs: Path, tmp: Path) -> tuple[list, Path, str]:
         return [runs / "full0", out], out, "is a file; expected a new or empty directory"
     if name == "out is the run":
         run = shutil.copytree(runs / "full0", tmp / "run")
-        return [run, run, "--overwrite"], run, "would replace the run"
+        return [run, run, "--overwrite"], run, f"OUT_DIR '{run}' is the run '{run}', which the export reads"
+    # Issue 27: a full-parameter run has no adapters, and its checkpoints folder itself was not protected.
+    if name == "out is the checkpoints of a full-parameter run":
+        run = shutil.copytree(runs / "full0", tmp / "run")
+        out = run / "checkpoints"
+        return [run, out, "--overwrite"], out, f"OUT_DIR '{out}' is the run's checkpoints '{out}', which the export reads"
+    if name == "out is the checkpoints of a LoRA run":
+        out = runs / "lora2" / "checkpoints"
+        return [runs / "lora2", out, "--overwrite"], out, "is the run's checkpoints"
+    if name == "out inside the base":
+        run = shutil.copytree(runs / "full0", tmp / "run")
+        base = shutil.copytree(Path(json.loads((run / "config.json").read_text())["model"]["path"]), tmp / "base")
+        _rewrite_config(run, path=str(base))
+        out = base / "export"
+        return [run, out], out, f"lies inside the base model '{base}', which the export reads"
+    if name == "out holds the tokenizer":
+        run = shutil.copytree(runs / "full0", tmp / "run")
+        tokenizer = Path(json.loads((run / "config.json").read_text())["model"]["tokenizer"])
+        (tmp / "models").mkdir()
+        _rewrite_config(run, tokenizer=str(shutil.copytree(tokenizer, tmp / "models" / "tokenizer")))
+        out = tmp / "models"
+        return [run, out, "--overwrite"], out, f"holds the tokenizer '{out / 'tokenizer'}', which the export reads"
+    if name == "out inside a checkpoint of the init_from run":
+        stage1 = shutil.copytree(runs / "lora1", tmp / "lora1")
+        run = shutil.copytree(runs / "lora2", tmp / "lora2")
+        _rewrite_config(run, init_from=str(stage1))
+        out = stage1 / "checkpoints" / "step-00000002" / "export"
+        return [run, out], out, f"lies inside the checkpoints of an init_from run '{stage1 / 'checkpoints'}'"
     if name == "out inside the checkpoints":
         run = shutil.copytree(runs / "full0", tmp / "run")
         out = run / "checkpoints" / "export"
@@ -284,26 +314,96 @@ def _state(path: Path):
 
 CASES = ["run missing", "not a run", "no complete checkpoint", "every checkpoint damaged", "named checkpoint damaged",
          "checkpoint of another run", "checkpoint missing", "base missing", "out not empty", "out is a file",
-         "out is the run", "out inside the checkpoints", "adapter-only on a full-parameter run", "planted pickle"]
+         "out is the run", "out inside the checkpoints", "adapter-only on a full-parameter run", "planted pickle",
+         "out is the checkpoints of a full-parameter run", "out is the checkpoints of a LoRA run", "out inside the base",
+         "out holds the tokenizer", "out inside a checkpoint of the init_from run"]
 
 
-def test_bad_input_is_one_error_line_and_leaves_out_dir_untouched(runs, tmp_path, capsys):
-    for i, name in enumerate(CASES):
-        tmp = tmp_path / f"case{i}"
-        tmp.mkdir()
-        args, out, expected = _case(name, runs, tmp)
-        before = _state(out)
-        siblings = sorted(p.name for p in out.parent.iterdir()) if out.parent.exists() else []
-        status, stdout, err = _export(capsys, *args)
-        lines = [line for line in err.splitlines() if line.strip()]
-        errors = [line for line in lines if line.startswith("export.py: error: ")]
-        assert status == 2, (name, err)
-        assert len(errors) == 1 and expected in errors[0], (name, expected, err)
-        assert _state(out) == before, name
-        after = sorted(p.name for p in out.parent.iterdir()) if out.parent.exists() else []
-        assert after == siblings, (name, after)  # no OUT_DIR.tmp-* left behind
-        assert "wrote" not in stdout, name
-        assert not (tmp / "payload-ran").exists(), "the planted pickle ran"
+@pytest.mark.parametrize("name", CASES)
+def test_bad_input_is_one_error_line_and_leaves_out_dir_untouched(runs, tmp_path, capsys, name):
+    tmp = tmp_path
+    args, out, expected = _case(name, runs, tmp)
+    before, inputs = _state(out), _state(tmp)
+    siblings = sorted(p.name for p in out.parent.iterdir()) if out.parent.exists() else []
+    status, stdout, err = _export(capsys, *args)
+    lines = [line for line in err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("export.py: error: ")]
+    assert status == 2, (name, err)
+    assert len(errors) == 1 and expected in errors[0], (name, expected, err)
+    assert _state(out) == before, name
+    after = sorted(p.name for p in out.parent.iterdir()) if out.parent.exists() else []
+    assert after == siblings, (name, after)  # no OUT_DIR.tmp-* left behind
+    assert _state(tmp) == inputs, name  # the runs, checkpoints and models the case reads, all as they were
+    assert "wrote" not in stdout, name
+    assert not (tmp / "payload-ran").exists(), "the planted pickle ran"
+
+
+def test_out_dir_may_not_be_hold_or_lie_inside_anything_the_export_reads(tmp_path):
+    """check_out_dir alone, on made-up folders (the cases above run the whole command on real runs)."""
+    from semgrpo.config import ConfigError
+    from semgrpo.export.output import check_out_dir
+
+    run, base = tmp_path / "run", tmp_path / "models" / "base"
+    for folder in (run / "checkpoints" / "step-00000002", base):
+        folder.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(run / "checkpoints")
+    reads = [("the run", run, True), ("the run's checkpoints", run / "checkpoints", False),
+             ("the base model", base, False)]
+    refused = {run: "is the run", run / "checkpoints": "is the run's checkpoints", tmp_path / "link": "is the run's",
+               run / "checkpoints" / "x": "lies inside the run's checkpoints", tmp_path / "models": "holds the base",
+               tmp_path: "holds the run", base / "export": "lies inside the base model"}
+    for out, expected in refused.items():
+        with pytest.raises(ConfigError, match=expected):
+            check_out_dir(out, overwrite=True, reads=reads)
+    for out in (run / "export", tmp_path / "exports" / "x", tmp_path / "models" / "other"):
+        check_out_dir(out, overwrite=True, reads=reads)
+
+
+def _earlier_export(tmp_path: Path) -> Path:
+    """An OUT_DIR holding an earlier export, which a failed one must leave as it is."""
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"the earlier export")
+    return out
+
+
+def test_a_full_disk_while_writing_is_one_line_and_keeps_the_earlier_export(runs, tmp_path, capsys, monkeypatch):
+    """ENOSPC, as safetensors' writer reports it, once part of the weights reached the staging folder."""
+    import transformers.modeling_utils
+    from safetensors import SafetensorError
+
+    def disk_fills_up(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\0" * 4096)
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", disk_fills_up)
+    out = _earlier_export(tmp_path)
+    before, run = _state(out), _state(runs / "full0")
+    status, stdout, err = _export(capsys, runs / "full0", out, "--overwrite")
+    errors = [line for line in err.splitlines() if line.startswith("export.py: error: ")]
+    assert status == 2 and len(errors) == 1 and "Traceback" not in err, err
+    assert "writing the export failed (Error while serializing: I/O error: No space left on device (os error 28))" \
+        in errors[0] and "is removed and OUT_DIR is as it was" in errors[0], errors[0]
+    assert _state(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no staging left
+    assert _state(runs / "full0") == run and "wrote" not in stdout
+
+
+def test_a_write_the_file_system_refuses_is_the_same_one_line(runs, tmp_path):
+    """A real I/O error from the writers: the export's process may write files of 512 KiB at most (RLIMIT_FSIZE,
+    EFBIG: what a quota does), and the tiny model's weights are larger. CPython ignores SIGXFSZ."""
+    out = _earlier_export(tmp_path)
+    before = _state(out)
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2**19, 2**19))
+
+    proc = subprocess.run([sys.executable, str(REPO / "bin" / "export.py"), str(runs / "full0"), str(out),
+                           "--overwrite"], cwd=REPO, env=user_env(), capture_output=True, text=True, timeout=600,
+                          preexec_fn=limit_file_size)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("export.py: error: ")]
+    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "File too large (os error 27)" in errors[0] and "OUT_DIR is as it was" in errors[0], errors[0]
+    assert _state(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["export"]
 
 
 def test_entry_point_prints_one_error_line_and_exits_2(tmp_path):

@@ -355,7 +355,8 @@ def _one_error_line(capsys, code, *needles):
     (["--world-size", "0"], ["--world-size must be >= 1, got 0"]),
     (["--world-size", "6", "--num-nodes", "4"], ["cannot be spread evenly over --num-nodes 4"]),
     (["model.path="], ["model.path is not set"]),
-], ids=["negative-budget", "world-0", "uneven-nodes", "no-model-path"])
+    (["model.lora.target_modules=[]"], ["model.lora.target_modules is empty"]),  # issue 27: was planned
+], ids=["negative-budget", "world-0", "uneven-nodes", "no-model-path", "no-lora-targets"])
 def test_plan_only_user_errors(user_shell, capsys, qwen3_4b, args, needles):
     argv = ["--config", str(REPO / "configs" / "mt_zh_bo.yaml"), "--plan-only", f"model.path={qwen3_4b}", *args]
     _one_error_line(capsys, cli.main_grpo(argv), *needles)

@@ -13,17 +13,36 @@ ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_2 = ["deepspeed", "--num_gpus", "2", "--master_port"]
 
 
+def _llama_labelled(policy_path, folder):
+    """The demo's Qwen3 weights under a config.json that says Llama: a Llama has no q_norm / k_norm."""
+    shutil.copytree(policy_path, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(dict(cfg, model_type="llama", architectures=["LlamaForCausalLM"])))
+    return folder
+
+
+MISMATCH = ("does not fit the LlamaForCausalLM its config.json builds: tensors the model has no place for: 4 "
+            "(model.layers.0.self_attn.k_norm.weight, model.layers.0.self_attn.q_norm.weight, "
+            "model.layers.1.self_attn.k_norm.weight, model.layers.1.self_attn.q_norm.weight)")
+
+
 def test_partitioned_load_with_an_adapter_chain_equals_the_whole_weight_load(demo_assets, tmp_path):
+    """... and a checkpoint under another architecture's config.json is refused on both ranks (issue 27: it trained,
+    its q_norm / k_norm weights silently dropped)."""
     a = demo_assets
     common = dict(base_path=a.policy_path, tokenizer_path=a.tokenizer_path, data_path=a.dev_path,
                   encoder=a.encoder_path)
     fake_run_stage(tmp_path / "stage1", init_from="", seed=1, **common)
     fake_run_stage(tmp_path / "stage2", init_from=str(tmp_path / "stage1"), seed=2, **common)
+    llama = _llama_labelled(a.policy_path, tmp_path / "llama")
     out = tmp_path / "probe.json"
     proc = run_cli("../tests/_partitioned_probe.py", str(out), f"model.init_from={tmp_path / 'stage2'}",
-                   launcher=LAUNCH_2 + ["29741"])
+                   launcher=LAUNCH_2 + ["29741"], env={"PROBE_MISMATCHED_MODEL": str(llama)})
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     reports = [json.loads((tmp_path / f"probe.json.rank{r}").read_text()) for r in (0, 1)]
+    for rep in reports:
+        assert rep["mismatched"] is not None and rep["mismatched"].startswith("ConfigError: model.path"), rep["mismatched"]
+        assert MISMATCH in rep["mismatched"], rep["mismatched"]
     names = reports[0]["params"].keys()
     assert any("lora_A" in n for n in names)  # the fresh adapter of the run
     # The fresh LoRA is small, random per build and partitioned later by deepspeed.initialize; the base
@@ -39,6 +58,36 @@ def test_partitioned_load_with_an_adapter_chain_equals_the_whole_weight_load(dem
     # The chain changed the weights it targets (so equality above is not trivially "nothing merged").
     changed = [n for n in base if (reports[0]["params"][n]["merged_change"] or 0) > 1e-4]
     assert changed and all("proj" in n for n in changed), changed
+
+
+def test_a_checkpoint_that_does_not_fit_its_config_is_refused_on_the_whole_weight_path(demo_assets, tmp_path):
+    """One process loads whole weights: the same check, on a model built on the meta device, before loading."""
+    from safetensors.torch import load_file, save_file
+
+    from semgrpo.config import ConfigError, ModelConfig
+    from semgrpo.modeling import load_policy
+
+    def refused(folder):
+        with pytest.raises(ConfigError) as err:
+            load_policy(ModelConfig(path=str(folder)), dtype="fp32")
+        assert "\n" not in str(err.value)
+        return str(err.value)
+
+    assert MISMATCH in refused(_llama_labelled(demo_assets.policy_path, tmp_path / "llama"))
+    weights = load_file(str(demo_assets.policy_path / "model.safetensors"))
+    for name, change in {"missing": lambda w: w.pop("model.norm.weight"),
+                         "reshaped": lambda w: w.update({"model.norm.weight": w["model.norm.weight"][:64]})}.items():
+        folder = shutil.copytree(demo_assets.policy_path, tmp_path / name)
+        changed = dict(weights)
+        change(changed)
+        save_file(changed, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        message = refused(folder)
+        expected = {"missing": "weights the checkpoint lacks: 1 (model.norm.weight)",
+                    "reshaped": "tensors of another shape, checkpoint vs model: 1 (model.norm.weight [64] vs [128])"}
+        assert expected[name] in message, message
+    # The demo itself fits: its lm_head is tied to the embeddings and not stored.
+    assert "lm_head.weight" not in weights
+    load_policy(ModelConfig(path=str(demo_assets.policy_path)), dtype="fp32", lora=False)
 
 
 def _write_300m_model(folder, tokenizer_dir, adapter_dir):

@@ -6,6 +6,7 @@ written before, from which the run resumes."""
 import json
 import os
 import shutil
+import socket
 import sys
 
 import pytest
@@ -148,3 +149,33 @@ def test_plugin_and_server_rewards_train_and_failing_servers_stop_cleanly(demo_a
     board = EventAccumulator(str(tmp_path / "good" / "tensorboard"))
     board.Reload()
     assert {"reward/lenmatch", "reward/remote", "reward/language", "reward/mean"} <= set(board.Tags()["scalars"])
+
+
+def test_a_hostile_reply_to_one_of_2_ranks_stops_both_with_exit_2_and_one_error_line(demo_assets, tmp_path,
+                                                                                     launches, monkeypatch):
+    """Step 2's first request gets 100,000 nested `[`, the other rank's an ordinary answer. The ranks are started
+    as 2 processes of their own (no launcher, which would stop the second rank itself once the first exits), so
+    that each rank's exit status shows: both stop with status 2, rank 0 with the one error line, neither with a
+    traceback or a broken connection, and checkpoint 1 stays intact."""
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    stub = RewardStub(plan=["ok", "ok", "nested", "ok"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "hostile"
+    args = [f"output_dir={out}", *TINY, f"reward.functions=[language, {stub.url}]"]
+    common = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+              "SEMGRPO_REMOTE_BACKOFF": "0.05"}
+    try:
+        ranks = [launches.start("train_grpo.py", *args, launcher=[sys.executable], log=tmp_path / f"rank{r}.log",
+                                env={**common, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in (0, 1)]
+        (code0, output0), (code1, output1) = (launches.wait(proc) for proc in ranks)
+    finally:
+        stub.close()
+    line = _one_error_line(output0, stub.url)
+    assert "replied with JSON holding 100000 '[' or '{'" in line, line
+    assert (code0, code1) == (2, 2), (output0[-2000:], output1[-2000:])
+    for output in (output0, output1):
+        assert "Traceback" not in output and "gloo" not in output.lower(), output[-3000:]
+    assert ": error: " not in output1, output1[-2000:]  # rank 0 speaks for every rank
+    assert len(stub.batches) == 4 and _intact_checkpoints(out) == [1]

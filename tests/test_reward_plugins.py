@@ -79,6 +79,34 @@ def a_bool(prompts, completions, references):
     return [bool(c) for c in completions]
 
 
+def numpy_scalars(prompts, completions, references):
+    import numpy as np
+    return [np.float32(0.5), np.int64(2), np.float16(0.25), np.float64(-1.5)]
+
+
+def tensor_scalars(prompts, completions, references):
+    import torch
+    return [torch.tensor(0.5), torch.tensor(2), torch.tensor(float("nan")), torch.tensor(0.25, dtype=torch.bfloat16)]
+
+
+def huge_int(prompts, completions, references):
+    return [1.0, 10**400] + [1.0] * (len(completions) - 2)
+
+
+def beyond_float32(prompts, completions, references):
+    return [1e39] * len(completions)
+
+
+def numpy_inf(prompts, completions, references):
+    import numpy as np
+    return [np.float32(0.5), np.float32("inf")] + [1.0] * (len(completions) - 2)
+
+
+def tensor_rows(prompts, completions, references):
+    import torch
+    return [torch.tensor([1.0, 2.0])] * len(completions)
+
+
 class Picky:
     def __init__(self, size):
         if size < 1:
@@ -190,12 +218,24 @@ def test_a_plugin_that_cannot_be_used_is_one_config_error(entry, overrides, mess
     ("a_string", "returned 'high' at position 0"),
     ("infinite", "returned inf at position 0"),
     ("a_bool", "returned True at position 0; expected a finite number or None (return 1.0 / 0.0"),
+    ("huge_int", "returned an integer of about 401 digits at position 1; expected a finite number or None (too large "
+                 "for a float)"),
+    ("beyond_float32", "returned 1e+39 at position 0; expected a finite number or None (beyond the float32 range"),
+    ("numpy_inf", "returned inf at position 1"),
+    ("tensor_rows", "returned tensor([1., 2.]) at position 0"),
 ])
 def test_unusable_plugin_output_is_one_reward_error(entry, message):
     cfg, fns = _rewards(f"{PLUGIN_MODULE}:{entry}")
     with pytest.raises(RewardError) as err:
         _score(cfg, fns)
     assert f"reward {entry!r}" in str(err.value) and message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_any_real_number_is_a_value_numpy_scalars_and_0d_tensors_included():
+    cfg, fns = _rewards(f"{PLUGIN_MODULE}:numpy_scalars", f"{PLUGIN_MODULE}:tensor_scalars")
+    _, per_fn = _score(cfg, fns)
+    assert per_fn["numpy_scalars"] == [0.5, 2.0, 0.25, -1.5]
+    assert per_fn["tensor_scalars"] == pytest.approx([0.5, 2.0, math.nan, 0.25], nan_ok=True)
 
 
 @pytest.mark.parametrize("functions, overrides, message", [
@@ -225,13 +265,17 @@ def distinct_share(completions):
 class RewardStub:
     """A loopback reward server in a thread that follows a script: `plan[i]` is what it does with request i
     (the last entry repeats). "ok" answers with the example server's scores; "500" and "404" fail with that
-    status; "sleep" answers after `sleep` seconds; "short" drops the last score; "text" is not JSON.
-    `batches` holds every request body it read, failed ones included."""
+    status; "sleep" answers after `sleep` seconds; "short" drops the last score; "text" is not JSON. Hostile
+    replies: "trickle" sends the scores one byte every 0.5 s, "trickle_head" its status line too; "junk:N"
+    streams N MiB that are not JSON without announcing a length, "junk_announced:N" with a Content-Length;
+    "500_big:N" fails with an N MiB body; "nested" is 100,000 `[`; "huge_int" has a 400-digit integer for the
+    second score; "redirect:CODE:URL" redirects there. `batches` holds every request body it read, failed
+    ones included; `sent` the bytes of each streamed reply it managed to send before the client left."""
 
-    def __init__(self, plan=("ok",), sleep=2.0):
+    def __init__(self, plan=("ok",), sleep=2.0, tls=None):
         from reward_server import score as example_score
 
-        self.plan, self.sleep, self.batches = list(plan), sleep, []
+        self.plan, self.sleep, self.batches, self.sent = list(plan), sleep, [], []
         lock, stub = threading.Lock(), self
 
         class Handler(BaseHTTPRequestHandler):
@@ -240,6 +284,7 @@ class RewardStub:
                 with lock:
                     action = stub.plan[min(len(stub.batches), len(stub.plan) - 1)]
                     stub.batches.append(batch)
+                kind, _, arg = action.partition(":")
                 if action in ("500", "404"):
                     return self._reply(int(action), b"scorer crashed:\n  KeyError 'x'")
                 if action == "text":
@@ -247,22 +292,72 @@ class RewardStub:
                 if action == "sleep":
                     time.sleep(stub.sleep)
                 scores = example_score(batch["prompts"], batch["completions"], batch["references"])
-                self._reply(200, json.dumps(scores[:-1] if action == "short" else scores).encode())
+                if kind == "redirect":
+                    code, _, url = arg.partition(":")
+                    return self._reply(int(code), b"", location=url)
+                if action == "nested":
+                    return self._reply(200, b"[" * 100_000)
+                if action == "huge_int":
+                    return self._reply(200, json.dumps([scores[0], 10**400, *scores[2:]]).encode())
+                if kind in ("junk", "junk_announced", "500_big"):
+                    return self._stream(500 if kind == "500_big" else 200, int(arg) * 2**20,
+                                        announce=kind != "junk")
+                body = json.dumps(scores[:-1] if action == "short" else scores).encode()
+                if kind in ("trickle", "trickle_head"):
+                    return self._trickle(body, head=kind == "trickle_head")
+                self._reply(200, body)
 
-            def _reply(self, status, body):
+            def _reply(self, status, body, location=None):
                 try:
                     self.send_response(status)
                     self.send_header("Content-Length", str(len(body)))
+                    if location:
+                        self.send_header("Location", location)
                     self.end_headers()
                     self.wfile.write(body)
                 except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
+                    pass
+
+            def _stream(self, status, size, *, announce):
+                """`size` bytes of junk, 1 MiB at a time; without `announce` the body ends when the connection
+                closes (HTTP/1.0)."""
+                chunk, sent = b"junk! " * (2**20 // 6) + b"!" * (2**20 % 6), 0
+                try:
+                    self.send_response(status)
+                    if announce:
+                        self.send_header("Content-Length", str(size))
+                    self.end_headers()
+                    while sent < size:
+                        self.wfile.write(chunk)
+                        sent += len(chunk)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                stub.sent.append(sent)
+
+            def _trickle(self, body, *, head):
+                head_bytes = f"HTTP/1.0 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                if not head:
+                    self.wfile.write(head_bytes)
+                try:
+                    for i in range(0 if head else len(head_bytes), len(head_bytes) + len(body)):
+                        self.wfile.write((head_bytes + body)[i:i + 1])
+                        time.sleep(0.5)
+                except (BrokenPipeError, ConnectionResetError):
                     pass
 
             def log_message(self, *args):  # quiet
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/score"
+        self.server.daemon_threads = True
+        if tls is not None:  # (certificate file, key file): serve https
+            import ssl
+
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}/score"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self):
@@ -358,12 +453,175 @@ def test_a_refused_connection_is_retried_then_one_error():
 
 @pytest.mark.parametrize("action, message", [
     ("short", "returned 3 values for 4 completions (the reply of {url})"),
-    ("text", "{url} replied with something that is not JSON ('<html>not a reward</html>')"),
+    ("text", "{url} replied with something that is not a JSON list ('<html>not a reward</html>')"),
+    # issue 27: a RecursionError and an OverflowError (tracebacks) before
+    ("nested", "{url} replied with JSON holding 100000 '[' or '{{'"),
+    ("huge_int", "{url} replied with a number written with 401 characters"),
 ])
 def test_a_reply_of_the_wrong_shape_is_one_error_naming_the_url(action, message):
     with RewardStub(plan=[action]) as stub, pytest.raises(RewardError) as err:
         _remote(stub.url)(PROMPTS, COMPLETIONS, REFERENCES)
     assert message.format(url=stub.url) in str(err.value) and len(stub.batches) == 1
+    assert "\n" not in str(err.value) and len(str(err.value)) < 800  # one line, the reply quoted short
+
+
+# --- remote rewards: slow, large and hostile replies --------------------------------------------------------
+
+
+@pytest.mark.parametrize("action", ["trickle", "trickle_head"])
+def test_a_trickling_server_is_cut_off_at_the_deadline(action):
+    """One byte every 0.5 s restarts a socket timeout each time; the deadline counts from the attempt's start."""
+    with RewardStub(plan=[action]) as stub:
+        start = time.monotonic()
+        with pytest.raises(RewardError) as err:
+            _remote(stub.url, timeout=1.0, retries=0)(PROMPTS, COMPLETIONS, REFERENCES)
+        took = time.monotonic() - start
+    assert "timed out after 1 s (1 attempt)" in str(err.value), str(err.value)
+    assert took < 1.0 + 1.0, took
+
+
+@pytest.fixture
+def tls(tmp_path, monkeypatch):
+    """A self-signed certificate for 127.0.0.1, trusted by this process's default TLS context."""
+    import datetime
+    import ipaddress
+
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
+    return str(cert_file), str(key_file)
+
+
+def test_https_replies_redirects_and_the_deadline(tls):
+    """The deadline also ends a trickle over TLS (the connection is watched from before its handshake)."""
+    with RewardStub(tls=tls) as good, RewardStub(plan=[f"redirect:308:{good.url}"], tls=tls) as moved:
+        assert _remote(moved.url)(PROMPTS, COMPLETIONS, REFERENCES) == distinct_share(COMPLETIONS)
+    assert len(good.batches) == 1
+    with RewardStub(plan=["trickle"], tls=tls) as stub:
+        start = time.monotonic()
+        with pytest.raises(RewardError, match=r"timed out after 1 s \(1 attempt\)"):
+            _remote(stub.url, timeout=1.0, retries=0)(PROMPTS, COMPLETIONS, REFERENCES)
+        assert time.monotonic() - start < 1.0 + 1.0
+
+
+def test_a_reply_larger_than_the_limit_is_refused_while_it_is_read():
+    with RewardStub(plan=["junk:20"]) as stub:
+        reward = _remote(stub.url, retries=2)
+        reward.max_bytes = 2**20
+        with pytest.raises(RewardError) as err:
+            reward(PROMPTS, COMPLETIONS, REFERENCES)
+        sent = _sent(stub)
+    message = str(err.value)
+    assert "the reply sent more than reward.remote_max_bytes allows (1048576 bytes) (1 attempt)" in message, message
+    assert len(stub.batches) == 1 and "\n" not in message
+    assert sent < 20 * 2**20  # reading stopped early: the server could not send it all
+
+
+def _sent(stub) -> int:
+    """The bytes the stub's streamed reply got out before the client left (it notices a moment later)."""
+    deadline = time.monotonic() + 10
+    while not stub.sent and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stub.sent, "the client never closed the connection"
+    return stub.sent[0]
+
+
+def test_a_reply_that_announces_more_than_the_limit_is_refused_unread():
+    with RewardStub(plan=["junk_announced:100"]) as stub:
+        with pytest.raises(RewardError) as err:
+            _remote(stub.url)(PROMPTS, COMPLETIONS, REFERENCES)
+        sent = _sent(stub)
+    message = str(err.value)
+    assert (f"the reply announces {100 * 2**20} bytes, more than reward.remote_max_bytes allows (67108864 bytes) "
+            "(1 attempt)") in message, message
+    assert sent < 100 * 2**20
+
+
+def _peak_while(call) -> int:
+    """Peak bytes Python allocated (tracemalloc, every thread) while `call()` ran, above what was live before."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        with pytest.raises(RewardError) as err:
+            call()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak - before, str(err.value)
+
+
+def test_a_100_mb_junk_reply_costs_less_than_100_mb():
+    """The default limit (64 MiB) ends the read; nothing of the junk is decoded but the excerpt's bytes."""
+    with RewardStub(plan=["junk:100"]) as stub:
+        extra, message = _peak_while(lambda: _remote(stub.url, timeout=60)(PROMPTS, COMPLETIONS, REFERENCES))
+    print(f"100 MiB junk reply: +{extra / 2**20:.1f} MiB peak")
+    assert "more than reward.remote_max_bytes allows (67108864 bytes)" in message, message
+    assert extra < 100 * 10**6, extra
+
+
+def test_junk_under_the_limit_is_quoted_without_decoding_it_all():
+    with RewardStub(plan=["junk:30"]) as stub:
+        extra, message = _peak_while(lambda: _remote(stub.url, timeout=60)(PROMPTS, COMPLETIONS, REFERENCES))
+    print(f"30 MiB junk reply: +{extra / 2**20:.1f} MiB peak")
+    assert "replied with something that is not a JSON list ('junk! junk! junk!" in message, message
+    # the 30 MiB body read once (a bytearray grows by about 1/8), and no decoded copy of it
+    assert extra < 30 * 2**20 * 1.25 + 2 * 2**20, extra
+
+
+def test_an_error_reply_is_read_only_as_far_as_its_excerpt():
+    with RewardStub(plan=["500_big:50"]) as stub:
+        extra, message = _peak_while(lambda: _remote(stub.url, retries=1)(PROMPTS, COMPLETIONS, REFERENCES))
+    assert "HTTP 500 " in message and "'junk! junk!" in message and "(2 attempts)" in message, message
+    assert len(stub.batches) == 2 and extra < 4 * 2**20, extra
+
+
+def test_a_redirect_to_the_same_host_is_followed_with_the_post():
+    with RewardStub() as target, RewardStub(plan=[f"redirect:307:http://127.0.0.1:{target.port}/moved"]) as stub:
+        values = _remote(stub.url)(PROMPTS, COMPLETIONS, REFERENCES)
+    assert values == distinct_share(COMPLETIONS)
+    assert target.batches == [{"prompts": PROMPTS, "completions": COMPLETIONS, "references": REFERENCES}]
+
+
+def test_a_redirect_elsewhere_is_refused_without_connecting():
+    """ftp:// (which urllib follows after a 302), another host name and a 303 (the answer is elsewhere, to GET)
+    are refused, and nothing connects to where they point."""
+    with socket.socket() as listener, RewardStub() as target:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.settimeout(0.2)
+        ftp = f"ftp://127.0.0.1:{listener.getsockname()[1]}/score"
+        cases = [(302, ftp, f"HTTP 302 Found: redirected to {ftp!r}"),
+                 (307, f"http://localhost:{target.port}/score", "redirected to 'http://localhost:"),
+                 (303, f"http://127.0.0.1:{target.port}/see-other", "HTTP 303 See Other: redirected to")]
+        for code, url, expected in cases:
+            with RewardStub(plan=[f"redirect:{code}:{url}"]) as stub, pytest.raises(RewardError) as err:
+                _remote(stub.url)(PROMPTS, COMPLETIONS, REFERENCES)
+            message = str(err.value)
+            assert expected in message and "(1 attempt)" in message, message
+            assert "only redirects to http(s) on 127.0.0.1 are followed" in message, message
+        with pytest.raises(OSError):  # socket.timeout: nobody connected
+            listener.accept()
+    assert target.batches == []
 
 
 def test_the_backoff_doubles_from_its_base(monkeypatch):

@@ -58,6 +58,29 @@ def test_output_dir_must_be_a_usable_folder(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]  # nothing was created
 
 
+def test_the_folders_and_files_a_run_writes_must_be_writable(tmp_path, monkeypatch):
+    """Checked before the model loads: a tracker that cannot write used to fail after it (issue 27)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "tensorboard").write_text("not a folder")
+    with pytest.raises(ConfigError, match=r"run/tensorboard' is a file, but the run writes its TensorBoard events"):
+        rf.plan(_cfg(out), stage="grpo")
+    rf.plan(_cfg(out, run__report_to=["jsonl"]), stage="grpo")  # no TensorBoard: the file is no concern
+    (out / "tensorboard").unlink()
+    (out / "tensorboard").mkdir()
+    real_access = os.access
+    monkeypatch.setattr(rf.os, "access", lambda path, mode: Path(path).name != "tensorboard" and real_access(path, mode))
+    with pytest.raises(ConfigError, match=r"run/tensorboard' is not writable, and the run writes its TensorBoard"):
+        rf.plan(_cfg(out), stage="grpo")
+    monkeypatch.setattr(rf.os, "access", real_access)
+    (out / "metrics.jsonl").mkdir()
+    with pytest.raises(ConfigError, match=r"run/metrics.jsonl' is a folder, but the run writes a file of that name"):
+        rf.plan(_cfg(out), stage="grpo")
+    (out / "metrics.jsonl").rmdir()
+    assert rf.plan(_cfg(out), stage="grpo").mode == "fresh"
+    assert sorted(p.name for p in out.iterdir()) == ["tensorboard"]  # the checks wrote nothing
+
+
 def test_fresh_start_into_a_run_with_checkpoints_needs_overwrite(tmp_path):
     _ckpt(tmp_path, 2, None)
     with pytest.raises(ConfigError, match="overwrite=true"):
@@ -258,6 +281,27 @@ def test_resume_applies_allowed_changes_in_one_line_and_keeps_the_recorded_confi
     assert steps == [1, 2, 3]
     saved = json.loads((run_copy / "checkpoints" / "step-00000003" / "config.json").read_text())
     assert saved["grpo"]["max_steps"] == 3
+
+
+def test_a_tensorboard_folder_it_cannot_write_stops_the_resume_before_the_model_loads(run_copy):
+    shutil.rmtree(run_copy / "tensorboard")
+    (run_copy / "tensorboard").write_text("a file where the events go")
+    before = _snapshot(run_copy)
+    line = _error_line(run_cli("train_grpo.py", f"output_dir={run_copy}", *QUICK, "train.max_steps=3"))
+    assert f"'{run_copy / 'tensorboard'}' is a file, but the run writes its TensorBoard events" in line, line
+    assert _snapshot(run_copy) == before
+
+
+def test_a_damaged_tracker_state_never_blocks_a_resume(run_copy):
+    state = run_copy / "tracker_state.json"
+    state.write_text(state.read_text()[:7])  # a disk that filled up mid-write
+    proc = run_cli("train_grpo.py", f"output_dir={run_copy}", *QUICK, "train.max_steps=3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    warnings = [line for line in proc.stderr.splitlines() if "semgrpo: warning:" in line]
+    assert len(warnings) == 1 and f"{state} is unreadable" in warnings[0], proc.stderr[-3000:]
+    steps = [json.loads(ln)["step"] for ln in (run_copy / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3] and json.loads(state.read_text())["wall_seconds"] > 0
+    assert len(list(run_copy.glob("tracker_state.json.damaged-*"))) == 1
 
 
 def test_fresh_start_into_a_finished_run_is_refused(run_copy):

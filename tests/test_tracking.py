@@ -118,6 +118,29 @@ def test_summary_values_and_wall_time_across_resume(tmp_path, clock):
         tr.summary(steps=3)
 
 
+@pytest.mark.parametrize("damage", ['{"wall_seconds": 12.0, "wandb_ru', "[]", '{"wall_seconds": "12 s"}', "\udcff"],
+                         ids=["truncated", "a-list", "wrong-type", "not-utf8"])
+def test_a_damaged_tracker_state_is_set_aside_and_the_resume_goes_on(tmp_path, clock, capsys, damage):
+    out = tmp_path / "run"
+    _run(out, range(1, 4))
+    state = out / "tracker_state.json"
+    state.write_bytes(damage.encode("utf-8", "surrogateescape"))
+    capsys.readouterr()
+    clock.t = 200.0
+    tr = RunTracker(out, enabled=True, total_steps=10, start_step=3)
+    clock.t = 205.0
+    tr.log(4, {"reward/mean": 0.4})
+    assert tr.wall_seconds() == pytest.approx(5.0)  # this session only: the earlier time is lost, not made up
+    tr.close()
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and str(state) in warnings[0] and "set aside as tracker_state.json.damaged-" in \
+        warnings[0], warnings
+    aside = [p for p in out.iterdir() if p.name.startswith("tracker_state.json.damaged-")]
+    assert len(aside) == 1 and aside[0].read_bytes() == damage.encode("utf-8", "surrogateescape")  # kept as it was
+    assert json.loads(state.read_text())["wall_seconds"] == pytest.approx(5.0)
+    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3, 4]
+
+
 def test_summary_at_least_one_step_each_end(tmp_path, clock):
     out = tmp_path / "few"
     with RunTracker(out, enabled=True, total_steps=3) as tr:

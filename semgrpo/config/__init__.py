@@ -90,10 +90,12 @@ class RewardConfig:
     )
     # Constructor arguments of a plugin that is a class, by name: {name: {argument: value}}.
     kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # A remote reward's timeout per request (seconds) and retries after a 5xx reply, a timeout or a refused
-    # connection (each retry waits twice as long as the one before, from 1 s).
+    # A remote reward's deadline per request (seconds, from connecting to the reply's last byte) and retries
+    # after a 5xx reply, a timeout or a refused connection (each retry waits twice as long as the one before,
+    # from 1 s); the longest reply it reads (bytes, 64 MiB).
     remote_timeout: float = 60.0
     remote_retries: int = 2
+    remote_max_bytes: int = 64 * 2**20
     # Threshold of R_sim: a number, or "auto" = mean similarity of the cold-start policy's greedy
     # outputs on `tau_samples` dev prompts, measured before the first step and stored with the run.
     tau: Any = "auto"

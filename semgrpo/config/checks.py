@@ -31,6 +31,9 @@ def validate(cfg: Config) -> None:
     if r.length_ratio_min > r.length_ratio_max:
         raise ConfigError(f"reward.length_ratio_min {r.length_ratio_min!r} must be <= "
                           f"reward.length_ratio_max {r.length_ratio_max!r}")
+    if cfg.model.lora.enabled and not cfg.model.lora.target_modules:
+        raise ConfigError("model.lora.target_modules is empty; name the modules LoRA adapts (e.g. [q_proj, v_proj]), "
+                          "or train every weight with model.lora.enabled=false")
     if g.merge_adapter_for_generation and not cfg.model.lora.enabled:
         raise ConfigError("grpo.merge_adapter_for_generation needs model.lora.enabled (there is no adapter to merge)")
     if g.max_steps <= 0 and g.epochs <= 0:
@@ -96,7 +99,8 @@ def _within(lo: float, hi: float = math.inf, *, lo_open: bool = False, hi_open: 
 
 # Every int/float key of the tree and its valid range (tests/test_config_ranges.py checks that none is missing).
 _RANGES = {
-    "seed": _at_least(0),
+    # numpy's legacy seed takes [0, 2**32); torch's manual_seed also takes seed * 1000 + rank + 1 (train.py)
+    "seed": ((lambda v: 0 <= v < 2**32), f"an integer in [0, {2**32 - 1}] (what numpy and torch take as a seed)"),
     "model.lora.r": _at_least(1),
     "model.lora.alpha": _at_least(1),
     "model.lora.dropout": _within(0, 1, hi_open=True),
@@ -115,6 +119,7 @@ _RANGES = {
     "reward.encoder_batch_size": _at_least(1),
     "reward.remote_timeout": _within(0, lo_open=True),
     "reward.remote_retries": _at_least(0),
+    "reward.remote_max_bytes": _at_least(1),
     "grpo.group_size": _at_least(2),
     "grpo.temperature": _within(0, lo_open=True),
     "grpo.top_p": _within(0, 1, lo_open=True),

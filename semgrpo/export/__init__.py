@@ -47,8 +47,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, checkpoint: str | Pa
                           f"(model.lora.enabled: false in {source.config_file}); drop --adapter-only to export "
                           "the full model")
     out = Path(out_dir)
-    check_out_dir(out, overwrite=overwrite, protected=_inputs(source),
-                  off_limits=[("the run's checkpoints", source.run_dir / CHECKPOINTS_DIR)])
+    check_out_dir(out, overwrite=overwrite, reads=_reads(source))
     say(f"{source.checkpoint} ({_describe(source)}), writing {source.dtype}")
     # Every check passed. transformers and PEFT import DeepSpeed, whose logger keeps the stdout it first
     # sees: give it stderr, so that stdout carries the progress lines only.
@@ -80,8 +79,11 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, checkpoint: str | Pa
 def _load_base(base: str, say: Callable[[str], None]):
     from transformers import AutoModelForCausalLM
 
+    from semgrpo.partitioned import check_whole_checkpoint_fits
+
     say(f"loading the base {base} (fp32)")
     with _Loading("model.path", base):
+        check_whole_checkpoint_fits(base)  # a weight transformers would drop or invent is an error
         return AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
 
 
@@ -92,11 +94,17 @@ def _describe(source: ExportSource) -> str:
     return f"LoRA run: its adapter after {inherited} of its init_from chain" if inherited else "LoRA run"
 
 
-def _inputs(source: ExportSource) -> list[tuple[str, Path]]:
-    """What OUT_DIR must never replace: the run, the base, the tokenizer, every adapter it reads."""
-    inputs = [("the run", source.run_dir)]
+def _reads(source: ExportSource) -> list[tuple[str, Path, bool]]:
+    """Everything the export reads, as (what, path, may hold OUT_DIR): OUT_DIR may be none of them, hold none
+    of them, and lie inside none of them but the run folder (runs/x/export is the usual place)."""
+    reads = [("the run", source.run_dir, True), ("the run's checkpoints", source.run_dir / CHECKPOINTS_DIR, False),
+             ("the checkpoint", source.checkpoint, False), ("the run's config", source.config_file, False)]
     for what, path in (("the base model", source.base), ("the tokenizer", source.tokenizer)):
-        if Path(path).exists():
-            inputs.append((what, Path(path)))
-    inputs += [("an adapter of the run", adapter) for adapter in source.adapters]
-    return inputs
+        if Path(path).exists():  # not a hub id
+            reads.append((what, Path(path), False))
+    for adapter in source.adapters:  # the init_from chain: adapters in other runs' checkpoints
+        reads.append(("an adapter of the run", adapter, False))
+        held_in = next((p for p in adapter.parents if p.name == CHECKPOINTS_DIR), None)
+        if held_in is not None:
+            reads.append(("the checkpoints of an init_from run", held_in, False))
+    return reads

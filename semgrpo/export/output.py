@@ -3,6 +3,8 @@ the end, so a failed or killed export never leaves a half-written model folder u
 
 With --overwrite an existing OUT_DIR is first renamed to `OUT_DIR.old-<pid>`, the new folder renamed in,
 then the old one deleted: a crash between the two renames leaves the old export under `.old-`, never a mix.
+OUT_DIR can never be, hold or lie inside anything the export reads (`check_out_dir`), so --overwrite cannot
+delete an input; a write that fails (a full disk) removes the staging folder and leaves OUT_DIR as it was.
 """
 from __future__ import annotations
 
@@ -20,20 +22,27 @@ from semgrpo.files import fsync_dir, process_alive
 from semgrpo.modeling import TORCH_DTYPES, _Loading
 
 
-def check_out_dir(out: Path, *, overwrite: bool, protected: Iterable[tuple[str, Path]],
-                  off_limits: Iterable[tuple[str, Path]] = ()) -> None:
-    """Refuse an OUT_DIR that is a file, would replace an input (`protected`: (what, path) pairs), lies
-    inside a folder of `off_limits` or, without `overwrite`, is not empty. Reads only."""
+def check_out_dir(out: Path, *, overwrite: bool, reads: Iterable[tuple[str, Path, bool]]) -> None:
+    """Refuse an OUT_DIR that is a file, is or holds anything of `reads`, lies inside one of them (unless its
+    third item allows that: the run folder may hold its export) or, without `overwrite`, is not empty.
+
+    Args:
+        reads: (what, path, may hold OUT_DIR) for everything the export reads. Reads only.
+    """
     if out.exists() and not out.is_dir():
         raise ConfigError(f"OUT_DIR {str(out)!r} is a file; expected a new or empty directory")
     target = out.resolve()
-    for what, path in protected:
+    for what, path, may_hold_out in reads:
         path = path.resolve()
-        if target == path or target in path.parents:
-            raise ConfigError(f"OUT_DIR {str(out)!r} would replace {what} {str(path)!r}; choose another folder")
-    for what, path in off_limits:
-        if path.resolve() in target.parents:
-            raise ConfigError(f"OUT_DIR {str(out)!r} lies inside {what} {str(path)!r}; choose another folder")
+        if target == path:
+            raise ConfigError(f"OUT_DIR {str(out)!r} is {what} {str(path)!r}, which the export reads; choose "
+                              "another folder")
+        if target in path.parents:
+            raise ConfigError(f"OUT_DIR {str(out)!r} holds {what} {str(path)!r}, which the export reads "
+                              "(replacing OUT_DIR would delete it); choose another folder")
+        if path in target.parents and not may_hold_out:
+            raise ConfigError(f"OUT_DIR {str(out)!r} lies inside {what} {str(path)!r}, which the export reads; "
+                              "choose a folder outside it")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"OUT_DIR {str(out)!r} is not empty (pass --overwrite to replace it)")
     existing = next(p for p in (target, *target.parents) if p.exists())
@@ -111,8 +120,12 @@ def save_tokenizer(path: str, folder: Path) -> None:
 
 
 def _saving(folder: Path, write) -> None:
+    from safetensors import SafetensorError  # how the weights' writer reports an I/O error
+
     try:
         with torch.no_grad():
             write()
-    except OSError as exc:  # disk full, quota, permissions: the user's to fix; the staging folder goes
-        raise ConfigError(f"cannot write the export into {str(folder)!r}: {exc}") from None
+    except (OSError, SafetensorError) as exc:  # disk full, quota, permissions: the user's to fix
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise ConfigError(f"writing the export failed ({detail}); its staging folder {folder.name} is removed and "
+                          "OUT_DIR is as it was: free some space (or fix the permissions) and export again") from None
