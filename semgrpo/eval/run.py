@@ -219,8 +219,10 @@ def _describe(spec: ModelSpec, base: str) -> str:
 
 
 def metric_script(script: str) -> str:
-    """How the reference metrics segment text of the task's target script (`semgrpo.eval.metrics`)."""
-    return script if script in ("tibetan", "han") else "latin"
+    """How the reference metrics segment text of the task's target script: the script itself, since
+    `semgrpo.eval.metrics` counts every script's own units (`metric_scheme`; before, every script but Tibetan
+    and Han was scored as Latin)."""
+    return script
 
 
 def _task_scores(texts, examples, script, similarity) -> dict:
