@@ -43,7 +43,7 @@ RUN_FILES = ("metrics.jsonl", "samples.jsonl", "summary.json", CONFIG_FILE, DEEP
 # and a remote reward's patience. grpo.max_steps may only grow (or stay); see `compare_configs`.
 MAY_CHANGE = ("grpo.max_steps", "run.gpu_memory_gib", "run.log_every", "run.sample_every", "run.save_every",
               "run.keep_last", "run.report_to", "tax_meter.", "reward.remote_timeout", "reward.remote_retries",
-              "resume", "overwrite", "demo")
+              "resume", "overwrite", "demo.enabled")
 # Keys SFT never reads: a cold start resumed after a GRPO-only change is still the same cold start.
 SFT_UNUSED = ("grpo.", "reward.", "tax_meter.", "run.sample_every", "sft.before_grpo")
 
@@ -323,7 +323,7 @@ def plan(cfg: Config, *, stage: str) -> RunFolder:
     """Every check of the run folder, before anything is written or loaded: the folder is usable,
     the start is fresh/overwrite/resume, and a resume's config matches its checkpoint's."""
     output_dir = check_output_dir(cfg.output_dir)
-    if cfg.demo:
+    if cfg.demo.enabled:
         from semgrpo.session import apply_demo
 
         apply_demo(cfg)  # compare resolved paths (prepare() fills only what is still empty)

@@ -51,7 +51,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    # mt_bo_zh | mt_zh_bo | hg_bo (see semgrpo.data.TASKS).
+    # mt_bo_zh | mt_zh_bo | hg_bo | mt_<source>_<target> of two CLDR codes, e.g. mt_zh_km (semgrpo.prompts).
     task: str = "mt_zh_bo"
     # JSONL/Parquet file, a folder with {split}.jsonl, or a hub id you name.
     train: str = ""
@@ -176,11 +176,22 @@ class TaxMeterConfig:
     # tax/*. 0 = off.
     every_steps: int = 0
     # CMRC/SQuAD JSON (contexts), JSONL with a text/context field, or a text file (a passage per line).
-    # Empty with `demo: true` = the demo's plain Chinese CLDR text.
+    # Empty with `demo: true` = the demo's plain source-language (Chinese) CLDR text.
     ood_passages: str = ""
     ood_samples: int = 32
     ood_max_tokens: int = 128
     batch_size: int = 8
+
+
+@dataclass
+class DemoConfig:
+    # Build the offline demo (CLDR pairs, tiny tokenizer/policy/encoder) and fill the empty paths from it.
+    # `demo: true` (YAML) or `demo=true` is short for demo.enabled (demo was a plain boolean before 0.3).
+    enabled: bool = False
+    # CLDR code of the language the demo teaches: bo (Tibetan), ug, am, km, mn, si, lo, my, dz... (semgrpo.demo)
+    language: str = "bo"
+    # CLDR code of the language it translates from: zh (Chinese) or en (English).
+    source: str = "zh"
 
 
 @dataclass
@@ -192,8 +203,7 @@ class Config:
     # true; then the old run's checkpoints and logs are deleted first (semgrpo/run_folder.py).
     overwrite: bool = False
     seed: int = 0
-    # Build the offline demo (CLDR pairs, tiny tokenizer/policy/encoder) and fill the paths from it.
-    demo: bool = False
+    demo: DemoConfig = field(default_factory=DemoConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
@@ -293,6 +303,8 @@ def set_key(cfg: Config, dotted: str, value: Any, *, origin: str = "") -> None:
             node = getattr(node, part)
         else:
             if _dataclass_type(type(node), f) is not None:
+                if dotted in SECTION_SHORTHANDS:  # demo=true
+                    return set_key(cfg, f"{dotted}.{SECTION_SHORTHANDS[dotted]}", value, origin=origin)
                 raise ConfigError(f"config key {dotted!r} is a section; set its fields, e.g. {dotted}.<field>")
             value = _coerce(dotted, value, hint)
             if isinstance(value, dict):  # a partial mapping keeps the other defaults
@@ -309,6 +321,9 @@ def _merge_mapping(old: dict, new: dict) -> dict:
             old[key] = value
     return old
 
+
+# Sections a plain value may stand for, and the field it sets: `demo: true` is demo.enabled.
+SECTION_SHORTHANDS = {"demo": "enabled"}
 
 # Keys whose value is a mapping (a YAML mapping under them is their value, not a section).
 MAPPING_KEYS = frozenset({"reward.weights", "reward.kwargs"})

@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Any
 
-from semgrpo.config import _SECTIONS, Config, ConfigError, get_key, set_key
+from semgrpo.config import _SECTIONS, SECTION_SHORTHANDS, Config, ConfigError, get_key, set_key
 
 # Renamed keys (0.2): old dotted name -> new one. `load_config` still takes the old names, with one
 # deprecation line each, until DEPRECATED_UNTIL; saved configs with the old sections are read through
@@ -64,7 +64,8 @@ def _coerced(dotted: str, value: Any) -> Any:
 
 def upgrade_saved_config(tree: dict | None) -> dict | None:
     """A saved config (run or checkpoint `config.json`, `to_dict` form) with the sections of older versions
-    (`train`, `eval`) moved to their new names (`RENAMED_KEYS`); a value already under its new name wins.
+    (`train`, `eval`) moved to their new names (`RENAMED_KEYS`); a value already under its new name wins. A
+    section saved as a plain value (`"demo": true`) becomes its shorthand field (`{"enabled": true}`).
     Keys it does not know stay where they are. Returns a new dict; the input is not changed."""
     if not isinstance(tree, dict):
         return tree
@@ -83,4 +84,7 @@ def upgrade_saved_config(tree: dict | None) -> dict | None:
                 target.setdefault(new_field, old_sec.pop(field_name))
         if not old_sec:
             del out[section]
+    for section, field_name in SECTION_SHORTHANDS.items():  # "demo": true, as configs saved before 0.3 hold it
+        if section in out and not isinstance(out[section], dict):
+            out[section] = {field_name: out[section]}
     return out
