@@ -185,12 +185,11 @@ class TaxMeterConfig:
 
 @dataclass
 class DemoConfig:
-    # Build the offline demo (CLDR pairs, tiny tokenizer/policy/encoder) and fill the empty paths from it.
-    # `demo: true` (YAML) or `demo=true` is short for demo.enabled (demo was a plain boolean before 0.3).
+    # Build the offline demo (CLDR pairs, tiny tokenizer/policy/encoder) and fill the empty paths from it;
+    # `demo: true` / `demo=true` sets it (config/renames.py: demo was a plain boolean before 0.3).
     enabled: bool = False
-    # CLDR code of the language the demo teaches: bo (Tibetan), ug, am, km, mn, si, lo, my, dz... (semgrpo.demo)
+    # CLDR codes: the language the demo teaches (bo, ug, am, km...) and the one it translates from (zh or en).
     language: str = "bo"
-    # CLDR code of the language it translates from: zh (Chinese) or en (English).
     source: str = "zh"
 
 
@@ -303,8 +302,6 @@ def set_key(cfg: Config, dotted: str, value: Any, *, origin: str = "") -> None:
             node = getattr(node, part)
         else:
             if _dataclass_type(type(node), f) is not None:
-                if dotted in SECTION_SHORTHANDS:  # demo=true
-                    return set_key(cfg, f"{dotted}.{SECTION_SHORTHANDS[dotted]}", value, origin=origin)
                 raise ConfigError(f"config key {dotted!r} is a section; set its fields, e.g. {dotted}.<field>")
             value = _coerce(dotted, value, hint)
             if isinstance(value, dict):  # a partial mapping keeps the other defaults
@@ -321,9 +318,6 @@ def _merge_mapping(old: dict, new: dict) -> dict:
             old[key] = value
     return old
 
-
-# Sections a plain value may stand for, and the field it sets: `demo: true` is demo.enabled.
-SECTION_SHORTHANDS = {"demo": "enabled"}
 
 # Keys whose value is a mapping (a YAML mapping under them is their value, not a section).
 MAPPING_KEYS = frozenset({"reward.weights", "reward.kwargs"})

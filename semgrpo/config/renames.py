@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Any
 
-from semgrpo.config import _SECTIONS, SECTION_SHORTHANDS, Config, ConfigError, get_key, set_key
+from semgrpo.config import _SECTIONS, Config, ConfigError, get_key, set_key
 
 # Renamed keys (0.2): old dotted name -> new one. `load_config` still takes the old names, with one
 # deprecation line each, until DEPRECATED_UNTIL; saved configs with the old sections are read through
@@ -22,13 +22,19 @@ RENAMED_KEYS = {
     **{f"eval.{k}": f"tax_meter.{k}" for k in ("every_steps", "ood_passages", "ood_samples", "ood_max_tokens",
                                                "batch_size")},
 }
+# Sections that were a plain value before 0.3, and the field that value sets now: `demo: true`, `demo=true`
+# and a saved `"demo": true` mean demo.enabled (no deprecation: the short form stays).
+SECTION_SHORTHANDS = {"demo": "enabled"}
 
 
 def renamed(items: list[tuple[str, Any]], origin: str, warned: set[str]) -> list[tuple[str, Any]]:
-    """`items` (dotted key, value) of one source with old key names replaced by the new ones, in order.
+    """`items` (dotted key, value) of one source with old key names replaced by the new ones, in order (and a
+    plain value given for a section of `SECTION_SHORTHANDS` given to its field).
 
     Prints one deprecation line per old name (once per `warned` set, on one rank only); raises a
     ConfigError when the source gives an old name and its new name with different values."""
+    items = [(f"{key}.{SECTION_SHORTHANDS[key]}" if key in SECTION_SHORTHANDS and not isinstance(value, dict)
+              else key, value) for key, value in items]
     given = {}  # new name -> (name as given, value): the last of each, as set_key applies them
     for key, value in items:
         given.setdefault(RENAMED_KEYS.get(key, key), {})[key] = value

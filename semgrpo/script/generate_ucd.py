@@ -112,6 +112,17 @@ def check_against_regex(classes: tuple[str, ...], ranges: list[tuple[int, int, i
             f"{classes[b] if b < len(classes) else 'other'}" for cp, (a, b) in enumerate(zip(want, got)) if a != b]
 
 
+def _wrapped(items: list[str], indent: str = "    ", width: int = 116) -> list[str]:
+    """Items (each ending in a comma) packed into lines of at most `width` characters."""
+    lines, line = [], indent.rstrip()
+    for item in items:
+        if len(line) + 1 + len(item) > width:
+            lines.append(line)
+            line = indent.rstrip()
+        line += " " + item
+    return lines + [line]
+
+
 def render(names: dict[str, str], classes: tuple[str, ...], ranges: list, version: str, source: str) -> str:
     lines = [
         f'"""Character classes of every Unicode script, Unicode {version}. GENERATED: do not edit.',
@@ -125,22 +136,20 @@ def render(names: dict[str, str], classes: tuple[str, ...], ranges: list, versio
         "",
         "# ISO 15924 code -> Unicode name (the Script value of Scripts.txt), for every script with a letter or mark.",
         "SCRIPT_NAMES = {",
+        *_wrapped([f'"{code}": "{name}",' for code, name in names.items()]),
+        "}",
+        "",
+        "# Class names: the scripts in code order, then the neutral classes; 'other' is the rest.",
+        "CLASSES = (",
+        *_wrapped([f'"{name}",' for name in classes]),
+        ")",
+        "",
+        "# (first, last, class index) of every code point that is not 'other', ascending, inclusive.",
+        "RANGES = (",
+        *_wrapped([f"(0x{first:X}, 0x{last:X}, {k})," for first, last, k in ranges]),
+        ")",
+        "",
     ]
-    lines += [f'    "{code}": "{name}",' for code, name in names.items()]
-    lines += ["}", "", "# Class names: the scripts in code order, then the neutral classes; 'other' is the rest.",
-              "CLASSES = ("]
-    lines += [f'    "{name}",' for name in classes]
-    lines += [")", "", "# (first, last, class index) of every code point that is not 'other', ascending, inclusive.",
-              "RANGES = ("]
-    line = "   "
-    for first, last, k in ranges:
-        item = f" (0x{first:X}, 0x{last:X}, {k}),"
-        if len(line) + len(item) > 116:
-            lines.append(line)
-            line = "   "
-        line += item
-    lines.append(line)
-    lines += [")", ""]
     return "\n".join(lines)
 
 
