@@ -1,5 +1,7 @@
 """Throughput of the script checker: C extension vs `regex` path vs a plain Python loop.
 
+Two operations: ``script_profile`` (counts in all 176 classes: one per Unicode script, then the neutral
+ones) and ``script_consistent`` (R_lang's path: target, foreign and neutral counts for Tibetan).
 MB/s counts the UTF-8 bytes of the input (what a tokenizer would decode), on mixed Tibetan /
 Chinese text: the bo and zh fields of bo_zh_openpecha plus the Tibetan texts and the CMRC contexts of
 the data root ($SEMGRPO_DATA, else ~/.cache/semgrpo/data; python bin/get_data.py) when it holds them,
@@ -73,7 +75,9 @@ def python_loop(texts: list[str]) -> np.ndarray:
     return out
 
 
-def provider_fn(name: str):
+def provider_fn(name: str, op: str = "script_profile"):
+    if op == "script_consistent":
+        return lambda texts: S.script_consistent(texts, script="Tibt", backend=name)
     if name == "python":
         return python_loop
     return lambda texts: S.script_profile(texts, backend=name)
@@ -137,28 +141,34 @@ def main() -> None:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
     class_table()  # built once, outside the timings
     rows, mbps = [HEADER], {}
-    for provider in S.available_backends() + ("python",):
+    runs = [("script_profile", p) for p in S.available_backends() + ("python",)]
+    runs += [("script_consistent", p) for p in S.available_backends()]
+    for op, provider in runs:
         batch = texts if provider == "c" else small
         nbytes = sum(len(t.encode("utf-8")) for t in batch)
-        fn = provider_fn(provider)
+        fn = provider_fn(provider, op)
         fn(batch[:100])  # warm up
         for threads in (1, 2):
             mode = f"{threads}thread" + ("s" if threads > 1 else "")
             rates = sorted(nbytes / t / 1e6 for t in time_mode(fn, batch, threads, args.seconds))
             p20, p50, p80 = (float(np.percentile(rates, q)) for q in (20, 50, 80))
-            mbps[provider, threads] = p50
+            mbps[op, provider, threads] = p50
             shape = f"n={len(batch)};bytes={nbytes}"
-            rows.append(f"script_profile,{provider},{mode},throughput,MB/s,{shape},{p50:.1f},{p20:.1f},{p80:.1f},{device},{sha},{stamp}")
+            rows.append(f"{op},{provider},{mode},throughput,MB/s,{shape},{p50:.1f},{p20:.1f},{p80:.1f},{device},{sha},{stamp}")
     print("\n".join(rows))
     if args.csv:
         args.csv.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    c1 = mbps.get(("c", 1), float("nan"))
-    c2 = mbps.get(("c", 2), float("nan"))
-    r1, p1 = mbps[("regex", 1)], mbps[("python", 1)]
+    c1 = mbps.get(("script_profile", "c", 1), float("nan"))
+    c2 = mbps.get(("script_profile", "c", 2), float("nan"))
+    r1, p1 = mbps[("script_profile", "regex", 1)], mbps[("script_profile", "python", 1)]
     print(
         f"script_profile [{source}]: C {c1:.0f} MB/s (1 thread), {c2:.0f} MB/s (2 threads, x{c2 / c1:.2f}); "
         f"regex {r1:.1f} MB/s; python loop {p1:.1f} MB/s; C/regex x{c1 / r1:.0f}, C/python x{c1 / p1:.0f}"
     )
+    k1 = mbps.get(("script_consistent", "c", 1), float("nan"))
+    k2 = mbps.get(("script_consistent", "c", 2), float("nan"))
+    kr = mbps[("script_consistent", "regex", 1)]
+    print(f"script_consistent [{source}]: C {k1:.0f} MB/s (1 thread), {k2:.0f} MB/s (2 threads); regex {kr:.1f} MB/s")
 
 
 if __name__ == "__main__":

@@ -51,7 +51,6 @@ from reproduce.report import write_report  # noqa: E402
 from reproduce.splits import HygieneError, check_hygiene, normalise, split_pairs, split_passages, write_jsonl  # noqa: E402
 
 from semgrpo.data_root import data_root  # noqa: E402
-from semgrpo.eval.run import metric_script  # noqa: E402
 from semgrpo.prompts import get_task  # noqa: E402
 
 CONFIG = HERE / "reproduce" / "config.yaml"
@@ -196,7 +195,7 @@ def _run(cfg: dict, args, paths: dict, out: Path, results_dir: Path, cache: Path
     task = get_task(cfg["trainer"]["data"]["task"])
     targets = lambda name: [json.loads(line)[task.target_field]
                             for line in (data / f"{name}.jsonl").read_text(encoding="utf-8").splitlines() if line]
-    floors = line_floors(targets("strong_sft"), targets("test"), script=metric_script(task.target_script),
+    floors = line_floors(targets("strong_sft"), targets("test"), script=task.target_script,
                          draws=cfg["evaluation"]["floor_draws"])
     strong = frontier.curve(evals(0, "strong_sft", "test"), start=None)[-1]
     gate.update(strong_sft_chrf=strong.chrf, floor_random_line=floors["random_line"],

@@ -1,12 +1,12 @@
 /*
  * semgrpo._script_check: count the code points of Python str objects per character class.
  *
- * The Python side (semgrpo/script.py) owns the definition of the classes: it passes a flat
- * table of 0x110000 bytes (class index of every code point, built by semgrpo/script_tables.py
- * from the same `regex` sets its pure-Python path uses), so both paths agree by construction
- * and a new script needs no change here. The same holds for what counts as a letter: the rule of
- * issue #11 (only letters and combining marks of a script's set are that script; tsheg, shad,
- * head marks, digits and other punctuation are neutral classes) lives in the table, not here.
+ * The Python side (semgrpo/script/) owns the definition of the classes: it passes a flat table of
+ * 0x110000 bytes, the class index of every code point. semgrpo.script.tables builds it from the
+ * ranges generated from the Unicode Character Database (one class per script, then the neutral
+ * classes: 176 in Unicode 17), or, for a consistency check, three classes (target letter, foreign
+ * letter, neutral). Nothing about scripts or letters is written here, so a new Unicode version
+ * needs no change in this file.
  *
  * profile(texts, table, nclasses, out)
  *     texts     list or tuple of str (anything else in it: TypeError naming index and type)
@@ -21,9 +21,10 @@
  * GIL released when the batch is large enough to be worth it, and drop the references.
  * Lone surrogates are ordinary code points here (the table puts them in the last class).
  *
- * Counting: with at most 8 classes (the default) each code point costs one table load and one
- * shift+add into a register of 8 packed byte counters (4 interleaved lanes, flushed every 255
- * code points per lane); 9..16 classes use two such registers; more use memory histograms.
+ * Counting: with at most 8 classes (a consistency check) each code point costs one table load and
+ * one shift+add into a register of 8 packed byte counters (4 interleaved lanes, flushed every 255
+ * code points per lane); 9..16 classes use two such registers; more (the full profile) use 8
+ * interleaved memory counters per class.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -44,21 +45,28 @@ typedef struct {
     int kind;
 } item_t;
 
-/* General path (more than 16 classes): LANES independent histograms, so that a run of one
- * class does not serialize on one counter. */
-typedef uint64_t hist_t[LANES][MAX_CLASSES];
+/* General path (more than 16 classes): HLANES independent counters per class, so that a run of one
+ * class does not serialize on one counter. The lanes of a class sit side by side (h[class][lane]):
+ * lanes kept a whole histogram apart would lie 4 KiB apart, and the CPU then mistakes their loads
+ * for stores in flight to the same address (4K aliasing), which halved the speed. */
+#define HLANES 8
+typedef uint64_t hist_t[MAX_CLASSES][HLANES];
 
 #define HIST_LOOP(LOAD)                                                                        \
     do {                                                                                       \
         Py_ssize_t i = 0;                                                                      \
-        for (; i + LANES <= n; i += LANES) {                                                   \
-            h[0][table[LOAD(i)]]++;                                                            \
-            h[1][table[LOAD(i + 1)]]++;                                                        \
-            h[2][table[LOAD(i + 2)]]++;                                                        \
-            h[3][table[LOAD(i + 3)]]++;                                                        \
+        for (; i + HLANES <= n; i += HLANES) {                                                 \
+            h[table[LOAD(i)]][0]++;                                                            \
+            h[table[LOAD(i + 1)]][1]++;                                                        \
+            h[table[LOAD(i + 2)]][2]++;                                                        \
+            h[table[LOAD(i + 3)]][3]++;                                                        \
+            h[table[LOAD(i + 4)]][4]++;                                                        \
+            h[table[LOAD(i + 5)]][5]++;                                                        \
+            h[table[LOAD(i + 6)]][6]++;                                                        \
+            h[table[LOAD(i + 7)]][7]++;                                                        \
         }                                                                                      \
         for (; i < n; i++)                                                                     \
-            h[0][table[LOAD(i)]]++;                                                            \
+            h[table[LOAD(i)]][0]++;                                                            \
     } while (0)
 
 /* Fast path (at most 16 classes): packed byte counters kept in registers. Class c adds
@@ -148,8 +156,12 @@ count_hist(const void *data, int kind, Py_ssize_t n, const uint8_t *table, int n
     else if (kind == PyUnicode_2BYTE_KIND) HIST_LOOP(LOAD2);
     else HIST_LOOP(LOAD4);
     for (int k = 0; k < nclasses; k++) {
-        row[k] = (int64_t)(h[0][k] + h[1][k] + h[2][k] + h[3][k]);
-        h[0][k] = h[1][k] = h[2][k] = h[3][k] = 0;
+        uint64_t sum = 0;
+        for (int l = 0; l < HLANES; l++) {
+            sum += h[k][l];
+            h[k][l] = 0;
+        }
+        row[k] = (int64_t)sum;
     }
 }
 

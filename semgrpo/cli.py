@@ -85,7 +85,7 @@ def _print_plans(cfg: Config, stages: list[str], *, world_size: int | None, num_
         raise ConfigError(f"--world-size {world_size} cannot be spread evenly over --num-nodes {num_nodes}")
     if int(os.environ.get("RANK", "0")) != 0:  # under a launcher, rank 0 alone plans (and builds demo assets)
         return 0
-    if cfg.demo:
+    if cfg.demo.enabled:
         apply_demo(cfg)  # fills model.path (building the demo's assets once, if they are not cached)
     if not cfg.model.path:
         raise ConfigError("model.path is not set; the plan reads its config.json")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["TaskSpec", "TASKS", "get_task", "render_prompt", "render_chat"]
+__all__ = ["TaskSpec", "TASKS", "get_task", "mt_task", "render_prompt", "render_chat"]
 
 
 @dataclass(frozen=True)
@@ -25,8 +25,8 @@ class TaskSpec:
         target_field: Record field holding the reference output text.
         required_fields: Fields every record must carry as non-empty strings (besides the
             optional "id").
-        target_script: Script the output must be written in ("han", "tibetan"), as understood by
-            `semgrpo.script.script_consistent`.
+        target_script: Script the output must be written in ("han", "tibetan", "Khmr", "Hani+Hira+Kana"), as
+            understood by `semgrpo.script.script_consistent`.
         instruction: English instruction placed before the source text.
     """
 
@@ -69,14 +69,46 @@ TASKS: dict[str, TaskSpec] = {
 def get_task(task: str | TaskSpec) -> TaskSpec:
     """Return the `TaskSpec` for a task name (a `TaskSpec` is returned unchanged).
 
+    Besides the keys of `TASKS`, ``mt_<source>_<target>`` names translation between any two CLDR languages
+    (`mt_task`), e.g. ``mt_zh_km``: what the demo of another language trains.
+
     Raises:
-        ValueError: `task` is not one of the keys of `TASKS` nor a `TaskSpec`.
+        ValueError: `task` is none of these nor a `TaskSpec`.
     """
     if isinstance(task, TaskSpec):
         return task
     if isinstance(task, str) and task in TASKS:
         return TASKS[task]
-    raise ValueError(f"unknown task {task!r} (expected one of: {', '.join(TASKS)})")
+    spec = mt_task(task) if isinstance(task, str) else None
+    if spec is not None:
+        return spec
+    raise ValueError(f"unknown task {task!r} (expected one of: {', '.join(TASKS)}, or mt_<source>_<target> with "
+                     "two CLDR language codes, e.g. mt_zh_km)")
+
+
+def mt_task(name: str) -> TaskSpec | None:
+    """``mt_<source>_<target>``: translation from one CLDR language to another, records ``{source, target}``
+    (fields named by the codes), R_lang in the target's script (`semgrpo.script.languages`); None when `name`
+    is not two distinct CLDR codes (split at exactly one ``_`` that gives two, as in ``mt_zh_uz_Arab``)."""
+    if not name.startswith("mt_"):
+        return None
+    from semgrpo.script.languages import check_language, language_name, language_script
+
+    def known(code):
+        try:
+            return check_language(code) == code
+        except ValueError:
+            return False
+
+    parts = name[3:].split("_")
+    splits = [("_".join(parts[:i]), "_".join(parts[i:])) for i in range(1, len(parts))]
+    found = [(src, tgt) for src, tgt in splits if src != tgt and known(src) and known(tgt)]
+    if len(found) != 1:
+        return None
+    src, tgt = found[0]
+    return TaskSpec(name=name, source_field=src, target_field=tgt, required_fields=(src, tgt),
+                    target_script="+".join(language_script(tgt)),
+                    instruction=f"Translate from {language_name(src)} to {language_name(tgt)}:")
 
 
 def render_prompt(task: str | TaskSpec, source_text: str, tokenizer: Any = None) -> str:

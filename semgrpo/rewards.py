@@ -25,7 +25,6 @@ from semgrpo.config.reward_specs import reward_specs
 from semgrpo.errors import UserError
 from semgrpo.ops import semantic_reward
 from semgrpo.script import script_consistent
-from semgrpo.script.text import tibetan_syllables
 
 RewardFn = Callable[[Sequence[str], Sequence[str], Sequence[str]], list]
 
@@ -86,24 +85,17 @@ class LanguageConsistency:
 
 
 class SentenceBLEU:
-    """Sentence BLEU / 100 (ablation). Chinese: sacrebleu's zh tokenizer; Tibetan: syllables."""
+    """Sentence BLEU / 100 (ablation), on the units of the output script as the evaluation's BLEU counts them
+    (`semgrpo.eval.metrics.sentence_bleu`: Chinese with sacrebleu's zh tokenizer, Tibetan syllables, ...)."""
 
     def __init__(self, script: str):
         self.script = script
         self.__name__ = "bleu"
 
     def __call__(self, prompts, completions, references) -> list[float]:
-        import sacrebleu
+        from semgrpo.eval.metrics import sentence_bleu
 
-        out = []
-        for hyp, ref in zip(completions, references):
-            if self.script == "tibetan":
-                hyp, ref = " ".join(tibetan_syllables(hyp)), " ".join(tibetan_syllables(ref))
-                score = sacrebleu.sentence_bleu(hyp, [ref], tokenize="none")
-            else:
-                score = sacrebleu.sentence_bleu(hyp, [ref], tokenize="zh" if self.script == "han" else "13a")
-            out.append(score.score / 100.0)
-        return out
+        return [sentence_bleu(hyp, ref, script=self.script) / 100.0 for hyp, ref in zip(completions, references)]
 
 
 class LengthConstraint:

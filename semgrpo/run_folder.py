@@ -47,7 +47,7 @@ RUN_FILES = ("metrics.jsonl", "samples.jsonl", "summary.json", CONFIG_FILE, DEEP
 # and a remote reward's patience and reply limit. grpo.max_steps may only grow (or stay); see `compare_configs`.
 MAY_CHANGE = ("grpo.max_steps", "run.gpu_memory_gib", "run.log_every", "run.sample_every", "run.save_every",
               "run.keep_last", "run.report_to", "tax_meter.", "reward.remote_timeout", "reward.remote_retries",
-              "reward.remote_max_bytes", "resume", "overwrite", "demo")
+              "reward.remote_max_bytes", "resume", "overwrite", "demo.enabled")
 # Keys SFT never reads: a cold start resumed after a GRPO-only change is still the same cold start.
 SFT_UNUSED = ("grpo.", "reward.", "tax_meter.", "run.sample_every", "sft.before_grpo")
 
@@ -349,7 +349,7 @@ def plan(cfg: Config, *, stage: str) -> RunFolder:
     the start is fresh/overwrite/resume, and a resume's config matches its checkpoint's."""
     output_dir = check_output_dir(cfg.output_dir)
     check_run_parts(output_dir, cfg.run.report_to)
-    if cfg.demo:
+    if cfg.demo.enabled:
         from semgrpo.session import apply_demo
 
         apply_demo(cfg)  # compare resolved paths (prepare() fills only what is still empty)

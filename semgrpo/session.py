@@ -18,7 +18,7 @@ import torch
 
 from semgrpo import dist
 from semgrpo.batching import BatchPlan, load_ds_config
-from semgrpo.config import Config, ConfigError
+from semgrpo.config import Config, ConfigError, DataConfig
 from semgrpo.data import Example, build_examples, load_records
 from semgrpo.data_root import check_data_paths
 from semgrpo.modeling import check_model_source, load_tokenizer, resolve_dtype
@@ -79,22 +79,38 @@ def seed_everything(seed: int) -> None:
 
 
 def apply_demo(cfg: Config) -> None:
-    """Fill model/data/encoder paths from the offline demo assets (built once, cached).
+    """Fill model/data/encoder paths and the task from the offline demo assets (built once, cached).
+
+    The demo of `demo.language` from `demo.source` (the Tibetan demo by default) translates with the task
+    ``mt_<source>_<language>``: `data.task` becomes it unless it names that pair already (either direction);
+    another task is an error, since the demo's records hold only those two languages.
 
     Idempotent: the run folder's checks fill the paths before `prepare` runs, so a second call does nothing
     (no second cache check, barrier or log line).
     """
-    from semgrpo.demo.assets import build_demo
+    from semgrpo.demo.assets import build_demo, cached_demo
+    from semgrpo.demo.cldr import check_pair, cldr_pairs
 
+    language, source = cfg.demo.language, cfg.demo.source
+    check_pair(language, source)  # a DemoError (a UserError) on every rank
+    forward, backward = f"mt_{source}_{language}", f"mt_{language}_{source}"
+    if cfg.data.task not in (forward, backward):
+        if cfg.data.task != DataConfig.task:  # the default (and configs/demo.yaml's): the Tibetan demo's task
+            raise ConfigError(f"data.task {cfg.data.task!r} does not fit the demo's pairs ({language} and {source}): "
+                              f"leave it at {DataConfig.task} or give {forward} or {backward}")
+        cfg.data.task = forward
     filled = (cfg.model.path, cfg.model.tokenizer, cfg.data.train, cfg.data.dev, cfg.reward.encoder,
               cfg.tax_meter.ood_passages)
     if all(filled):
         return
-    say = print if dist.is_main() else (lambda *_: None)
-    if dist.is_main():
-        assets = build_demo(seed=cfg.seed, log=say)
-    dist.barrier()
-    assets = build_demo(seed=cfg.seed, log=lambda *_: None) if not dist.is_main() else assets
+    assets = cached_demo(seed=cfg.seed, language=language, source=source)
+    if assets is None:
+        cldr_pairs(language, source)  # too few pairs: the same error on every rank, before rank 0 builds alone
+        if dist.is_main():
+            assets = build_demo(seed=cfg.seed, language=language, source=source, log=print)
+        dist.barrier()
+        if not dist.is_main():
+            assets = build_demo(seed=cfg.seed, language=language, source=source, log=lambda *_: None)
     cfg.model.path = cfg.model.path or str(assets.policy_path)
     cfg.model.tokenizer = cfg.model.tokenizer or str(assets.tokenizer_path)
     cfg.data.train = cfg.data.train or str(assets.train_path)
@@ -105,7 +121,7 @@ def apply_demo(cfg: Config) -> None:
 
 def prepare(cfg: Config, *, need_encoder: bool) -> RunSetup:
     """Validate the config against the file system and load tokenizer and data."""
-    if cfg.demo:
+    if cfg.demo.enabled:
         apply_demo(cfg)
     check_model_source(cfg.model.path, "model.path")
     if need_encoder and "semantic" in cfg.reward.functions:

@@ -115,7 +115,7 @@ def _assert_rejected_early(proc, run_dir, *needles):
 
 @pytest.mark.parametrize("override,needle", [
     ("train.log_every=0", "run.log_every must be >= 1, got 0"),  # an old name: the error names the new one
-    ("reward.script=klingon", "reward.script must be one of"),
+    ("reward.script=Klingon", "reward.script: unknown script 'Klingon'; expected an ISO 15924 code"),
 ])
 def test_out_of_range_value_is_rejected_before_the_run(tmp_path, override, needle):
     run_dir = tmp_path / "run"

@@ -69,8 +69,15 @@ def test_task_specs():
     with pytest.raises(dataclasses.FrozenInstanceError):
         bo_zh.name = "x"  # frozen
     assert get_task(hg) is hg
-    with pytest.raises(ValueError, match=r"unknown task 'mt_en_bo' \(expected one of: mt_bo_zh, mt_zh_bo, hg_bo\)"):
-        get_task("mt_en_bo")
+    with pytest.raises(ValueError, match=r"unknown task 'mt_en_xx' \(expected one of: mt_bo_zh, mt_zh_bo, hg_bo, or "
+                                         r"mt_<source>_<target> with two CLDR language codes"):
+        get_task("mt_en_xx")
+    # mt_<source>_<target> for any two CLDR languages: fields named by the codes, R_lang in the target's script
+    km, uz = get_task("mt_zh_km"), get_task("mt_en_uz_Arab")
+    assert (km.source_field, km.target_field, km.target_script) == ("zh", "km", "Khmr")
+    assert km.instruction == "Translate from Chinese to Khmer:"
+    assert (uz.source_field, uz.target_field, uz.target_script) == ("en", "uz_Arab", "Arab")
+    assert get_task("mt_en_bo").instruction == "Translate from English to Tibetan:"
 
 
 def test_render_prompt_plain():

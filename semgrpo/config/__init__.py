@@ -51,7 +51,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    # mt_bo_zh | mt_zh_bo | hg_bo (see semgrpo.data.TASKS).
+    # mt_bo_zh | mt_zh_bo | hg_bo | mt_<source>_<target> of two CLDR codes, e.g. mt_zh_km (semgrpo.prompts).
     task: str = "mt_zh_bo"
     # JSONL/Parquet file, a folder with {split}.jsonl, or a hub id you name.
     train: str = ""
@@ -178,11 +178,21 @@ class TaxMeterConfig:
     # tax/*. 0 = off.
     every_steps: int = 0
     # CMRC/SQuAD JSON (contexts), JSONL with a text/context field, or a text file (a passage per line).
-    # Empty with `demo: true` = the demo's plain Chinese CLDR text.
+    # Empty with `demo: true` = the demo's plain source-language (Chinese) CLDR text.
     ood_passages: str = ""
     ood_samples: int = 32
     ood_max_tokens: int = 128
     batch_size: int = 8
+
+
+@dataclass
+class DemoConfig:
+    # Build the offline demo (CLDR pairs, tiny tokenizer/policy/encoder) and fill the empty paths from it;
+    # `demo: true` / `demo=true` sets it (config/renames.py: demo was a plain boolean before 0.3).
+    enabled: bool = False
+    # CLDR codes: the language the demo teaches (bo, ug, am, km...) and the one it translates from (zh or en).
+    language: str = "bo"
+    source: str = "zh"
 
 
 @dataclass
@@ -194,8 +204,7 @@ class Config:
     # true; then the old run's checkpoints and logs are deleted first (semgrpo/run_folder.py).
     overwrite: bool = False
     seed: int = 0
-    # Build the offline demo (CLDR pairs, tiny tokenizer/policy/encoder) and fill the paths from it.
-    demo: bool = False
+    demo: DemoConfig = field(default_factory=DemoConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)

@@ -26,6 +26,9 @@ def validate(cfg: Config) -> None:
     g, r = cfg.grpo, cfg.reward
     _check_rewards(r)
     _check_report_to(cfg.run.report_to)
+    _check_script(r.script)
+    _check_task(cfg.data.task)
+    _check_demo(cfg.demo)
     if r.tau != "auto" and not (_is_number(r.tau) and 0.0 <= float(r.tau) < 1.0):
         raise ConfigError(f"reward.tau must be 'auto' or a number in [0, 1), got {r.tau!r}")
     if r.length_ratio_min > r.length_ratio_max:
@@ -60,6 +63,36 @@ def _check_rewards(r) -> None:
             plugins = [n for n, s in specs.items() if s.kind == "plugin"]
             raise ConfigError(f"reward.kwargs.{name} names no plugin reward; the plugins are "
                               f"{', '.join(plugins) or 'none'}")
+
+
+def _check_script(script: str) -> None:
+    """reward.script: empty (the task's script), or what `semgrpo.script.resolve_script` accepts."""
+    if script:
+        from semgrpo.script.names import resolve_script
+
+        try:
+            resolve_script(script)
+        except ValueError as exc:
+            raise ConfigError(f"reward.script: {exc}") from None
+
+
+def _check_task(task: str) -> None:
+    from semgrpo.prompts import get_task
+
+    try:
+        get_task(task)
+    except ValueError as exc:
+        raise ConfigError(f"data.task: {exc}") from None
+
+
+def _check_demo(demo) -> None:
+    """demo.language and demo.source are CLDR codes (checked whether the demo is on or not: a typo is a typo)."""
+    from semgrpo.demo.cldr import DemoError, check_pair
+
+    try:
+        check_pair(demo.language, demo.source)
+    except DemoError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 REPORT_TO = (*TRACKERS, "none")
@@ -151,14 +184,9 @@ _SCHEDULERS = ("constant", "cosine", "linear")
 
 def _choices() -> dict[str, tuple]:
     """Every choice key and its values ('' where the empty string means a default)."""
-    from semgrpo.prompts import TASKS
-    from semgrpo.script.tables import SCRIPTS
-
     return {
         "model.dtype": ("auto", "bf16", "fp16", "fp32"),
-        "data.task": tuple(TASKS),
         "sft.scheduler": _SCHEDULERS,
-        "reward.script": ("",) + tuple(SCRIPTS),
         "grpo.loss_type": TRAINER_LOSS_TYPES,
         "grpo.scale_rewards": SCALE_REWARDS,
         "grpo.scheduler": _SCHEDULERS,

@@ -22,13 +22,19 @@ RENAMED_KEYS = {
     **{f"eval.{k}": f"tax_meter.{k}" for k in ("every_steps", "ood_passages", "ood_samples", "ood_max_tokens",
                                                "batch_size")},
 }
+# Sections that were a plain value before 0.3, and the field that value sets now: `demo: true`, `demo=true`
+# and a saved `"demo": true` mean demo.enabled (no deprecation: the short form stays).
+SECTION_SHORTHANDS = {"demo": "enabled"}
 
 
 def renamed(items: list[tuple[str, Any]], origin: str, warned: set[str]) -> list[tuple[str, Any]]:
-    """`items` (dotted key, value) of one source with old key names replaced by the new ones, in order.
+    """`items` (dotted key, value) of one source with old key names replaced by the new ones, in order (and a
+    plain value given for a section of `SECTION_SHORTHANDS` given to its field).
 
     Prints one deprecation line per old name (once per `warned` set, on one rank only); raises a
     ConfigError when the source gives an old name and its new name with different values."""
+    items = [(f"{key}.{SECTION_SHORTHANDS[key]}" if key in SECTION_SHORTHANDS and not isinstance(value, dict)
+              else key, value) for key, value in items]
     given = {}  # new name -> (name as given, value): the last of each, as set_key applies them
     for key, value in items:
         given.setdefault(RENAMED_KEYS.get(key, key), {})[key] = value
@@ -64,7 +70,8 @@ def _coerced(dotted: str, value: Any) -> Any:
 
 def upgrade_saved_config(tree: dict | None) -> dict | None:
     """A saved config (run or checkpoint `config.json`, `to_dict` form) with the sections of older versions
-    (`train`, `eval`) moved to their new names (`RENAMED_KEYS`); a value already under its new name wins.
+    (`train`, `eval`) moved to their new names (`RENAMED_KEYS`); a value already under its new name wins. A
+    section saved as a plain value (`"demo": true`) becomes its shorthand field (`{"enabled": true}`).
     Keys it does not know stay where they are. Returns a new dict; the input is not changed."""
     if not isinstance(tree, dict):
         return tree
@@ -83,4 +90,7 @@ def upgrade_saved_config(tree: dict | None) -> dict | None:
                 target.setdefault(new_field, old_sec.pop(field_name))
         if not old_sec:
             del out[section]
+    for section, field_name in SECTION_SHORTHANDS.items():  # "demo": true, as configs saved before 0.3 hold it
+        if section in out and not isinstance(out[section], dict):
+            out[section] = {field_name: out[section]}
     return out

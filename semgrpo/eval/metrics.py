@@ -10,18 +10,27 @@ text it sees has the script's units spaced out: the words are the syllables for 
 Chinese each Han character and each CJK or full-width symbol, with runs of other characters (Latin words,
 numbers) kept whole between whitespace.
 
-Tokenization by output script (``script``):
+Tokenization by output script (``script``: anything `semgrpo.script.resolve_script` takes, e.g. ``"tibetan"``,
+``"Hani"``, ``"Khmr"``, ``"Arab"``, ``"Hani+Hira+Kana"``); the unit is the script's (`semgrpo.script.text`):
 
-- ``"tibetan"``: tokens are syllables, split at tsheg and shad (and their variants) and whitespace by
+- syllables (Tibetan): tokens are syllables, split at tsheg and shad (and their variants) and whitespace by
   `semgrpo.script.text.tibetan_syllables`; the delimiters are dropped. BLEU sees the syllables joined by one
   space with sacrebleu's ``tokenize="none"``; chrF sees the same string (chrF ignores whitespace, so its
   character n-grams run over syllable letters without tsheg/shad), and so does chrF++ (its words: the
   syllables); ROUGE-L's tokens are the syllables.
-- ``"han"`` (Chinese): BLEU uses sacrebleu's ``zh`` tokenizer; chrF the raw text; chrF++ the raw text with
-  spaces around each Han character and CJK/full-width symbol; ROUGE-L's tokens are the characters that are
+- characters, Chinese (Han alone): BLEU uses sacrebleu's ``zh`` tokenizer; chrF the raw text; chrF++ the raw text
+  with spaces around each Han character and CJK/full-width symbol; ROUGE-L's tokens are the characters that are
   not whitespace.
-- ``"latin"``: BLEU uses sacrebleu's default ``13a``; chrF and chrF++ the raw text; ROUGE-L rouge-score's
+- characters, other scripts without word spaces (Thai, Lao, Khmer, Myanmar, Yi, Japanese kana...): the tokens
+  are `semgrpo.script.text.character_units` (each grapheme cluster of such a script, each run of other
+  non-space characters); BLEU sees them joined by one space with ``tokenize="none"``, chrF the raw text,
+  chrF++ the tokens joined by one space (its words), ROUGE-L the tokens.
+- words, Latin: BLEU uses sacrebleu's default ``13a``; chrF and chrF++ the raw text; ROUGE-L rouge-score's
   default tokenizer (lower-cased alphanumeric words).
+- words, every other script (Cyrillic, Arabic, Ethiopic, Mongolian, Hangul...): BLEU uses sacrebleu's ``intl``
+  tokenizer (it splits off Unicode punctuation and symbols, such as ``،`` and ``።``); chrF and chrF++ the raw
+  text; ROUGE-L's tokens are `semgrpo.script.text.word_units` (lower-cased runs of letters, marks and digits:
+  rouge-score's default keeps only ASCII letters and digits, so it would find no word at all).
 """
 from __future__ import annotations
 
@@ -32,22 +41,41 @@ import numpy as np
 import torch
 
 from semgrpo.eval.cmrc import cmrc_scores
-from semgrpo.script.text import tibetan_syllables
+from semgrpo.script.names import resolve_script
+from semgrpo.script.text import character_units, tibetan_syllables, unit_kind, word_units
 
-__all__ = ["METRIC_SCRIPTS", "bleu", "chrf", "chrf_pp", "chrf_pp_text", "rouge_l", "cmrc_scores", "token_nll_kl",
-           "summarize", "nll_kl_summary", "similarity_stats", "metric_tokens"]
+__all__ = ["metric_scheme", "bleu", "sentence_bleu", "chrf", "chrf_pp", "chrf_pp_text", "rouge_l", "cmrc_scores",
+           "token_nll_kl", "summarize", "nll_kl_summary", "similarity_stats", "metric_tokens"]
 
-METRIC_SCRIPTS = ("tibetan", "han", "latin")
-_BLEU_TOKENIZE = {"tibetan": "none", "han": "zh", "latin": "13a"}
+# The tokenization schemes of the module docstring, and sacrebleu's BLEU tokenizer for each.
+SCHEMES = ("syllable", "han", "character", "latin", "word")
+_BLEU_TOKENIZE = {"syllable": "none", "han": "zh", "character": "none", "latin": "13a", "word": "intl"}
 # One chrF++ word each in Chinese text: CJK radicals, CJK symbols and punctuation, Han ideographs (extension A,
 # the main block, compatibility ideographs, extensions B and on), CJK compatibility forms, half/full-width forms.
 _HAN_WORD_CHAR = re.compile("([\u2e80-\u2fdf\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
                             "\ufe30-\ufe4f\uff00-\uffef\U00020000-\U0003ffff])")
 
 
-def _check_pairs(hypotheses: Sequence[str], references: Sequence[str], script: str) -> None:
-    if script not in METRIC_SCRIPTS:
-        raise ValueError(f"script must be one of {METRIC_SCRIPTS}, got {script!r}")
+def metric_scheme(script) -> str:
+    """The tokenization scheme of an output script (module docstring): one of `SCHEMES`.
+
+    Raises:
+        ValueError: unknown script (the message lists the valid names).
+    """
+    try:
+        codes = resolve_script(script)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"metric script: {exc}") from None
+    if codes == ("Hani",):
+        return "han"
+    if codes == ("Latn",):
+        return "latin"
+    return unit_kind(codes)
+
+
+def _check_pairs(hypotheses: Sequence[str], references: Sequence[str], script) -> str:
+    """The scheme of `script`, after checking both lists."""
+    scheme = metric_scheme(script)
     for name, xs in (("hypotheses", hypotheses), ("references", references)):
         if isinstance(xs, str) or not isinstance(xs, Sequence):
             raise ValueError(f"{name} must be a list of strings, got {type(xs).__name__}")
@@ -59,71 +87,89 @@ def _check_pairs(hypotheses: Sequence[str], references: Sequence[str], script: s
                          f"{len(hypotheses)} and {len(references)}")
     if not hypotheses:
         raise ValueError("hypotheses and references are empty: nothing to score")
+    return scheme
 
 
-def metric_tokens(text: str, *, script: str) -> list[str]:
+def metric_tokens(text: str, *, script) -> list[str]:
     """The tokens ROUGE-L counts for one text (see the module docstring); Tibetan: syllables."""
-    if script == "tibetan":
+    scheme = metric_scheme(script)
+    if scheme == "syllable":
         return tibetan_syllables(text)
-    if script == "han":
+    if scheme == "han":
         return [c for c in text if not c.isspace()]
-    if script == "latin":
+    if scheme == "character":
+        return character_units(text)
+    if scheme == "latin":
         from rouge_score.tokenize import tokenize
         return tokenize(text, None)
-    raise ValueError(f"script must be one of {METRIC_SCRIPTS}, got {script!r}")
+    return word_units(text)
 
 
-def _prepare(texts: Sequence[str], script: str) -> list[str]:
-    if script == "tibetan":
+def _prepare(texts: Sequence[str], scheme: str) -> list[str]:
+    """What BLEU and chrF score: the units joined by spaces where BLEU's tokenizer is "none", else the text."""
+    if scheme == "syllable":
         return [" ".join(tibetan_syllables(t)) for t in texts]
+    if scheme == "character":
+        return [" ".join(character_units(t)) for t in texts]
     return list(texts)
 
 
-def chrf_pp_text(text: str, *, script: str) -> str:
+def chrf_pp_text(text: str, *, script) -> str:
     """The string chrF++ scores for one text: its words separated by single spaces (module docstring).
 
     Removing the spaces gives the string chrF scores, so chrF++'s character n-grams are chrF's.
     """
-    if script == "han":
+    scheme = metric_scheme(script)
+    if scheme == "han":
         return " ".join(_HAN_WORD_CHAR.sub(r" \1 ", text).split())
-    if script not in METRIC_SCRIPTS:
-        raise ValueError(f"script must be one of {METRIC_SCRIPTS}, got {script!r}")
-    return _prepare([text], script)[0]  # Tibetan: the syllables BLEU sees; Latin: the text
+    return _prepare([text], scheme)[0]  # syllables or characters spaced out; words: the text
 
 
-def bleu(hypotheses: Sequence[str], references: Sequence[str], *, script: str) -> float:
+def bleu(hypotheses: Sequence[str], references: Sequence[str], *, script) -> float:
     """Corpus BLEU-4 (sacrebleu defaults, one reference per hypothesis), in [0, 100].
 
     Args:
         hypotheses: Model outputs, one per sample.
         references: Reference texts, aligned with `hypotheses`.
-        script: Output script, one of `METRIC_SCRIPTS` (decides the tokenization).
+        script: Output script: an ISO 15924 code or Unicode name, or several joined by ``+``
+            (`semgrpo.script.resolve_script`); it decides the tokenization (module docstring).
 
     Raises:
         ValueError: unknown script, non-str items, length mismatch or empty input.
     """
     import sacrebleu
 
-    _check_pairs(hypotheses, references, script)
-    return float(sacrebleu.corpus_bleu(_prepare(hypotheses, script), [_prepare(references, script)],
-                                       tokenize=_BLEU_TOKENIZE[script]).score)
+    scheme = _check_pairs(hypotheses, references, script)
+    return float(sacrebleu.corpus_bleu(_prepare(hypotheses, scheme), [_prepare(references, scheme)],
+                                       tokenize=_BLEU_TOKENIZE[scheme]).score)
 
 
-def chrf(hypotheses: Sequence[str], references: Sequence[str], *, script: str) -> float:
+def sentence_bleu(hypothesis: str, reference: str, *, script) -> float:
+    """Sentence BLEU of one output (sacrebleu's defaults and smoothing), in [0, 100], on the script's units as
+    `bleu` tokenizes them."""
+    import sacrebleu
+
+    scheme = metric_scheme(script)
+    hyp, ref = _prepare([hypothesis, reference], scheme)
+    return float(sacrebleu.sentence_bleu(hyp, [ref], tokenize=_BLEU_TOKENIZE[scheme]).score)
+
+
+def chrf(hypotheses: Sequence[str], references: Sequence[str], *, script) -> float:
     """Corpus chrF (sacrebleu defaults: character 6-grams, beta 2), in [0, 100].
 
     Args and Raises: as `bleu`.
     """
     import sacrebleu
 
-    _check_pairs(hypotheses, references, script)
-    return float(sacrebleu.corpus_chrf(_prepare(hypotheses, script), [_prepare(references, script)]).score)
+    scheme = _check_pairs(hypotheses, references, script)
+    return float(sacrebleu.corpus_chrf(_prepare(hypotheses, scheme), [_prepare(references, scheme)]).score)
 
 
-def chrf_pp(hypotheses: Sequence[str], references: Sequence[str], *, script: str) -> float:
+def chrf_pp(hypotheses: Sequence[str], references: Sequence[str], *, script) -> float:
     """Corpus chrF++ (sacrebleu's CHRF with word_order=2: character 6-grams and word 2-grams, beta 2), in [0, 100].
 
-    The words are the script's units (`chrf_pp_text`): Tibetan syllables, Chinese characters.
+    The words are the script's units (`chrf_pp_text`): Tibetan syllables, characters of the scripts without word
+    spaces, words elsewhere.
 
     Args and Raises: as `bleu`.
     """
@@ -138,17 +184,17 @@ def chrf_pp(hypotheses: Sequence[str], references: Sequence[str], *, script: str
 class _ScriptTokenizer:
     """rouge-score tokenizer interface (``tokenize(text) -> list[str]``) over `metric_tokens`."""
 
-    def __init__(self, script: str):
+    def __init__(self, script):
         self.script = script
 
     def tokenize(self, text: str) -> list[str]:
         return metric_tokens(text, script=self.script)
 
 
-def rouge_l(hypotheses: Sequence[str], references: Sequence[str], *, script: str) -> float:
+def rouge_l(hypotheses: Sequence[str], references: Sequence[str], *, script) -> float:
     """ROUGE-L F1 (rouge-score, LCS of tokens) averaged over the samples, in [0, 100].
 
-    The tokens are Tibetan syllables for ``script="tibetan"`` (module docstring for the others). A pair
+    The tokens are the script's units: Tibetan syllables, characters, words (module docstring). A pair
     where either side has no token scores 0.
 
     Args and Raises: as `bleu`.

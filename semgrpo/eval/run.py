@@ -218,17 +218,12 @@ def _describe(spec: ModelSpec, base: str) -> str:
     return f"checkpoint {_checkpoint_of(spec)} (base {base} + adapters {chain})"
 
 
-def metric_script(script: str) -> str:
-    """How the reference metrics segment text of the task's target script (`semgrpo.eval.metrics`)."""
-    return script if script in ("tibetan", "han") else "latin"
-
-
 def _task_scores(texts, examples, script, similarity) -> dict:
     refs = [ex.reference for ex in examples]
-    unit = metric_script(script)
-    out = {"n": len(texts), "bleu": bleu(texts, refs, script=unit),
-           "chrf": chrf(texts, refs, script=unit), "chrf_pp": chrf_pp(texts, refs, script=unit),
-           "rouge_l": rouge_l(texts, refs, script=unit),
+    # the metrics count each script's own units (semgrpo.eval.metrics.metric_scheme)
+    out = {"n": len(texts), "bleu": bleu(texts, refs, script=script),
+           "chrf": chrf(texts, refs, script=script), "chrf_pp": chrf_pp(texts, refs, script=script),
+           "rouge_l": rouge_l(texts, refs, script=script),
            "script_consistent": float(np.mean(script_consistent(texts, script=script))), "similarity": None}
     if similarity is not None:
         out["similarity"] = similarity_stats(similarity.similarity(texts, refs))

@@ -11,18 +11,19 @@ The default is ``"c"`` when the extension is built and ``"regex"`` otherwise (wi
 once). The environment variable ``SEMGRPO_SCRIPT_BACKEND=c|regex`` or the keyword ``backend=``
 (which wins) forces one; forcing ``"c"`` without the extension raises ImportError.
 
-What counts (issue #11; details and code point lists in `semgrpo.script.tables`): only letters
-decide. A letter of a script is a code point of that script's set whose general category is L*
-or M*: for Tibetan, the consonants, the om syllable, the vowel signs and the subjoined consonants
-of U+0F00-0FFF. Tsheg, shad, the head marks and the other Tibetan punctuation, Tibetan digits,
-symbols, spaces, ASCII digits and punctuation are neutral: they never make a text consistent and
-never make it inconsistent. A text with no letter of the target script (empty, only marks, only
-digits...) is never consistent.
+What counts (issues #11 and #29; details in `semgrpo.script.tables`): only letters decide, for every
+script of the Unicode Character Database (Unicode 17.0.0). A letter of a script is a code point of that
+script (Scripts.txt) whose general category is L* or M*: for Tibetan, the consonants, the om syllable,
+the vowel signs and the subjoined consonants. Common and Inherited letters and marks, digits, spaces,
+punctuation (tsheg, shad and the head marks among it) and symbols are neutral: they never make a text
+consistent and never make it inconsistent. A text with no letter of the target script (empty, only
+marks, only digits...) is never consistent. Scripts are named by ISO 15924 code or Unicode name
+(`semgrpo.script.names`): ``"Tibt"``, ``"Tibetan"``, ``"tibetan"``, ``"Arab"``, ``"Hani+Hira+Kana"``.
 
 Defined answers for unusual input (never a crash): lone surrogates, NUL and other controls,
-unassigned code points and combining marks outside a script class are counted as ``other``
-(neutral); a combining mark of a script class (a Tibetan vowel sign) counts for that script even
-without a base letter. Strings of any length are counted
+unassigned code points and combining marks of no script are counted as ``other`` or
+``common_letter`` (neutral); a combining mark of a script (a Tibetan vowel sign) counts for that
+script even without a base letter. Strings of any length are counted
 (counts are int64). Anything that is not a str (None, bytes, numbers...) raises TypeError naming
 the index and the type; str subclasses are accepted as str.
 """
@@ -35,9 +36,21 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from semgrpo.script.tables import LETTER_CLASSES, SCRIPT_CLASSES, SCRIPTS, class_patterns, class_table
+from semgrpo.script.names import resolve_script
+from semgrpo.script.tables import (
+    FOREIGN,
+    SCRIPT_CLASSES,
+    SCRIPTS,
+    TARGET,
+    UNICODE_VERSION,
+    class_patterns,
+    class_table,
+    consistency_patterns,
+    consistency_table,
+)
 
-__all__ = ["SCRIPT_CLASSES", "SCRIPTS", "script_profile", "script_consistent", "available_backends"]
+__all__ = ["SCRIPT_CLASSES", "SCRIPTS", "UNICODE_VERSION", "script_profile", "script_consistent",
+           "resolve_script", "available_backends"]
 
 BACKENDS = ("c", "regex")
 ENV_VAR = "SEMGRPO_SCRIPT_BACKEND"
@@ -98,10 +111,10 @@ def _as_text_list(texts: object) -> list | tuple:
     raise TypeError(f"texts must be a list/tuple/sequence of str, got {type(texts).__name__}")
 
 
-def _profile_regex(texts: list | tuple, out: np.ndarray) -> None:
-    """Fill ``out[i, k]`` with the number of code points of class ``k`` in ``texts[i]``."""
-    patterns = class_patterns()
-    last = len(SCRIPT_CLASSES) - 1
+def _profile_regex(texts: list | tuple, out: np.ndarray, patterns: tuple) -> None:
+    """Fill ``out[i, k]`` with the number of code points of ``texts[i]`` matched by ``patterns[k]``;
+    the last column gets the rest."""
+    last = out.shape[1] - 1
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"texts[{i}] must be str, got {type(text).__name__}")
@@ -112,6 +125,20 @@ def _profile_regex(texts: list | tuple, out: np.ndarray) -> None:
             row[k] = n
             seen += n
         row[last] = len(text) - seen
+
+
+def _count(texts, backend: str | None, table, patterns, nclasses: int) -> np.ndarray:
+    """[len(texts), nclasses] counts by `table` (C path) or by `patterns` (regex path)."""
+    chosen = _resolve_backend(backend)
+    texts = _as_text_list(texts)
+    out = np.zeros((len(texts), nclasses), dtype=np.int64)
+    if len(texts) == 0:
+        return out
+    if chosen == "c":
+        _c.profile(texts, table(), nclasses, out)
+    else:
+        _profile_regex(texts, out, patterns())
+    return out
 
 
 def script_profile(texts: Sequence[str], *, backend: str | None = None) -> np.ndarray:
@@ -133,16 +160,7 @@ def script_profile(texts: Sequence[str], *, backend: str | None = None) -> np.nd
         ValueError: unknown backend.
         ImportError: backend ``"c"`` requested but not built.
     """
-    chosen = _resolve_backend(backend)
-    texts = _as_text_list(texts)
-    out = np.zeros((len(texts), len(SCRIPT_CLASSES)), dtype=np.int64)
-    if len(texts) == 0:
-        return out
-    if chosen == "c":
-        _c.profile(texts, class_table(), len(SCRIPT_CLASSES), out)
-    else:
-        _profile_regex(texts, out)
-    return out
+    return _count(texts, backend, class_table, class_patterns, len(SCRIPT_CLASSES))
 
 
 def script_consistent(
@@ -155,13 +173,11 @@ def script_consistent(
 ) -> np.ndarray:
     """Decide, per text, whether it is written in ``script`` and not mixed (R_lang).
 
-    A text is consistent when all three hold, counting letters only (the classes in
-    ``LETTER_CLASSES``: the scripts of `SCRIPTS` and ``other_letter``). Spaces, digits,
-    punctuation and symbols are neutral, those of the Tibetan block included (tsheg, shad, head
-    marks such as ``༄༅``, Tibetan digits), and so are combining marks outside a script class:
-    they count neither for nor against.
-    Tibetan letters are its consonants, vowel signs and subjoined consonants (general category
-    L* or M* inside U+0F00-0FFF; see `semgrpo.script.tables`).
+    A text is consistent when all three hold, counting letters only (L* or M* of a script; see
+    `semgrpo.script.tables`). Spaces, digits, punctuation and symbols are neutral, those of the Tibetan
+    block included (tsheg, shad, head marks such as ``༄༅``, Tibetan digits), and so are the letters and
+    marks of Common and Inherited (U+0301, the Arabic harakat, the prolonged sound mark ー): they count
+    neither for nor against.
 
     - it has at least one letter of ``script`` (empty or letter-free text, e.g. ``"་།"`` or
       ``"༄༅ ༡༢"``, is not consistent);
@@ -170,7 +186,9 @@ def script_consistent(
 
     Args:
         texts: List, tuple or other sequence of str.
-        script: Target script, a key of `SCRIPTS` (``"tibetan"``, ``"han"``, ``"latin"``).
+        script: Target: an ISO 15924 code or Unicode name (``"Tibt"``, ``"tibetan"``, ``"Arab"``,
+            ``"Khmer"``), or several joined by ``+`` whose letters all count (``"Hani+Hira+Kana"``);
+            see `semgrpo.script.names`.
         min_ratio: Minimum fraction of target-script letters among all letters, in [0, 1].
         max_foreign: Maximum number of letters from other scripts, an int >= 0.
         backend: ``"c"``, ``"regex"`` or None, as in `script_profile`.
@@ -185,8 +203,7 @@ def script_consistent(
         TypeError: bad ``texts`` (index and type named), non-numeric options.
         ValueError: unknown script or backend, option out of range.
     """
-    if script not in SCRIPTS:
-        raise ValueError(f"script must be one of {tuple(SCRIPTS)}, got {script!r}")
+    codes = resolve_script(script)
     if isinstance(min_ratio, bool) or not isinstance(min_ratio, (int, float, np.integer, np.floating)):
         raise TypeError(f"min_ratio must be a number in [0, 1], got {type(min_ratio).__name__}")
     if not (math.isfinite(min_ratio) and 0.0 <= min_ratio <= 1.0):
@@ -195,9 +212,9 @@ def script_consistent(
         raise TypeError(f"max_foreign must be an int >= 0, got {type(max_foreign).__name__}")
     if max_foreign < 0:
         raise ValueError(f"max_foreign must be >= 0, got {max_foreign!r}")
-    profile = script_profile(texts, backend=backend)
-    letters = profile[:, : len(LETTER_CLASSES)].sum(axis=1)
-    target = profile[:, SCRIPT_CLASSES.index(script)]
+    counts = _count(texts, backend, lambda: consistency_table(codes), lambda: consistency_patterns(codes), 3)
+    target, foreign = counts[:, TARGET], counts[:, FOREIGN]
+    letters = target + foreign
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(letters > 0, target / np.maximum(letters, 1), 0.0)
-    return (target > 0) & (ratio >= float(min_ratio)) & (letters - target <= int(max_foreign))
+    return (target > 0) & (ratio >= float(min_ratio)) & (foreign <= int(max_foreign))

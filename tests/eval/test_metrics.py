@@ -19,9 +19,11 @@ from semgrpo.eval.metrics import (
     chrf_pp,
     chrf_pp_text,
     cmrc_scores,
+    metric_scheme,
     metric_tokens,
     nll_kl_summary,
     rouge_l,
+    sentence_bleu,
     similarity_stats,
     summarize,
     token_nll_kl,
@@ -230,6 +232,67 @@ def test_chrf_pp_equals_sacrebleu_on_dev_pairs(field, script, dev_pairs):
 def test_chrf_pp_empty_outputs_score_zero():
     assert chrf_pp(["", "  "], ["今天", "很好"], script="han") == 0.0
     assert chrf_pp(["།", "་"], ["ཀ་ཁ", "ག"], script="tibetan") == 0.0  # delimiters only: no syllable
+
+
+@pytest.mark.parametrize("script, scheme", [
+    ("tibetan", "syllable"), ("Tibt", "syllable"), ("han", "han"), ("Hani", "han"), ("Hans", "han"),
+    ("Khmr", "character"), ("Thai", "character"), ("Laoo", "character"), ("Mymr", "character"),
+    ("Yiii", "character"), ("Jpan", "character"), ("Hani+Hira+Kana", "character"), ("latin", "latin"),
+    ("Arab", "word"), ("Ethi", "word"), ("Cyrl", "word"), ("Mong", "word"), ("Sinh", "word"), ("Kore", "word"),
+])
+def test_metric_scheme_per_script(script, scheme):
+    assert metric_scheme(script) == scheme
+
+
+def _cldr(lang, n=40):
+    """The first n CLDR territory names of a language, and the same list shifted by one (unrelated outputs)."""
+    from babel import Locale
+
+    names = [v for k, v in sorted(Locale.parse(lang).territories.items()) if v != k][:n]
+    return names, names[1:] + names[:1]
+
+
+def _graphemes(text):
+    return [g for g in regex.findall(r"\X", text) if not g.isspace()]
+
+
+def test_khmer_metrics_count_characters_and_equal_sacrebleu():
+    """Khmer (no word spaces): the units are grapheme clusters; BLEU/chrF/chrF++ equal sacrebleu on them."""
+    refs, unrelated = _cldr("km")
+    hyps = [r if i % 2 else u for i, (r, u) in enumerate(zip(refs, unrelated))]  # half right, half wrong
+    assert all(metric_tokens(t, script="Khmr") == _graphemes(t) for t in refs)  # no Latin in these names
+    assert metric_tokens("ខ្មែរ ភាសា", script="khmer") == ["ខ្មែ", "រ", "ភា", "សា"]  # coeng + subscript in one
+    joined = [[" ".join(_graphemes(t)) for t in texts] for texts in (hyps, refs)]
+    assert bleu(hyps, refs, script="Khmr") == sacrebleu.corpus_bleu(joined[0], [joined[1]], tokenize="none").score
+    assert 30 < bleu(hyps, refs, script="Khmr") < 90
+    assert chrf(hyps, refs, script="Khmr") == sacrebleu.corpus_chrf(hyps, [refs]).score
+    assert chrf_pp(hyps, refs, script="Khmr") == sacrebleu.corpus_chrf(joined[0], [joined[1]], word_order=2).score
+    # Without units a Khmer name is one whitespace word: BLEU would see far fewer n-grams than characters
+    assert len(sacrebleu.BLEU().corpus_score(hyps, [refs]).counts) == 4
+
+
+def test_sentence_bleu_per_script_equals_sacrebleu():
+    """The BLEU reward's score: the old tokenization for Tibetan, Chinese and Latin, the units for the others."""
+    bo, zh = ("ཀ་ཁ་ག་ང།", "ཀ་ཁ་ག"), ("今天天气很好", "今天很好")
+    assert sentence_bleu(*bo, script="tibetan") == sacrebleu.sentence_bleu("ཀ ཁ ག ང", ["ཀ ཁ ག"], tokenize="none").score
+    assert sentence_bleu(*zh, script="han") == sacrebleu.sentence_bleu(zh[0], [zh[1]], tokenize="zh").score
+    assert sentence_bleu("a b c d", "a b c", script="latin") == sacrebleu.sentence_bleu("a b c d", ["a b c"]).score
+    km = ("ព្រះរាជាណាចក្រកម្ពុជា", "ព្រះរាជាណាចក្រ")
+    want = sacrebleu.sentence_bleu(" ".join(_graphemes(km[0])), [" ".join(_graphemes(km[1]))], tokenize="none")
+    assert sentence_bleu(*km, script="Khmr") == want.score > 0
+
+
+def test_word_scripts_equal_sacrebleu_intl_and_count_words():
+    for lang, script in (("ug", "Arab"), ("am", "Ethi"), ("mn", "Cyrl")):
+        refs, unrelated = _cldr(lang)
+        hyps = [r if i % 2 else u for i, (r, u) in enumerate(zip(refs, unrelated))]
+        assert bleu(hyps, refs, script=script) == sacrebleu.corpus_bleu(hyps, [refs], tokenize="intl").score
+        assert chrf(hyps, refs, script=script) == sacrebleu.corpus_chrf(hyps, [refs]).score
+        assert chrf_pp(hyps, refs, script=script) == sacrebleu.corpus_chrf(hyps, [refs], word_order=2).score
+    # ROUGE-L on words, punctuation dropped: [ئۇيغۇر تىلى] vs [ئۇيغۇر تىلى ۋە]: LCS 2, P=1, R=2/3 -> 0.8
+    assert rouge_l(["ئۇيغۇر تىلى،"], ["ئۇيغۇر تىلى ۋە"], script="Arab") == pytest.approx(80.0)
+    assert metric_tokens("አማርኛ ቋንቋ።", script="Ethi") == ["አማርኛ", "ቋንቋ"]  # Ethiopic full stop dropped
+    assert metric_tokens("Монгол Улс", script="Cyrl") == ["монгол", "улс"]  # lower-cased, as rouge-score does
 
 
 @pytest.mark.parametrize("fn", [bleu, chrf, chrf_pp, rouge_l])

@@ -8,8 +8,12 @@ paths. Both paths must also agree on `script_consistent` for every script, and a
 string must be inconsistent with every script (issue #11).
 """
 import sys
+from pathlib import Path
 
 import atheris
+
+# This checkout's semgrpo, not an installed one (sys.path[0] is tests/script when run as a script).
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 with atheris.instrument_imports():
     import numpy as np
@@ -26,7 +30,7 @@ _NEUTRAL = tuple(
            0xFF0C, *range(0x2160, 0x2183), 0xFA6E, 0x20AC, 0x1F600}
     )
 )
-_SCRIPTS = ("tibetan", "han", "latin")
+_SCRIPTS = ("tibetan", "han", "latin", "Arab", "Khmr", "Hani+Hira+Kana")
 
 
 def _texts(fdp):

@@ -57,24 +57,13 @@ def _real_texts(root):
 def test_real_data_c_equals_regex(real_data_root):
     texts = _real_texts(real_data_root)
     prof = both(texts)
-    assert prof[:, SCRIPT_CLASSES.index("tibetan")].sum() > 700_000  # letters only: tsheg/shad are punct
-    assert prof[:, SCRIPT_CLASSES.index("han")].sum() > 500_000
+    assert prof[:, SCRIPT_CLASSES.index("Tibt")].sum() > 700_000  # letters only: tsheg/shad are punct
+    assert prof[:, SCRIPT_CLASSES.index("Hani")].sum() > 500_000
     for script in ("tibetan", "han", "latin"):
         for kw in ({}, {"min_ratio": 0.8, "max_foreign": 3}):
             c = script_consistent(texts, script=script, backend="c", **kw)
             r = script_consistent(texts, script=script, backend="regex", **kw)
             np.testing.assert_array_equal(c, r)
-
-
-def test_every_code_point_single():
-    """All 0x110000 code points as one-character strings, against the table and the regex path."""
-    table = class_table()
-    singles = [chr(cp) for cp in range(0x110000)]
-    prof = script_profile(singles, backend="c")
-    np.testing.assert_array_equal(prof.argmax(axis=1), table)
-    np.testing.assert_array_equal(prof.sum(axis=1), 1)
-    sample = singles[::97] + singles[0xD800:0xE000:7] + singles[0xF00:0x1000]
-    both(sample)
 
 
 code_points = st.integers(min_value=0, max_value=0x10FFFF)
@@ -109,7 +98,7 @@ text = st.one_of(
 @given(st.lists(text, max_size=12))
 def test_hypothesis_c_equals_regex(texts):
     both(texts)
-    for script in ("tibetan", "han", "latin"):
+    for script in ("tibetan", "han", "latin", "Arab", "Khmr", "Hani+Hira+Kana"):
         np.testing.assert_array_equal(
             script_consistent(texts, script=script, backend="c"),
             script_consistent(texts, script=script, backend="regex"),
@@ -171,7 +160,7 @@ def test_long_runs_cross_pack_blocks():
     """Runs longer than the packed counters' 255-per-lane block, every length around it."""
     texts = ["ཀ" * n for n in range(1015, 1030)] + ["ཀ中a1 ," * 4000, "\U00020000" * 5000, "a" * 100_000]
     prof = both(texts)
-    assert prof[0, SCRIPT_CLASSES.index("tibetan")] == 1015
+    assert prof[0, SCRIPT_CLASSES.index("Tibt")] == 1015
 
 
 def test_hundred_megabyte_string():
@@ -179,9 +168,9 @@ def test_hundred_megabyte_string():
     prof = script_profile([s], backend="c")[0]
     reps = 100_000_000 // 30
     want = np.zeros(N, dtype=np.int64)
-    want[SCRIPT_CLASSES.index("tibetan")] = 6 * reps
+    want[SCRIPT_CLASSES.index("Tibt")] = 6 * reps
     want[SCRIPT_CLASSES.index("punct")] = reps  # the tsheg
-    want[SCRIPT_CLASSES.index("han")] = 2 * reps
+    want[SCRIPT_CLASSES.index("Hani")] = 2 * reps
     want[SCRIPT_CLASSES.index("space")] = 2 * reps
     np.testing.assert_array_equal(prof, want)
 
@@ -201,7 +190,7 @@ def test_c_private_entry_rejects_bad_buffers():
         c.profile(["a"], table[:100], N, out)
     with pytest.raises(ValueError, match="nclasses must be in"):
         c.profile(["a"], table, 0, out)
-    with pytest.raises(ValueError, match="class index 7, expected < nclasses = 5"):
+    with pytest.raises(ValueError, match=f"class index {N - 1}, expected < nclasses = 5"):
         c.profile(["a"], table, 5, np.zeros((1, 5), dtype=np.int64))
     with pytest.raises(TypeError, match="int64"):
         c.profile(["a"], table, N, np.zeros((1, N), dtype=np.float64))
@@ -296,7 +285,7 @@ def test_no_leak_million_calls():
 
 @pytest.mark.parametrize("nclasses", [1, 8, 9, 16, 17, 40, 255])
 def test_c_paths_for_other_class_counts(nclasses):
-    """Tables with more classes (a new script added) take the 16-class or general path: exact too."""
+    """Tables of every class count take the 8-class, 16-class or general path: exact on each."""
     rng = np.random.default_rng(nclasses)
     table = rng.integers(0, nclasses, size=0x110000, dtype=np.uint8)
     texts = ["".join(map(chr, rng.integers(0, hi, size=int(n)))) for hi in (0x100, 0x10000, 0x110000) for n in (0, 3, 300, 5000)]
