@@ -13,7 +13,8 @@ reproduce/config.yaml. In order:
 2. Base (`reproduce/base_model.py`, cached): a small Qwen3 pretrained on Chinese and Tibetan text, the reward
    encoder and an independent one. Gate 1: its test OOD NLL against a unigram model's.
 3. Seed 0: the cold start and Strong SFT. Gate 2: Strong SFT's test chrF against the random-training-line floor.
-   Either gate failing ends the run with "not testable at this size" and the numbers.
+   Either gate failing ends the run with "not testable at this size", the numbers, and the figure and table of
+   what ran (base, cold start, Strong SFT).
 4. Seed 0's grids (`reproduce/grid.py`): GRPO at three learning rates, GRPO with a KL term, GRPO with a length
    reward, SFT continuation at three rates, every checkpoint evaluated on select and test. The learning rates
    and the matched quality q* are picked on select (`reproduce/frontier.py`).
@@ -54,7 +55,7 @@ from semgrpo.data_root import data_root  # noqa: E402
 from semgrpo.prompts import get_task  # noqa: E402
 
 CONFIG = HERE / "reproduce" / "config.yaml"
-SECTIONS = ("split", "seeds", "cold_fraction", "base", "trainer", "deepspeed", "checkpoints", "arms", "variants",
+SECTIONS = ("split", "seeds", "cold_fraction", "pretrain_pair_sides", "base", "trainer", "deepspeed", "checkpoints", "arms", "variants",
             "grids", "evaluation", "gate")
 
 
@@ -96,7 +97,10 @@ def prepare_data(cfg: dict, paths: dict, data: Path) -> tuple[dict, BaseInputs]:
     train = split.train
     n_cold = round(len(train) * float(cfg["cold_fraction"]))
     rest = train[n_cold:]
-    files = {"pretraining": [{"text": t} for t in corpus.pretraining],
+    pretraining = corpus.pretraining
+    if cfg["pretrain_pair_sides"]:  # each side of every training pair as plain text, never the pair together
+        pretraining = pretraining + [p["zh"] for p in train] + [p["bo"] for p in train]
+    files = {"pretraining": [{"text": t} for t in pretraining],
              "reward_encoder": train[0::2], "independent_encoder": train[1::2],  # disjoint halves
              "cold_start": train[:n_cold], "grpo": rest, "sft_continuation": rest, "strong_sft": train,
              "tau": rest[: cfg["trainer"]["reward"]["tau_samples"]],  # prompts GRPO trains on anyway
@@ -104,12 +108,12 @@ def prepare_data(cfg: dict, paths: dict, data: Path) -> tuple[dict, BaseInputs]:
              "ood_select": [{"text": t} for t in ood_select], "ood_test": [{"text": t} for t in ood_test]}
     for name, records in files.items():
         write_jsonl(data / f"{name}.jsonl", records)
-    hygiene = check_hygiene(data, pretraining=corpus.pretraining)
+    hygiene = check_hygiene(data, pretraining=pretraining)
     counts = {"pairs_read": split.pairs_read, "clusters": split.clusters, "train": len(train), "cold_start": n_cold,
               "continuation": len(rest), "select": len(split.select), "test": len(split.test),
               "ood_select": len(ood_select), "ood_test": len(ood_test), "ood_candidates": len(corpus.ood),
               "tibetan_lines_removed_from_pretraining": corpus.tibetan_lines_removed, "hygiene": hygiene}
-    inputs = BaseInputs(pretraining=corpus.pretraining, reward_encoder_pairs=files["reward_encoder"],
+    inputs = BaseInputs(pretraining=pretraining, reward_encoder_pairs=files["reward_encoder"],
                         independent_encoder_pairs=files["independent_encoder"], diagnostic_pairs=split.select,
                         ood={"select": ood_select, "test": ood_test})
     return counts, inputs
@@ -211,7 +215,10 @@ def _run(cfg: dict, args, paths: dict, out: Path, results_dir: Path, cache: Path
     if not gate["passed"]:
         _say("not testable at this size: a gate failed; no verdict (see the numbers above)")
         meta["wall_seconds"] = {"base": round(base_seconds, 1), "stages": timings}
-        write_report(results_dir, meta=meta, runs={}, picked=None, matched=None)
+        ran = {0: {name: {which: evals(0, name, which) for which in grid.SETS} for name in ("cold_start", "strong_sft")}}
+        write_report(results_dir, meta=meta, runs=ran, picked=None, matched=None)  # what ran is still drawn
+        _say(f"done in {(time.perf_counter() - started) / 60:.1f} min; results in {results_dir}")
+        print((results_dir / "table.md").read_text(encoding="utf-8"))
         return 0
 
     run(seed0)

@@ -218,3 +218,22 @@ def test_quick_rerun_skips_finished_stages_and_a_failing_stage_names_its_log(qui
     r = _run("--quick", "--config", bad, "--output", tmp_path / "o", "--cache", root / "cache", data=data)
     assert r.returncode == 1
     assert "stage seed0." in r.stderr and "failed (exit 2)" in r.stderr and "loss_type" in r.stderr
+
+
+def test_a_failing_gate_says_not_testable_and_still_reports_what_ran(quick, tmp_path):
+    root, _, data = quick
+    cfg = (ROOT / "benchmarks" / "reproduce" / "config.yaml").read_text(encoding="utf-8")
+    off = "gate: {base_gap_nats: -1.0e+9, chrf_over_floor: -1.0e+9}"
+    assert off in cfg
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(cfg.replace(off, "gate: {base_gap_nats: 1.0e+9, chrf_over_floor: -1.0e+9}"), encoding="utf-8")
+    r = _run("--quick", "--config", strict, "--output", root / "out", "--cache", root / "cache",
+             "--results", tmp_path / "results", data=data)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "not testable at this size" in r.stdout and "seed0.grpo" not in r.stdout  # nothing past the gate ran
+    results = json.loads((tmp_path / "results" / "results.json").read_text(encoding="utf-8"))
+    assert results["gate"]["passed"] is False and results["matched"]["grpo_tax_lower"] is False
+    assert set(results["curves"]["0"]) == {"cold_start", "strong_sft"}
+    table = (tmp_path / "results" / "table.md").read_text(encoding="utf-8")
+    assert "FAILS" in table and "Not testable at this size" in table and "| Strong SFT |" in table
+    assert (tmp_path / "results" / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -99,8 +99,10 @@ def markdown(results: dict, curves: dict, picked: dict | None, base: dict) -> st
     lines += ["", "## Matched quality: Δ test OOD NLL at q* (the pre-registered test)", ""]
     if not g.get("passed"):
         lines += ["**Not testable at this size**: a gate failed, so no arm beyond the cold start and Strong SFT ran "
-                  "and there is no verdict."]
-        return "\n".join(lines) + "\n"
+                  "and there is no verdict.", ""]
+        rows = {arm: {s: curves[s][arm]["test"][-1] for s in curves if arm in curves[s]}
+                for arm in ("cold_start", "strong_sft")}
+        return "\n".join(lines + _paper_table(base, rows)) + "\n"
     q = m["q_star"]
     lines += [f"Picked on seed 0's select curves: GRPO lr x{picked['grpo']:g}, SFT continuation lr "
               f"x{picked['sft_continuation']:g} (of the SFT rate); q* = "
@@ -115,11 +117,14 @@ def markdown(results: dict, curves: dict, picked: dict | None, base: dict) -> st
         ci = "" if d["low"] is None else f", 95% interval [{d['low']:+.3f}, {d['high']:+.3f}]"
         lines.append(f"| mean | | | {d['mean']:+.3f}{ci} |")
     lines += ["", f"**Verdict: GRPO pays less tax = {m['grpo_tax_lower']}** ({m['reason']}).", ""]
-    rows = paper_rows(curves, picked)
-    lines += ["## The paper's table (test sets, last checkpoint; mean ± 95% interval over seeds)", "",
-              "| Model | BLEU | chrF | Similarity (reward) | Similarity (independent) | Length | At cap | "
-              "Δ OOD NLL | of it: script shift | renormalised | KL to base |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    return "\n".join(lines + _paper_table(base, paper_rows(curves, picked))) + "\n"
+
+
+def _paper_table(base: dict, rows: dict) -> list[str]:
+    lines = ["## The paper's table (test sets, last checkpoint; mean ± 95% interval over seeds)", "",
+             "| Model | BLEU | chrF | Similarity (reward) | Similarity (independent) | Length | At cap | "
+             "Δ OOD NLL | of it: script shift | renormalised | KL to base |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for arm, by_seed in {"base": base, **rows}.items():
         pts = list(by_seed.values())
         col = lambda f, d, signed=False: _iv([getattr(p, f) for p in pts], d, signed)
@@ -127,7 +132,7 @@ def markdown(results: dict, curves: dict, picked: dict | None, base: dict) -> st
                      f"{col('similarity_independent', 3)} | {col('mean_length', 1)} | {col('capped_share', 2)} | "
                      f"{col('delta_nll', 3, True)} | {col('script_shift', 3, True)} | "
                      f"{col('nll_renormalised', 3, True)} | {col('kl', 3)} |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def plot_frontier(curves: dict, base: dict, gate: dict, q_star: float | None, path: Path) -> None:
