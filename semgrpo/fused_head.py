@@ -186,12 +186,17 @@ def forward_to_logprobs(lm, args, kwargs, *, hidden_of, ids, on, temperature: fl
 
 @contextlib.contextmanager
 def _forward_replaced(lm, forward):
-    """Within the block, calls of `lm` (also through PEFT, DeepSpeed and other wrappers) run `forward`."""
+    """Within the block, calls of `lm` (also through PEFT, DeepSpeed and other wrappers) run `forward`; then the
+    model's own forward again (an instance attribute that was there before, such as a patched forward, included)."""
+    previous = lm.__dict__.get("forward")
     lm.forward = forward
     try:
         yield
     finally:
-        del lm.forward
+        if previous is None:
+            del lm.forward
+        else:
+            lm.forward = previous
 
 
 def completion_logprobs(model, r, *, temperature: float, with_entropy: bool = False):
