@@ -54,4 +54,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from semgrpo.errors import run_entry_point
+
+    sys.exit(run_entry_point("_loss_type_runs.py", main))  # leaves the process group on every way out
