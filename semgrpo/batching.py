@@ -8,6 +8,7 @@ every rank agrees on it and a resumed run continues at exactly the same data pos
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import torch
 
 from semgrpo import dist
 from semgrpo.config import ConfigError, GRPOConfig
-from semgrpo.ops import group_advantages, zero_std_groups
+from semgrpo.ops import TRL_LOSS_TYPES, LossOptions, group_advantages, zero_std_groups
 
 
 @dataclass(frozen=True)
@@ -163,8 +164,13 @@ class PromptStream:
 LOSS_STATS = ("loss", "kl", "clip_ratio_low", "clip_ratio_high", "clip_ratio_region", "entropy")
 
 
-# The aggregations LossNormalizer can split over ranks and micro-batches: what grpo.loss_type may be.
-TRAINER_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+# The aggregations LossNormalizer splits over ranks and micro-batches: every loss type of the ops.
+TRAINER_LOSS_TYPES = TRL_LOSS_TYPES
+
+
+def loss_options(grpo: GRPOConfig) -> LossOptions:
+    """The loss options of a run: the config keys of the same names (grpo.eps_low, grpo.loss_type, ...)."""
+    return LossOptions(**{f.name: getattr(grpo, f.name) for f in dataclasses.fields(LossOptions)})
 
 
 @dataclass(frozen=True)
@@ -173,28 +179,47 @@ class LossNormalizer:
     applied once to every rank's in-loss completions together, whatever the world size, accumulation and
     micro-batch sizes (and however unevenly skipped groups left the micro-batches).
 
-    The global loss per `loss_type`, over the in-loss completions b and their tokens t:
-      grpo    : (1 / sequences) * sum_b mean_t l_bt
-      bnpo    : sum_bt l_bt / tokens
-      dr_grpo : sum_bt l_bt / (sequences * max_completion_length)
-      dapo    : sum_bt l_bt / tokens  (the loss divides by num_items_in_batch = tokens)
-    `policy_loss_from_logps` returns the micro-batch's own version of that formula; `share` rescales it to its
-    part of the global one. DeepSpeed then divides every backward by the accumulation steps and averages over ranks,
-    which `ranks_times_accumulation` undoes.
+    Notation: the global batch holds S in-loss completions b (`sequences`, over all ranks) with N completion
+    tokens t in the loss (`tokens`; a truncated completion under grpo.mask_truncated_completions is in S with no
+    tokens, as TRL keeps it in its batch with a zeroed mask), l_bt the per-token loss of the type (its
+    surrogate times any importance weight, plus beta * KL) and L = grpo.max_completion_length. Every l_bt depends
+    on its own completion only: the ratios, the sequence-level ratio of "sequence" importance sampling (a mean
+    over the completion's own tokens), vespo's gamma weight (a function of the completion's own ratio) and the
+    bias-corrected KL. So the global loss is a sum over completions, and what couples the micro-batches is the
+    normaliser alone. TRL 1.16's formulas on the global batch, and the micro-batch's part of each:
+
+      grpo, sapo : (1/S) sum_b mean_t l_bt.      A micro-batch of n rows computes (1/n) sum_{b in mb} mean_t l_bt;
+                   times n/S it is its part.       share = rows / S
+      luspo      : (1/S) sum_b sum_t l_bt.       Locally (1/n) sum_{b in mb} sum_t l_bt; share = rows / S
+      dr_grpo    : sum_bt l_bt / (S * L).        Locally sum_{mb} l_bt / (n * L); share = rows / S
+      bnpo       : sum_bt l_bt / N.              Locally sum_{mb} l_bt / n_t (its own n_t tokens);
+                                                 share = tokens / N
+      dapo, cispo, vespo : sum_bt l_bt / N (TRL divides by num_items_in_batch, the token count of the batch).
+                   The micro-batch is given num_items_in_batch = N, so it already computes its part; share = 1
+
+    `policy_loss_from_logps` returns the micro-batch's own version of the formula; `share` rescales it to its part
+    of the global one. DeepSpeed then divides every backward by the accumulation steps and averages over ranks,
+    which `ranks_times_accumulation` undoes. bnpo and dapo coincide here: in TRL they differ only in how they
+    accumulate over micro-batches, and here the micro-batches always add up to the global batch.
     """
 
     loss_type: str
     sequences: int  # in-loss completions over all ranks
-    tokens: float  # their completion tokens
+    tokens: float  # their completion tokens in the loss
     ranks_times_accumulation: int
 
     def share(self, *, rows: int, tokens: float) -> float:
-        """Weight of a micro-batch of `rows` completions holding `tokens` completion tokens."""
-        if self.loss_type in ("grpo", "dr_grpo"):  # means over the micro-batch's sequences
+        """Weight of a micro-batch of `rows` completions holding `tokens` completion tokens in the loss."""
+        if self.loss_type in ("grpo", "sapo", "luspo", "dr_grpo"):  # means over the micro-batch's sequences
             return rows / self.sequences
         if self.loss_type == "bnpo":  # the micro-batch's token mean
-            return tokens / self.tokens
-        return 1.0  # dapo: already divided by the global token count
+            return tokens / self.tokens if self.tokens else 0.0
+        return 1.0  # dapo, cispo, vespo: already divided by the global token count (num_items_in_batch)
+
+    @property
+    def num_items_in_batch(self) -> float | None:
+        """What the token-sum types divide by: the global token count (None when there is none: a zero loss)."""
+        return self.tokens or None
 
 
 @dataclass
@@ -204,36 +229,43 @@ class GlobalBatch:
     advantages: torch.Tensor  # [n] this rank's completions (CPU)
     all_rewards: torch.Tensor  # [world * n] every rank's, in rank order
     all_lengths: torch.Tensor  # [world * n] completion tokens
-    my_lengths: torch.Tensor  # [n]
+    all_truncated: torch.Tensor  # [world * n] completions left out of the loss by grpo.mask_truncated_completions
+    my_loss_tokens: torch.Tensor  # [n] completion tokens in the loss (0 for a masked truncated completion)
     group_std: torch.Tensor  # [world * n / G]
     informative: torch.Tensor  # [world * n / G] groups whose rewards differ
     norm: LossNormalizer
     micro_batches: list[torch.Tensor]  # this rank's in-loss rows, grad_accum parts (some may be empty)
 
 
-def plan_global_batch(rewards: torch.Tensor, lengths: torch.Tensor, grpo: GRPOConfig, plan: BatchPlan) -> GlobalBatch:
+def plan_global_batch(rewards: torch.Tensor, lengths: torch.Tensor, grpo: GRPOConfig, plan: BatchPlan, *,
+                      truncated: torch.Tensor | None = None) -> GlobalBatch:
     """Advantages over the gathered global batch (as TRL computes them, so scale_rewards="batch" divides by the
     global std at any world size), and the completions the loss covers. A zero-variance group has advantage 0:
     with beta == 0 it adds no gradient and is left out (it would only dilute the others); with beta > 0 its KL
-    still pulls, so every completion stays in, as in TRL.
+    still pulls, so every completion stays in, as in TRL. `truncated` completions (grpo.mask_truncated_completions)
+    keep their place in the advantages and in the loss's sequence count, with no tokens in the loss (TRL's
+    masking).
 
     Shape:
-        rewards, lengths: [n] this rank's completions
+        rewards, lengths, truncated: [n] this rank's completions
     """
     n, rank = len(rewards), dist.rank()
     mine = slice(rank * n, (rank + 1) * n)
-    gathered = dist.gather_cat(torch.stack([rewards.float(), lengths.to(rewards.device).float()], dim=1)).cpu()
-    all_rewards, all_lengths = gathered[:, 0], gathered[:, 1]
+    cut = torch.zeros(n) if truncated is None else truncated.float()
+    columns = [rewards.float(), lengths.float(), cut]
+    gathered = dist.gather_cat(torch.stack([c.to(rewards.device) for c in columns], dim=1)).cpu()
+    all_rewards, all_lengths, all_truncated = gathered[:, 0], gathered[:, 1], gathered[:, 2] != 0
+    loss_tokens = torch.where(all_truncated, 0.0, all_lengths)
     advantages, group_std = group_advantages(all_rewards, grpo.group_size, scale=grpo.scale_rewards,
                                              eps=grpo.advantage_eps, return_group_std=True)
     informative = ~zero_std_groups(all_rewards, grpo.group_size)
     in_loss = informative.repeat_interleave(grpo.group_size)
     if grpo.beta > 0:
         in_loss = torch.ones_like(in_loss)
-    norm = LossNormalizer(grpo.loss_type, sequences=int(in_loss.sum()), tokens=float(all_lengths[in_loss].sum()),
+    norm = LossNormalizer(grpo.loss_type, sequences=int(in_loss.sum()), tokens=float(loss_tokens[in_loss].sum()),
                           ranks_times_accumulation=plan.world_size * plan.grad_accum)
     keep = in_loss[mine].nonzero().flatten()
     micro_batches = [torch.as_tensor(part, dtype=torch.long) for part in np.array_split(keep.numpy(), plan.grad_accum)]
     return GlobalBatch(advantages=advantages[mine], all_rewards=all_rewards, all_lengths=all_lengths,
-                       my_lengths=all_lengths[mine], group_std=group_std, informative=informative, norm=norm,
-                       micro_batches=micro_batches)
+                       all_truncated=all_truncated, my_loss_tokens=loss_tokens[mine], group_std=group_std,
+                       informative=informative, norm=norm, micro_batches=micro_batches)

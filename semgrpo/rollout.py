@@ -42,6 +42,19 @@ class Rollout:
         return Rollout(*(t[rows] for t in (self.prompt_ids, self.prompt_mask, self.completion_ids,
                                            self.completion_mask)))
 
+    def truncated(self, eos_ids: list[int]) -> torch.Tensor:
+        """[N] bool: the completions that hold no eos, i.e. were cut off at the length limit."""
+        is_eos = torch.isin(self.completion_ids, torch.tensor(eos_ids, device=self.completion_ids.device))
+        return ~(is_eos & (self.completion_mask != 0)).any(dim=1)
+
+    def masking(self, rows: torch.Tensor | None) -> Rollout:
+        """The rollout with the completions of the [N] bool `rows` masked out (None: unchanged), as TRL's
+        mask_truncated_completions does: they stay in the batch with no token in the loss."""
+        if rows is None:
+            return self
+        mask = self.completion_mask * (~rows.to(self.completion_mask.device)).to(self.completion_mask.dtype)[:, None]
+        return Rollout(self.prompt_ids, self.prompt_mask, self.completion_ids, mask)
+
     @staticmethod
     def cat(parts: list[Rollout], *, pad_id: int) -> Rollout:
         """Rows of several rollouts in order; prompts padded on the left and completions on the right to the

@@ -23,6 +23,7 @@ from semgrpo.batching import (
     PromptOrder,
     PromptStream,
     check_group_fit,
+    loss_options,
     plan_global_batch,
 )
 from semgrpo.checkpoint import clean_stale_tmp, load_checkpoint, save_checkpoint
@@ -35,7 +36,7 @@ from semgrpo.fused_head import check_fusable, completion_logprobs
 from semgrpo.interrupt import GracefulInterrupt
 from semgrpo.memory_plan import announce_plan
 from semgrpo.modeling import build_engine, build_reference, load_policy, load_reward_encoder
-from semgrpo.ops.grpo_loss import policy_loss_from_logps
+from semgrpo.ops import policy_loss_from_logps
 from semgrpo.rewards import build_reward_functions, score_on_every_rank
 from semgrpo.rollout import (
     GatheredWeights,
@@ -108,8 +109,12 @@ def grpo_step(run: GRPORun, draw: Callable[[], list[Example]]) -> tuple[dict[str
         scored = keep_informative(rounds, group_size=grpo.group_size, pad_id=run.setup.tokenizer.pad_token_id)
         rollout, rewards = scored.rollout, scored.rewards
 
-        # 4. Advantages over the global batch, the completions the loss covers, and their micro-batches.
-        step = plan_global_batch(rewards, rollout.completion_mask.sum(1).float(), grpo, run.plan)
+        # 4. Advantages over the global batch, the completions the loss covers, and their micro-batches. With
+        #    grpo.mask_truncated_completions a completion cut off at the length limit keeps its advantage's place
+        #    but has no token in the loss.
+        truncated = rollout.truncated(run.eos) if grpo.mask_truncated_completions else None
+        step = plan_global_batch(rewards, rollout.completion_mask.sum(1).float(), grpo, run.plan, truncated=truncated)
+        rollout = rollout.masking(truncated)
         advantages = step.advantages.to(engine.device)
 
         # 5. Old log-probs (only when mu > 1) and reference log-probs (only when beta > 0), no grad.
@@ -127,9 +132,10 @@ def grpo_step(run: GRPORun, draw: Callable[[], list[Example]]) -> tuple[dict[str
         if not grpo.gathered_policy_pass:
             weights.release()
         totals = {name: torch.zeros((), dtype=torch.float64, device=engine.device) for name in LOSS_STATS}
+        options = loss_options(grpo)
         for _ in range(grpo.num_iterations):
             for i, rows in enumerate(step.micro_batches):
-                tokens = float(step.my_lengths[rows].sum())
+                tokens = float(step.my_loss_tokens[rows].sum())
                 share = step.norm.share(rows=len(rows), tokens=tokens) if len(rows) else 0.0
                 rows = rows if len(rows) else torch.tensor([0])
                 mb = rollout.select(rows)
@@ -139,9 +145,7 @@ def grpo_step(run: GRPORun, draw: Callable[[], list[Example]]) -> tuple[dict[str
                     logp, mb.completion_mask, advantages[rows.to(advantages.device)],
                     old_logps=None if old_logps is None else old_logps[i],
                     ref_logps=None if ref_logps is None else ref_logps[i],
-                    eps_low=grpo.eps_low, eps_high=grpo.eps_high, beta=grpo.beta, loss_type=grpo.loss_type,
-                    max_completion_length=grpo.max_completion_length, num_items_in_batch=step.norm.tokens or None,
-                    entropy=entropy)
+                    num_items_in_batch=step.norm.num_items_in_batch, entropy=entropy, options=options)
                 engine.backward(loss * (share * step.norm.ranks_times_accumulation))
                 if engine.is_gradient_accumulation_boundary():
                     weights.release()  # the optimizer writes partitioned weights
@@ -153,6 +157,8 @@ def grpo_step(run: GRPORun, draw: Callable[[], list[Example]]) -> tuple[dict[str
 
     # 7. Metrics over all ranks.
     metrics = _step_metrics(engine, grpo, step, scored.per_fn, totals, timer)
+    if grpo.mask_truncated_completions:
+        metrics["completion/masked_truncated_fraction"] = step.all_truncated.float().mean().item()
     if grpo.dynamic_sampling:
         metrics.update({"sampling/rounds": len(rounds), "sampling/prompts_drawn": len(rounds) * run.prompts_per_step,
                         "sampling/informative_fraction": step.informative.float().mean().item()})

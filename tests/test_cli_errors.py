@@ -45,6 +45,12 @@ def test_bad_value_type(out_dir):
     _assert_user_error(proc, "grpo.group_size must be an integer", out_dir=out_dir)
 
 
+def test_bad_loss_type(out_dir):
+    proc = run_cli("train_grpo.py", f"output_dir={out_dir}", "grpo.loss_type=ppo")
+    _assert_user_error(proc, "grpo.loss_type must be one of grpo, bnpo, dr_grpo, dapo, cispo, sapo, luspo, vespo; "
+                       "got 'ppo'", out_dir=out_dir)
+
+
 def test_missing_config_file(out_dir):
     proc = run_cli("train_grpo.py", "--config", str(out_dir / "nope.yaml"))
     _assert_user_error(proc, "config file not found", out_dir=out_dir)

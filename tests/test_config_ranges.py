@@ -109,7 +109,27 @@ BAD = [
     ("grpo.epochs=.inf", "grpo.epochs must be a finite number >= 0, got inf"),
     ("grpo.epochs=0", "grpo.epochs must be > 0 when grpo.max_steps is unset"),
     ("tax_meter.every_steps=-1", "tax_meter.every_steps must be >= 0 (0 = off), got -1"),
+    # the loss keys of issue 26 (delta is `float | None`, outside the numeric walk above)
+    ("grpo.loss_type=ppo", "grpo.loss_type must be one of grpo, bnpo, dr_grpo, dapo, cispo, sapo, luspo, vespo; "
+                           "got 'ppo'"),
+    ("grpo.importance_sampling_level=batch", "grpo.importance_sampling_level must be one of token, sequence"),
+    ("grpo.delta=1", "grpo.delta must be a finite number > 1, or null (off), got 1.0"),
+    ("grpo.delta=-1000000000", "grpo.delta must be a finite number > 1, or null (off)"),
+    ("grpo.delta=.inf", "grpo.delta must be a finite number > 1, or null (off), got inf"),
+    ("grpo.delta=.nan", "grpo.delta must be a finite number > 1, or null (off), got nan"),
+    ("grpo.delta=wide", "grpo.delta must be a number, got 'wide'"),
+    ("grpo.use_bias_correction_kl=1", "grpo.use_bias_correction_kl must be true or false, got 1"),
+    ("grpo.mask_truncated_completions=yes please", "grpo.mask_truncated_completions must be true or false"),
+    ("grpo.sapo_temperature_neg=0", "grpo.sapo_temperature_neg must be a finite number > 0, got 0.0"),
+    ("grpo.vespo_lambda_pos=0", "grpo.vespo_lambda_pos must be a finite number > 0, got 0.0"),
+    ("grpo.vespo_k_neg=-1", "grpo.vespo_k_neg must be a finite number >= 0, got -1.0"),
 ]
+
+
+def test_cispo_needs_an_absolute_cap_of_at_least_one():
+    _rejects("grpo.loss_type=cispo", "grpo.loss_type cispo caps the importance ratio at grpo.eps_high itself",
+             "grpo.eps_high 0.2 < 1", "5.0")
+    assert load_config([], ["grpo.loss_type=cispo", "grpo.eps_high=5"]).grpo.eps_high == 5.0
 
 
 @pytest.mark.parametrize("override,message", BAD, ids=[o for o, _ in BAD])
@@ -121,7 +141,9 @@ GOOD = ["grpo.max_steps=-1", "grpo.max_steps=0", "grpo.max_steps=5", "grpo.epoch
         "run.sample_every=0", "grpo.generation_batch_size=0", "reward.tau=0", "reward.tau=0.75",
         "reward.tau=auto", "grpo.warmup_ratio=1", "grpo.top_p=1", "model.lora.dropout=0", "grpo.beta=0",
         "reward.script=han", "reward.script=", "reward.min_script_ratio=1", "reward.max_foreign=0", "seed=0",
-        "tax_meter.every_steps=0", "seed=4294967295"]
+        "tax_meter.every_steps=0", "seed=4294967295", "grpo.delta=null", "grpo.delta=1.5", "grpo.vespo_k_pos=0",
+        "grpo.importance_sampling_level=sequence", "grpo.use_bias_correction_kl=false",
+        "grpo.mask_truncated_completions=true"]
 
 
 @pytest.mark.parametrize("override", GOOD)

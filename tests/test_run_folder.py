@@ -113,6 +113,18 @@ def test_compare_configs_sorts_changes_into_applied_and_refused():
     assert [k for k, *_ in rf.compare_configs(old, new, stage="sft")[1]] == ["model.lora.r", "seed"]
 
 
+@pytest.mark.parametrize("beta", [0.04, 0.0])
+def test_a_run_saved_before_bias_corrected_kl_resumes_with_what_it_ran(beta):
+    """Saved configs before grpo.use_bias_correction_kl existed trained without it; its default is now true, so a
+    KL run must say false to resume (refused otherwise), while with beta 0 the key changes nothing."""
+    old = to_dict(_cfg("runs/x", grpo__beta=beta))
+    del old["grpo"]["use_bias_correction_kl"]
+    applied, refused = rf.compare_configs(old, to_dict(_cfg("runs/x", grpo__beta=beta)))
+    assert applied == [] and refused == ([("grpo.use_bias_correction_kl", False, True)] if beta else [])
+    same = to_dict(_cfg("runs/x", grpo__beta=beta, grpo__use_bias_correction_kl=False))
+    assert rf.compare_configs(old, same) == ([], [] if beta else [("grpo.use_bias_correction_kl", True, False)])
+
+
 def test_resume_check_names_every_refused_key_with_both_values(tmp_path):
     old = _cfg(tmp_path, grpo__max_steps=8)
     ckpt = _ckpt(tmp_path, 8, to_dict(old))

@@ -6,7 +6,6 @@ DeepSpeed: batch sizes are read from it and cross-checked against the group size
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import typing
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from semgrpo.config.values import coerce
 from semgrpo.errors import UserError
 
 PAPER_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -118,9 +118,29 @@ class GRPOConfig:
     max_completion_length: int = 256
     # KL coefficient; 0 skips the reference pass entirely.
     beta: float = 0.0
+    # Clip range [1 - eps_low, 1 + eps_high] of the importance ratio; for cispo eps_high is the ratio's absolute cap.
     eps_low: float = 0.2
     eps_high: float = 0.2
+    # The loss (TRL 1.16's names and formulas; README "What one update optimizes"): grpo (the paper's), bnpo,
+    # dr_grpo, dapo (TRL's default), cispo, sapo, luspo, vespo.
     loss_type: str = "grpo"
+    # token: one importance ratio per token; sequence: one per completion, exp of its mean log-ratio (GSPO).
+    importance_sampling_level: str = "token"
+    # Upper bound of the unclipped ratio (two-sided clipping) for the clip loss types; null = off.
+    delta: float | None = None
+    # Multiply the per-token KL by the importance ratio (unbiased KL gradient; TRL's default). Only with beta > 0.
+    use_bias_correction_kl: bool = True
+    # Leave completions cut off at max_completion_length (no eos) out of the loss; they still count in advantages.
+    mask_truncated_completions: bool = False
+    # sapo: gate temperatures for positive / other advantages.
+    sapo_temperature_pos: float = 1.0
+    sapo_temperature_neg: float = 1.05
+    # vespo: gamma weight exp(lambda + k log w - lambda w) of the sequence ratio w, for non-negative / negative
+    # advantages.
+    vespo_k_pos: float = 2.0
+    vespo_lambda_pos: float = 3.0
+    vespo_k_neg: float = 3.0
+    vespo_lambda_neg: float = 2.0
     scale_rewards: str = "group"
     # Added to the std in the advantage's denominator (TRL's 1e-4).
     advantage_eps: float = 1e-4
@@ -296,7 +316,7 @@ def set_key(cfg: Config, dotted: str, value: Any, *, origin: str = "") -> None:
         if typing.get_origin(hint) is dict and i < len(parts) - 1:  # reward.weights.semantic=2.0
             for name in reversed(parts[i + 1:]):  # reward.kwargs.kiwi.batch_size=8 -> {kiwi: {batch_size: 8}}
                 value = {name: value}
-            _merge_mapping(getattr(node, part), _coerce(".".join(parts[: i + 1]), value, hint))
+            _merge_mapping(getattr(node, part), _typed(".".join(parts[: i + 1]), value, hint))
             return
         if i < len(parts) - 1:
             if _dataclass_type(type(node), f) is None:
@@ -305,7 +325,7 @@ def set_key(cfg: Config, dotted: str, value: Any, *, origin: str = "") -> None:
         else:
             if _dataclass_type(type(node), f) is not None:
                 raise ConfigError(f"config key {dotted!r} is a section; set its fields, e.g. {dotted}.<field>")
-            value = _coerce(dotted, value, hint)
+            value = _typed(dotted, value, hint)
             if isinstance(value, dict):  # a partial mapping keeps the other defaults
                 value = _merge_mapping(dict(getattr(node, part)), value)
             setattr(node, part, value)
@@ -353,48 +373,12 @@ def _dataclass_type(cls, f):
     return t if dataclasses.is_dataclass(t) else None
 
 
-def _coerce(key: str, value: Any, hint) -> Any:
-    origin = typing.get_origin(hint)
-    if hint is Any:
-        return value
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key} must be an integer, got {value!r}")
-    if hint is float:
-        if isinstance(value, str):  # YAML 1.1 reads 5e-3 (no dot) as a string
-            with contextlib.suppress(ValueError):
-                value = float(value)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{key} must be a number, got {value!r}")
-    if hint is str:
-        if value is None:
-            return ""
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{key} must be a string, got {value!r}")
-    if origin is list:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{key} must be a list of strings, got {value!r}")
-        return list(value)
-    if origin is dict and typing.get_args(hint)[1] is not float:  # reward.kwargs: name -> {argument: value}
-        if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
-            raise ConfigError(f"{key} must be a mapping of name: {{argument: value}}, got {value!r}")
-        return {str(k): {str(a): x for a, x in v.items()} for k, v in value.items()}
-    if origin is dict:
-        if not isinstance(value, dict) or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()
-        ):
-            raise ConfigError(f"{key} must be a mapping of name: number, got {value!r}")
-        return {str(k): float(v) for k, v in value.items()}
-    raise ConfigError(f"{key}: unsupported type {hint}")  # pragma: no cover - programming error
+def _typed(key: str, value: Any, hint) -> Any:
+    """`value` as the type `hint` of key `key` (config/values.py), or a ConfigError saying what was expected."""
+    try:
+        return coerce(key, value, hint)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 # Re-exported: callers read saved configs through `semgrpo.config.upgrade_saved_config`.

@@ -11,6 +11,7 @@ from semgrpo.batching import TRAINER_LOSS_TYPES
 from semgrpo.config import Config, ConfigError, get_key
 from semgrpo.config.reward_specs import BUILTIN_REWARDS, reward_specs
 from semgrpo.ops.advantage import SCALES as SCALE_REWARDS
+from semgrpo.ops.loss_options import IMPORTANCE_SAMPLING_LEVELS
 from semgrpo.tracking import TRACKERS  # the choices live with the ops that use them
 
 
@@ -39,6 +40,10 @@ def validate(cfg: Config) -> None:
                           "or train every weight with model.lora.enabled=false")
     if g.merge_adapter_for_generation and not cfg.model.lora.enabled:
         raise ConfigError("grpo.merge_adapter_for_generation needs model.lora.enabled (there is no adapter to merge)")
+    if g.loss_type == "cispo" and g.eps_high < 1:
+        raise ConfigError(f"grpo.loss_type cispo caps the importance ratio at grpo.eps_high itself (not 1 + eps_high), "
+                          f"so grpo.eps_high {g.eps_high!r} < 1 would scale every token down; set grpo.eps_high >= 1 "
+                          "(the ScaleRL paper uses 5.0)")
     if g.max_steps <= 0 and g.epochs <= 0:
         raise ConfigError(f"grpo.epochs must be > 0 when grpo.max_steps is unset (-1 or 0), got {g.epochs!r}")
 
@@ -130,6 +135,12 @@ def _within(lo: float, hi: float = math.inf, *, lo_open: bool = False, hi_open: 
     return ok, expected
 
 
+def _optional(check, none_means: str):
+    """`check`, or None."""
+    ok, expected = check
+    return (lambda v: v is None or ok(v)), f"{expected}, or {none_means}"
+
+
 # Every int/float key of the tree and its valid range (tests/test_config_ranges.py checks that none is missing).
 _RANGES = {
     # numpy's legacy seed takes [0, 2**32); torch's manual_seed also takes seed * 1000 + rank + 1 (train.py)
@@ -161,6 +172,13 @@ _RANGES = {
     "grpo.advantage_eps": _within(0),
     "grpo.eps_low": _within(0, 1, hi_open=True),
     "grpo.eps_high": _within(0),  # DAPO-style clip-higher may exceed 1
+    "grpo.delta": _optional(_within(1, lo_open=True), "null (off)"),  # a cap below the on-policy ratio 1 is no bound
+    "grpo.sapo_temperature_pos": _within(0, lo_open=True),
+    "grpo.sapo_temperature_neg": _within(0, lo_open=True),
+    "grpo.vespo_k_pos": _within(0),  # the power of w: negative would blow up the weight of rare sequences
+    "grpo.vespo_lambda_pos": _within(0, lo_open=True),
+    "grpo.vespo_k_neg": _within(0),
+    "grpo.vespo_lambda_neg": _within(0, lo_open=True),
     "grpo.num_iterations": _at_least(1),
     "grpo.generation_batch_size": _at_least(0, " (0 = all of this rank's completions)"),
     "grpo.lr": _within(0, lo_open=True),
@@ -188,6 +206,7 @@ def _choices() -> dict[str, tuple]:
         "model.dtype": ("auto", "bf16", "fp16", "fp32"),
         "sft.scheduler": _SCHEDULERS,
         "grpo.loss_type": TRAINER_LOSS_TYPES,
+        "grpo.importance_sampling_level": IMPORTANCE_SAMPLING_LEVELS,
         "grpo.scale_rewards": SCALE_REWARDS,
         "grpo.scheduler": _SCHEDULERS,
     }

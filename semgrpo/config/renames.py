@@ -93,4 +93,14 @@ def upgrade_saved_config(tree: dict | None) -> dict | None:
     for section, field_name in SECTION_SHORTHANDS.items():  # "demo": true, as configs saved before 0.3 hold it
         if section in out and not isinstance(out[section], dict):
             out[section] = {field_name: out[section]}
+    _fill_legacy_values(out)
     return out
+
+
+def _fill_legacy_values(tree: dict) -> None:
+    """Keys added after a config was saved, whose default is not what that run did, get the value it ran with, so
+    that a resume compares like with like. grpo.use_bias_correction_kl (default true since 0.3) was false before;
+    with beta == 0 it changes nothing, so such a run takes the default."""
+    grpo = tree.get("grpo")
+    if isinstance(grpo, dict) and "use_bias_correction_kl" not in grpo:
+        grpo["use_bias_correction_kl"] = not grpo.get("beta", 0.0)

@@ -6,14 +6,14 @@ Two autograd Functions share one backward kernel (``_softmax_grad_kernel``):
   level without delta, bias-corrected KL, vLLM IS ratio or entropy. Every aggregation there is linear in
   the per-token loss with a weight known in advance, so its forward kernel finishes the loss in-kernel: one
   program per token row (or a persistent grid, see ``_launch_config``) streams the row's V logits once with
-  an online logsumexp in fp32 (``logprobs.row_token_logp``, the loop ``token_logprobs`` runs too); the
+  an online logsumexp in fp32 (``_online_lse.row_logp``, the loop ``token_logprobs`` runs too); the
   per-token loss and ``d loss / d logp`` follow from the scalar ``logp``. Per row it keeps two fp32
   scalars, ``lse`` and ``coef = w * dl/dlogp / temperature``; nothing [N, V] is written.
 * ``_LogpEntropyFunction`` (``logp_entropy_triton``), differentiable per-token ``(logp, entropy)`` of
   ``softmax(logits / temperature)`` for every other configuration: its forward streams each unmasked row
-  once (``_row_logp_entropy``: the same online logsumexp, plus a running ``sum p * log p`` when the entropy
-  is asked for) and keeps ``lse`` and the entropy per row; the loss math then runs in torch on [B, T]
-  tensors (``grpo_loss.policy_loss_from_logps``), whose autograd hands back ``g_lp = d loss / d logp`` and
+  once (the same ``row_logp``, carrying the entropy's accumulator when the entropy is asked for) and keeps
+  ``lse`` and the entropy per row; the loss math then runs in torch on [B, T]
+  tensors (``policy_loss.policy_loss_from_logps``), whose autograd hands back ``g_lp = d loss / d logp`` and
   ``g_ent = d loss / d entropy``.
 
 Backward: ``_softmax_grad_kernel`` re-reads the logits and writes
@@ -46,7 +46,7 @@ except Exception:  # pragma: no cover - depends on the install
 
 
 if triton is not None:
-    from .logprobs import row_token_logp
+    from ._online_lse import row_logp
 
     @triton.jit
     def _persistent_row(it, T, x_ptr, s_xb, s_xt):
@@ -56,47 +56,6 @@ if triton is not None:
         b = row // T
         t = row % T
         return row, b, t, x_ptr + b * s_xb + t * s_xt
-
-    @triton.jit
-    def _row_logp_entropy(xb, tok, s_xv, V, inv_temp, WITH_ENT: tl.constexpr, BLOCK_V: tl.constexpr):
-        """``(logp, lse, entropy)`` of one row of V logits at `xb` under ``softmax(x * inv_temp)``, one sweep.
-
-        Without `WITH_ENT` this is ``row_token_logp`` (entropy 0). With it, each lane also carries
-        ``u = sum exp(z - m) * (z - m)`` about its running max ``m`` (rescaled with the sum when ``m`` moves),
-        so that ``H = log S - U / S`` never subtracts two large numbers: the lanes are merged about the row
-        max and ``lse = max + log S``. NaN logp when `tok` is outside [0, V), as ``row_token_logp``."""
-        if WITH_ENT:
-            cols = tl.arange(0, BLOCK_V)
-            m = tl.full([BLOCK_V], float("-inf"), tl.float32)
-            s = tl.zeros([BLOCK_V], tl.float32)
-            u = tl.zeros([BLOCK_V], tl.float32)
-            for v0 in range(0, V, BLOCK_V):
-                v = v0 + cols
-                z = tl.load(xb + v * s_xv, mask=v < V, other=float("-inf")).to(tl.float32) * inv_temp
-                m_new = tl.maximum(m, z)
-                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-                shift = tl.where(m == float("-inf"), 0.0, m - m_safe)  # <= 0; 0 while the lane is empty
-                scale = tl.exp(shift)
-                e = tl.exp(z - m_safe)
-                ez = e * tl.where(z == float("-inf"), 0.0, z - m_safe)  # padding lanes: 0, not 0 * -inf
-                u = scale * (u + shift * s) + ez
-                s = s * scale + e
-                m = m_new
-            mx = tl.max(m, axis=0)
-            d = tl.where(m == float("-inf"), 0.0, m - mx)
-            k = tl.exp(d)
-            S = tl.sum(s * k, axis=0)
-            U = tl.sum(k * (u + d * s), axis=0)
-            log_s = tl.log(S)
-            lse = mx + log_s
-            ent = log_s - U / S
-            ok = (tok >= 0) & (tok < V)
-            xt = tl.load(xb + tl.where(ok, tok, 0) * s_xv).to(tl.float32) * inv_temp
-            logp = tl.where(ok, xt - lse, float("nan"))
-        else:
-            logp, lse = row_token_logp(xb, tok, s_xv, V, inv_temp, BLOCK_V)
-            ent = 0.0
-        return logp, lse, ent
 
     @triton.jit
     def _grpo_loss_fwd_kernel(
@@ -112,7 +71,7 @@ if triton is not None:
             on = tl.load(m_ptr + row).to(tl.float32) != 0.0
             if on:
                 tok = tl.load(ids_ptr + b * s_ib + t * s_it).to(tl.int64)
-                logp, lse = row_token_logp(xb, tok, s_xv, V, inv_temp, BLOCK_V)
+                logp, lse, _ = row_logp(xb, tok, s_xv, V, inv_temp, False, BLOCK_V)
                 # clipped surrogate: l = -min(r*A, clip(r, lo, hi)*A), r = exp(logp - old)
                 if HAS_OLD:
                     old = tl.load(old_ptr + row).to(tl.float32)
@@ -159,7 +118,7 @@ if triton is not None:
             on = tl.load(m_ptr + row).to(tl.float32) != 0.0
             if on:
                 tok = tl.load(ids_ptr + b * s_ib + t * s_it).to(tl.int64)
-                logp, lse, ent = _row_logp_entropy(xb, tok, s_xv, V, inv_temp, WITH_ENT, BLOCK_V)
+                logp, lse, ent = row_logp(xb, tok, s_xv, V, inv_temp, WITH_ENT, BLOCK_V)
                 tl.store(logp_ptr + row, logp)
                 tl.store(lse_ptr + row, lse)
                 tl.store(ent_ptr + row, ent)

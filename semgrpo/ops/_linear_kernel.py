@@ -9,8 +9,8 @@ per chip to match. What Triton buys is the elementwise work in between, which th
 log p, exp, the dlogits expression, the target scatter, the bias-gradient sum):
 
 * ``fwd_tile``: one read of the raw tile ``z = h @ W_c.T`` updates each row's running state (max, sum of
-  exp, entropy accumulator ``sum exp(x - max) (x - max)``, target logit) with bias and ``1 / temperature``
-  applied on the fly.
+  exp, entropy accumulator ``sum exp(x - max) (x - max)``: the online logsumexp of ``_online_lse``, and the
+  target logit) with bias and ``1 / temperature`` applied on the fly.
 * ``bwd_tile``: one read of ``z`` and one write of ``dlogits = (g_lp * (onehot - p) - g_ent * p *
   (log p + H)) / temperature``, in place over ``z`` or rounded once into a bf16 buffer for the backward
   matmuls (``linear_grpo_loss.HALF_DLOGITS``), plus optional fp32 per-program column sums of
@@ -40,6 +40,7 @@ LAUNCH_OVERRIDE: tuple[int, int, int] | None = None
 
 
 if triton is not None:
+    from ._online_lse import lse_merge, lse_reduce
 
     @triton.jit
     def _tile_block(zrow, b_ptr, v, ok, C, s_b, HAS_BIAS: tl.constexpr):
@@ -55,46 +56,34 @@ if triton is not None:
         n_rows, C, v0, s_zn, s_b, inv_temp,
         HAS_BIAS: tl.constexpr, WITH_ENT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
     ):
-        # x = (z + b) / T over this tile's C columns (vocab ids v0 .. v0 + C - 1), folded into the row state
-        # (m, s = sum e^(x-m), a = sum e^(x-m) (x-m), target x[id]) kept by the caller across tiles.
+        # x = (z + b) / T over this tile's C columns (vocab ids v0 .. v0 + C - 1), folded lane by lane into an
+        # online-logsumexp state (_online_lse), reduced per row, then merged into the row state kept by the caller
+        # across tiles (max -inf before the first one).
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         rmask = rows < n_rows
         rows64 = rows.to(tl.int64)
         zrow = z_ptr + rows64[:, None] * s_zn
         cols = tl.arange(0, BLOCK_V)
-        m = tl.full([BLOCK_N], float("-inf"), tl.float32)
-        s = tl.zeros([BLOCK_N], tl.float32)
-        a = tl.zeros([BLOCK_N], tl.float32)
+        m = tl.full([BLOCK_N, BLOCK_V], float("-inf"), tl.float32)
+        s = tl.zeros([BLOCK_N, BLOCK_V], tl.float32)
+        a = tl.zeros([BLOCK_N, BLOCK_V], tl.float32)
         for c0 in range(0, C, BLOCK_V):
             v = c0 + cols
             ok = rmask[:, None] & (v < C)[None, :]
             x = _tile_block(zrow, b_ptr, v, ok, C, s_b, HAS_BIAS)
             x = tl.where(ok, x * inv_temp, float("-inf"))
-            m_new = tl.maximum(m, tl.max(x, axis=1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows past n_rows stay all -inf
-            alpha = tl.exp(m - m_safe)
-            xm = x - m_safe[:, None]
-            e = tl.exp(xm)
-            if WITH_ENT:
-                # re-centre a on the new max: sum e^(x-m')(x-m') = alpha * (a + (m - m') * s)
-                shift = tl.where(m == float("-inf"), 0.0, m - m_safe)
-                a = alpha * (a + shift * s) + tl.sum(e * tl.where(ok, xm, 0.0), axis=1)
-            s = s * alpha + tl.sum(e, axis=1)
-            m = m_new
-        # merge with the state of the earlier vocabulary chunks (max -inf before the first one)
-        m_old = tl.load(max_ptr + rows, mask=rmask, other=0.0)
+            m, s, a = lse_merge(m, s, a, x, 1.0, 0.0, WITH_ENT)
+        m, s, a = lse_reduce(m, s, a, 1, WITH_ENT)
+        m_old = tl.load(max_ptr + rows, mask=rmask, other=float("-inf"))
         s_old = tl.load(sum_ptr + rows, mask=rmask, other=0.0)
-        m_tot = tl.where(rmask, tl.maximum(m_old, m), 0.0)
-        al_old = tl.exp(m_old - m_tot)
-        al_new = tl.exp(m - m_tot)
-        tl.store(sum_ptr + rows, s_old * al_old + s * al_new, mask=rmask)
-        tl.store(max_ptr + rows, m_tot, mask=rmask)
+        a_old = s_old
         if WITH_ENT:
             a_old = tl.load(acc_ptr + rows, mask=rmask, other=0.0)
-            sh_old = tl.where(m_old == float("-inf"), 0.0, m_old - m_tot)
-            sh_new = tl.where(rmask, m - m_tot, 0.0)
-            a_tot = al_old * (a_old + sh_old * s_old) + al_new * (a + sh_new * s)
-            tl.store(acc_ptr + rows, a_tot, mask=rmask)
+        m, s, a = lse_merge(m_old, s_old, a_old, m, s, a, WITH_ENT)
+        tl.store(sum_ptr + rows, s, mask=rmask)
+        tl.store(max_ptr + rows, m, mask=rmask)
+        if WITH_ENT:
+            tl.store(acc_ptr + rows, a, mask=rmask)
         # the target logit, when this row's id falls inside the tile
         local = tl.load(ids_ptr + rows, mask=rmask, other=-1).to(tl.int64) - v0
         hit = rmask & (local >= 0) & (local < C)

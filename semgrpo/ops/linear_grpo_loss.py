@@ -43,7 +43,9 @@ from torch.autograd.function import once_differentiable
 
 from . import _linear_kernel
 from ._dispatch import check_float_tensor, check_positive, use_triton
-from .grpo_loss import loss_from_logps, loss_options, validate_options
+from .grpo_loss import loss_from_logps
+from .loss_options import LossOptions, takes_loss_options
+from .policy_loss import check_loss_inputs
 
 TOKEN_CHUNK = 4096
 # fp32 elements of one logits tile (32 MiB); the chunked path keeps two tiles alive at a time. Larger tiles
@@ -326,6 +328,7 @@ def linear_token_logprobs(
     return logp
 
 
+@takes_loss_options
 def linear_grpo_loss(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -336,30 +339,17 @@ def linear_grpo_loss(
     ref_logps: torch.Tensor | None = None,
     *,
     bias: torch.Tensor | None = None,
-    temperature: float = 1.0,
-    eps_low: float = 0.2,
-    eps_high: float = 0.2,
-    beta: float = 0.0,
-    loss_type: str = "grpo",
-    importance_sampling_level: str = "token",
-    delta: float | None = None,
-    use_bias_correction_kl: bool = False,
     vllm_is_ratio: torch.Tensor | None = None,
-    max_completion_length: int | None = None,
     num_items_in_batch: int | float | torch.Tensor | None = None,
-    sapo_temperature_pos: float = 1.0,
-    sapo_temperature_neg: float = 1.05,
-    vespo_k_pos: float = 2.0,
-    vespo_lambda_pos: float = 3.0,
-    vespo_k_neg: float = 3.0,
-    vespo_lambda_neg: float = 2.0,
     return_entropy: bool = False,
     backend: str | None = None,
+    options: LossOptions | None = None,
+    **option_values,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """TRL 1.16 GRPO loss (every loss type) from hidden states and the LM head, without [N, V] logits.
 
     Same numbers as TRL 1.16's ``GRPOTrainer._compute_loss`` on logits ``hidden @ weight.T + bias`` divided
-    by `temperature` (see :func:`semgrpo.ops.grpo_loss.policy_loss_from_logps` for the formulas). Only the
+    by the temperature (see :func:`semgrpo.ops.policy_loss.policy_loss_from_logps` for the formulas). Only the
     unmasked positions are projected (one host sync to find them); masked positions may hold any id.
 
     Args:
@@ -372,24 +362,17 @@ def linear_grpo_loss(
         old_logps: [B, T] sampling-policy log-probs; None means ``logp.detach()`` (ratio 1).
         ref_logps: [B, T] reference log-probs; required when ``beta > 0``.
         bias: Optional [V] LM-head bias.
-        temperature: Divides the logits.
-        eps_low, eps_high: Clip range ``[1 - eps_low, 1 + eps_high]``; for cispo ``eps_high`` is the
-            absolute cap of the ratio (TRL's ``epsilon_high``).
-        beta: KL coefficient.
-        loss_type: One of ``TRL_LOSS_TYPES``: grpo, bnpo, dr_grpo, dapo, cispo, sapo, luspo, vespo.
-        importance_sampling_level: ``"token"`` or ``"sequence"`` (GSPO).
-        delta: Upper bound of the unclipped ratio (two-sided clipping), clip loss types only.
-        use_bias_correction_kl: Multiply the per-token KL by the importance ratio (TRL's default is True).
-        vllm_is_ratio: [B, T] or [B, 1] truncated importance-sampling correction multiplied into the
+        vllm_is_ratio: [B, T], [B, 1] or [B] truncated importance-sampling correction multiplied into the
             policy loss (vespo folds it into its gamma weight instead).
-        max_completion_length: dr_grpo denominator length (default T).
         num_items_in_batch: dapo/cispo/vespo denominator (TRL's rescaled ``num_items_in_batch``); default
             the mask sum.
-        sapo_temperature_pos, sapo_temperature_neg: SAPO gate temperatures.
-        vespo_k_pos, vespo_lambda_pos, vespo_k_neg, vespo_lambda_neg: VESPO gamma parameters.
         return_entropy: Also return ``stats["per_token_entropy"]``.
         backend: ``"auto"``/``"triton"``/``"torch"`` for the per-tile elementwise work (the matmuls are
             cuBLAS/torch either way); default from ``SEMGRPO_OPS`` (auto: Triton when every tensor is on CUDA).
+        options, **option_values: The loss options, a :class:`~semgrpo.ops.loss_options.LossOptions` and/or its
+            fields as keywords (``temperature``, ``eps_low``, ``eps_high``, ``beta``, ``loss_type``,
+            ``importance_sampling_level``, ``delta``, ``use_bias_correction_kl``, ``max_completion_length``, the
+            sapo temperatures and vespo parameters); keywords win over `options`.
 
     Returns:
         ``(loss, stats)``: fp32 scalar loss; detached 0-d fp32 ``kl``, ``clip_ratio_low``,
@@ -397,17 +380,18 @@ def linear_grpo_loss(
         ``vespo_phi_seq_mean`` for vespo; with `return_entropy`, ``per_token_entropy`` [B, T] fp32 (0 where
         masked), which stays attached to the graph so a caller can add an entropy bonus.
     """
-    o = loss_options(locals())
+    o = LossOptions.resolve(options, option_values, "linear_grpo_loss")
     _check_head(hidden, weight, bias, hidden_ndim=3)
     B, T, _ = hidden.shape
-    validate_options((B, T), hidden.device, "hidden", completion_ids, completion_mask, advantages, old_logps,
-                     ref_logps, o)
+    check_loss_inputs((B, T), hidden.device, "hidden", completion_ids, completion_mask, advantages, old_logps,
+                      ref_logps, vllm_is_ratio, num_items_in_batch, o)
     tri = use_triton(hidden, weight, bias, completion_ids, backend=backend)
     on = completion_mask != 0
     ids_on = completion_ids[on]
     _check_ids_range("completion_ids (where completion_mask is set)", ids_on, weight.shape[0])
-    logp_on, ent_on = _LinearLogprobEntropy.apply(hidden[on], weight, bias, ids_on, float(temperature), True, tri)
+    logp_on, ent_on = _LinearLogprobEntropy.apply(hidden[on], weight, bias, ids_on, o.temperature, True, tri)
     zeros = torch.zeros(B, T, dtype=torch.float32, device=hidden.device)
     logp = zeros.masked_scatter(on, logp_on)
     ent = zeros.masked_scatter(on, ent_on)
-    return loss_from_logps(logp, ent, completion_mask, advantages, old_logps, ref_logps, o)
+    return loss_from_logps(logp, ent, completion_mask, advantages, old_logps, ref_logps, vllm_is_ratio,
+                           num_items_in_batch, o, bool(return_entropy))

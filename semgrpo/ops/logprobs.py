@@ -2,7 +2,7 @@
 
 Used for the old-policy and reference log-probs of GRPO. Neither path materializes the fp32
 log-softmax of the whole [B, T, V] logits: the torch reference works in row chunks, the Triton
-kernel streams each row with an online logsumexp.
+kernel streams each row with the online logsumexp of ``_online_lse``.
 """
 
 from __future__ import annotations
@@ -25,28 +25,7 @@ LAUNCH_OVERRIDE: tuple[int, int] | None = None
 
 
 if triton is not None:
-
-    @triton.jit
-    def row_token_logp(xb, tok, s_xv, V, inv_temp, BLOCK_V: tl.constexpr):
-        """``(logp, lse)`` of one row of V logits at `xb` (stride `s_xv`): ``lse = logsumexp(x * inv_temp)``,
-        streamed once over V in fp32 with an online max per lane (no cross-warp reduction inside the loop),
-        and ``logp = x[tok] * inv_temp - lse``, NaN when `tok` is outside [0, V). Shared by the
-        ``token_logprobs`` and ``grpo_loss`` forward kernels."""
-        cols = tl.arange(0, BLOCK_V)
-        m = tl.full([BLOCK_V], float("-inf"), tl.float32)
-        s = tl.zeros([BLOCK_V], tl.float32)
-        for v0 in range(0, V, BLOCK_V):
-            v = v0 + cols
-            x = tl.load(xb + v * s_xv, mask=v < V, other=float("-inf")).to(tl.float32) * inv_temp
-            m_new = tl.maximum(m, x)
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            s = s * tl.exp(m - m_safe) + tl.exp(x - m_safe)
-            m = m_new
-        mx = tl.max(m, axis=0)
-        lse = mx + tl.log(tl.sum(s * tl.exp(m - mx), axis=0))
-        ok = (tok >= 0) & (tok < V)
-        xt = tl.load(xb + tl.where(ok, tok, 0) * s_xv).to(tl.float32) * inv_temp
-        return tl.where(ok, xt - lse, float("nan")), lse
+    from ._online_lse import row_logp
 
     @triton.jit
     def _token_logprobs_fwd_kernel(
@@ -59,7 +38,7 @@ if triton is not None:
         b = row // T
         t = row % T
         tok = tl.load(ids_ptr + b * stride_ib + t * stride_it).to(tl.int64)
-        logp, _ = row_token_logp(x_ptr + b * stride_xb + t * stride_xt, tok, stride_xv, V, inv_temp, BLOCK_V)
+        logp, _, _ = row_logp(x_ptr + b * stride_xb + t * stride_xt, tok, stride_xv, V, inv_temp, False, BLOCK_V)
         tl.store(out_ptr + row, logp)
 
 

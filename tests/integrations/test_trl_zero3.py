@@ -1,4 +1,5 @@
-"""The TRL drop-in's LM-head projection under a real DeepSpeed ZeRO-3 engine (one CPU process, gloo).
+"""The fused LM head that the trainer and the TRL drop-in share, under a real DeepSpeed ZeRO-3 engine (one CPU
+process, gloo): through the model, and on a head still partitioned.
 
 Runs tests/integrations/_trl_zero3_check.py in a fresh interpreter: initialising torch.distributed here would
 leak a process group and RANK/WORLD_SIZE into the trainers other tests build.
