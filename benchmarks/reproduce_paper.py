@@ -55,8 +55,8 @@ from semgrpo.data_root import data_root  # noqa: E402
 from semgrpo.prompts import get_task  # noqa: E402
 
 CONFIG = HERE / "reproduce" / "config.yaml"
-SECTIONS = ("split", "seeds", "cold_fraction", "pretrain_pair_sides", "base", "trainer", "deepspeed", "checkpoints", "arms", "variants",
-            "grids", "evaluation", "gate")
+SECTIONS = ("split", "seeds", "cold_fraction", "pretrain_pair_sides", "base", "trainer", "deepspeed", "checkpoints",
+            "arms", "variants", "grids", "evaluation", "gate")
 
 
 def _say(msg: str) -> None:
@@ -215,7 +215,8 @@ def _run(cfg: dict, args, paths: dict, out: Path, results_dir: Path, cache: Path
     if not gate["passed"]:
         _say("not testable at this size: a gate failed; no verdict (see the numbers above)")
         meta["wall_seconds"] = {"base": round(base_seconds, 1), "stages": timings}
-        ran = {0: {name: {which: evals(0, name, which) for which in grid.SETS} for name in ("cold_start", "strong_sft")}}
+        ran = {0: {name: {which: evals(0, name, which) for which in grid.SETS}
+                   for name in ("cold_start", "strong_sft")}}
         write_report(results_dir, meta=meta, runs=ran, picked=None, matched=None)  # what ran is still drawn
         _say(f"done in {(time.perf_counter() - started) / 60:.1f} min; results in {results_dir}")
         print((results_dir / "table.md").read_text(encoding="utf-8"))
