@@ -10,6 +10,8 @@ import socket
 import sys
 
 import pytest
+import torch
+from _tolerance import stored_rtol, sum_rtol
 from test_reward_plugins import EXAMPLES, RewardStub, distinct_share
 
 from semgrpo.checkpoint import list_checkpoints
@@ -136,14 +138,16 @@ def test_plugin_and_server_rewards_train_and_failing_servers_stop_cleanly(demo_a
     assert [len(b["completions"]) for b in good.batches] == [16] * 6
     rows = _metrics(tmp_path / "good")
     assert [r["step"] for r in rows] == [1, 2, 3]
+    # A logged value is an fp32 mean of 32 non-negative scores (no cancellation), then stored: relative bound.
+    rel = sum_rtol(torch.float32, 32) + stored_rtol(torch.float32)
     for step, row in enumerate(rows):
         expected, every_sample_scored = _expected_step(good.batches[2 * step:2 * step + 2])
         for key, value in expected.items():
-            assert row[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (step + 1, key)
+            assert row[key] == pytest.approx(value, rel=rel, abs=0), (step + 1, key)
         if every_sample_scored:
-            # No sample left out: the mean of the weighted sum is the weighted sum of the means.
+            # No sample left out: the mean of the weighted sum is the weighted sum of the means (3 more roundings).
             assert row["reward/mean"] == pytest.approx(sum(w * row[f"reward/{n}"] for n, w in WEIGHTS.items()),
-                                                       rel=1e-5)
+                                                       rel=2 * rel + 3 * stored_rtol(torch.float32), abs=0)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     board = EventAccumulator(str(tmp_path / "good" / "tensorboard"))
