@@ -7,7 +7,8 @@ libraries dispatch to, as an older or a newer CPU would select them:
 - numpy's SIMD loops, which the Triton interpreter computes with (`NPY_DISABLE_CPU_FEATURES`).
 The sensitive tests are those comparing floating-point results across code paths: the kernels, the gradient
 parity harness, export, the TRL integration, the fused head and full-parameter training. Each run prints its
-pytest summary; the script exits non-zero if any run failed. Extra arguments go to pytest (e.g. -x, -k ...).
+pytest summary; the script exits non-zero if any run failed. `--only default,avx2` picks runs (the full suite is
+already the native one); other arguments go to pytest (e.g. -x, -k ...).
 """
 from __future__ import annotations
 
@@ -38,16 +39,27 @@ def capability(env: dict) -> str:
     return out.stdout.strip()
 
 
-def main(pytest_args: list[str]) -> int:
+def main(args: list[str]) -> int:
+    names = list(RUNS)
+    if "--only" in args:
+        i = args.index("--only")
+        names = args[i + 1].split(",") if i + 1 < len(args) else []
+        unknown = [n for n in names if n not in RUNS]
+        if not names or unknown:
+            print(f"portability: error: --only takes a comma-separated subset of {', '.join(RUNS)}, got "
+                  f"{args[i + 1] if i + 1 < len(args) else 'nothing'!r}", file=sys.stderr)
+            return 2
+        args = args[:i] + args[i + 2:]
     failed = []
-    for name, settings in RUNS.items():
+    for name in names:
+        settings = RUNS[name]
         env = {k: v for k, v in os.environ.items() if k not in _OURS}
         env.update(settings)
         shown = " ".join(f"{k}={v}" for k, v in settings.items()) or "(no restriction)"
         print(f"portability: {name}: ATen uses {capability(env)}; {shown}", flush=True)
         start = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *SENSITIVE,
-                               *pytest_args], cwd=REPO, env=env, capture_output=True, text=True)
+                               *args], cwd=REPO, env=env, capture_output=True, text=True)
         summary = (proc.stdout.strip().splitlines() or ["(no output)"])[-1]
         print(f"portability: {name}: {summary} ({time.perf_counter() - start:.0f} s)", flush=True)
         if proc.returncode != 0:
