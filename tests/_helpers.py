@@ -2,6 +2,7 @@
 its own conftest, so `from conftest import ...` would be ambiguous)."""
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,19 @@ def run_cli(script: str, *args: str, timeout: int = 600, launcher: list | None =
     if is_deepspeed_launch(cmd):
         assert_clean_launch(proc.stdout + proc.stderr)
     return proc
+
+
+def free_port() -> int:
+    """A TCP port free on this host now. Launches take one each instead of a fixed number, so that two suites (two CI
+    jobs, a developer's demo on DeepSpeed's default port) on one machine never meet on a port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def deepspeed_launcher(ranks: int = 2) -> list[str]:
+    """`deepspeed --num_gpus N --master_port <free>`: N gloo ranks on CPU."""
+    return ["deepspeed", "--num_gpus", str(ranks), "--master_port", str(free_port())]
 
 
 def is_deepspeed_launch(cmd: list) -> bool:

@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from _helpers import assert_same_metrics, run_metrics
+from _helpers import assert_same_metrics, deepspeed_launcher, run_metrics
 
 from semgrpo.batching import PromptOrder
 from semgrpo.dynamic_sampling import ScoredGroups, keep_informative, needs_another_round
@@ -129,7 +129,7 @@ def test_kill_and_resume_equals_the_straight_run_and_two_ranks_agree(demo_assets
     straight, resumed, two = tmp_path / "straight", tmp_path / "resumed", tmp_path / "two_ranks"
     env = lambda name: {"PYTHONPATH": str(plugin), "SCORED_LOG": str(tmp_path / name)}
     ranks = launches.start("train_grpo.py", f"output_dir={two}", *RUN, "grpo.max_steps=3", log=tmp_path / "two.log",
-                           launcher=["deepspeed", "--num_gpus", "2", "--master_port", "29741"], env=env("two"))
+                           launcher=deepspeed_launcher(), env=env("two"))
     a = launches.start("train_grpo.py", f"output_dir={straight}", *args, launcher=[sys.executable],
                        log=tmp_path / "straight.log", env=env("straight"))
     victim = launches.start("train_grpo.py", f"output_dir={resumed}", *args, launcher=[sys.executable],

@@ -17,7 +17,7 @@ from pathlib import Path
 import deepspeed  # noqa: F401 - imported before any capsys test: DeepSpeed's logger keeps the stream it first saw
 import pytest
 import torch
-from _helpers import REPO, run_cli, user_env
+from _helpers import REPO, deepspeed_launcher, run_cli, user_env
 from _tolerance import assert_close_scaled, chain_rtol
 from safetensors import safe_open
 
@@ -41,8 +41,7 @@ def runs(demo_assets, tmp_path_factory):
         if stage == 3:  # partition every parameter, however small (the tiny model's are all below the default)
             ds["zero_optimization"]["stage3_param_persistence_threshold"] = 0
         (root / f"zero{stage}.json").write_text(json.dumps(ds))
-    proc = run_cli("../tests/_export_runs.py", str(root), launcher=["deepspeed", "--num_gpus", "2", "--master_port",
-                                                                      "29741"])
+    proc = run_cli("../tests/_export_runs.py", str(root), launcher=deepspeed_launcher())
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return root
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _helpers import SAME_RUN_RTOL, run_cli
+from _helpers import SAME_RUN_RTOL, deepspeed_launcher, run_cli
 from _tolerance import assert_close_scaled, model_rtol
 
 pytestmark = pytest.mark.skipif(shutil.which("deepspeed") is None, reason="the deepspeed launcher is not on PATH")
@@ -18,10 +18,6 @@ FULL = ["sft.before_grpo=false", "model.lora.enabled=false", "grpo.beta=0.04", "
         "grpo.max_completion_length=8", "grpo.lr=1e-4", "reward.tau_samples=8", "tax_meter.every_steps=0"]
 
 
-def _launcher(port: int) -> list[str]:
-    return ["deepspeed", "--num_gpus", "2", "--master_port", str(port)]
-
-
 def test_full_parameter_grpo_trains_every_weight_against_a_frozen_partitioned_reference(demo_assets, tmp_path,
                                                                                        launches):
     ds = json.loads((ROOT / "ds_configs" / "zero3.json").read_text())
@@ -29,8 +25,8 @@ def test_full_parameter_grpo_trains_every_weight_against_a_frozen_partitioned_re
     (tmp_path / "zero3.json").write_text(json.dumps(ds))
     # Both probe runs at once, each in a folder of its own (a probe's run folder is beside its output).
     # "gathered" is the default: the first policy pass runs on the weights gathered for generation.
-    probes = {"gathered": _start_probe(launches, tmp_path, "gathered", port=29751),
-              "hooked": _start_probe(launches, tmp_path, "hooked", "grpo.gathered_policy_pass=false", port=29759)}
+    probes = {"gathered": _start_probe(launches, tmp_path, "gathered"),
+              "hooked": _start_probe(launches, tmp_path, "hooked", "grpo.gathered_policy_pass=false")}
     reports = _probe_reports(launches, tmp_path, "gathered", probes)
     rep = reports[0]
     assert rep["zero_stage"] == 3 and not rep["reference_trainable"]
@@ -58,11 +54,11 @@ def test_full_parameter_grpo_trains_every_weight_against_a_frozen_partitioned_re
         assert_close_scaled(gathered[name], hooked[name], rtol, msg=name)
 
 
-def _start_probe(launches, tmp_path, name, *overrides, port):
+def _start_probe(launches, tmp_path, name, *overrides):
     (tmp_path / name).mkdir()
     out = tmp_path / name / f"{name}.json"
     return launches.start("../tests/_full_param_probe.py", str(out), *FULL, f"run.deepspeed={tmp_path / 'zero3.json'}",
-                          *overrides, launcher=_launcher(port), log=tmp_path / f"{name}.log")
+                          *overrides, launcher=deepspeed_launcher(), log=tmp_path / f"{name}.log")
 
 
 def _probe_reports(launches, tmp_path, name, probes):
@@ -80,11 +76,11 @@ def test_full_parameter_kill_and_resume_equals_the_straight_run(demo_assets, tmp
     args = FULL + ["grpo.max_steps=2", "run.save_every=1"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     # The straight run goes on beside the killed run and its resumption (separate folders and ports).
-    straight_run = launches.start("train_grpo.py", f"output_dir={straight}", *args, launcher=_launcher(29753),
+    straight_run = launches.start("train_grpo.py", f"output_dir={straight}", *args, launcher=deepspeed_launcher(),
                                   log=tmp_path / "straight.log")
 
     # The same run, killed (the launcher and both ranks) once its step-1 checkpoint is complete.
-    victim = launches.start("train_grpo.py", f"output_dir={resumed}", *args, launcher=_launcher(29755),
+    victim = launches.start("train_grpo.py", f"output_dir={resumed}", *args, launcher=deepspeed_launcher(),
                             log=tmp_path / "victim.log")
     marker = resumed / "checkpoints" / "step-00000001" / "COMPLETE"
     deadline = time.time() + 600
@@ -94,7 +90,7 @@ def test_full_parameter_kill_and_resume_equals_the_straight_run(demo_assets, tmp
     assert marker.exists(), "the run never wrote its step-1 checkpoint"
     assert not (resumed / "summary.json").exists(), "the run finished before it could be killed"
 
-    proc = run_cli("train_grpo.py", f"output_dir={resumed}", *args, launcher=_launcher(29757))
+    proc = run_cli("train_grpo.py", f"output_dir={resumed}", *args, launcher=deepspeed_launcher())
     assert proc.returncode == 0, proc.stderr[-3000:]
     returncode, output = launches.wait(straight_run)
     assert returncode == 0, output

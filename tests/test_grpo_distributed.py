@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _helpers import run_cli
+from _helpers import deepspeed_launcher, run_cli
 from _tolerance import assert_close_scaled, model_rtol
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,7 +18,7 @@ def test_two_rank_zero3_grpo_updates_lora_only_and_partitions_the_optimizer(demo
     proc = run_cli(
         "../tests/_grpo_probe.py", str(out), "grpo.max_completion_length=8", "model.lora.r=4",
         "eval.ood_samples=5", "eval.ood_max_tokens=16",
-        launcher=["deepspeed", "--num_gpus", "2", "--master_port", "29731"],
+        launcher=deepspeed_launcher(),
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     reports = [json.loads((tmp_path / f"probe.json.rank{r}").read_text()) for r in (0, 1)]
@@ -73,8 +73,8 @@ def test_two_rank_policy_pass_on_gathered_weights_equals_the_layer_by_layer_pass
     procs = [launches.start("../tests/_grpo_probe.py", str(tmp_path / f"{name}.json"), *common,
                             "grpo.gathered_policy_pass=" + ("true" if name == "gathered" else "false"),
                             log=tmp_path / f"{name}.log",
-                            launcher=["deepspeed", "--num_gpus", "2", "--master_port", str(port)])
-             for name, port in (("gathered", 29733), ("hooked", 29735))]  # side by side
+                            launcher=deepspeed_launcher())
+             for name in ("gathered", "hooked")]  # side by side
     for proc in procs:
         code, output = launches.wait(proc)
         assert code == 0, output

@@ -15,7 +15,7 @@ import shutil
 
 import pytest
 from _grpo_parity import FLOOR, GRAD_ACCUM, cases
-from _helpers import run_cli
+from _helpers import deepspeed_launcher, run_cli
 
 pytestmark = pytest.mark.skipif(shutil.which("deepspeed") is None, reason="the deepspeed launcher is not on PATH")
 
@@ -36,7 +36,7 @@ def parity_rows(demo_assets, tmp_path_factory):
     out = tmp / "parity.json"
     # ~2 min alone on 2 cores; a loaded machine (CI neighbours) can triple that.
     proc = run_cli("../tests/_grpo_parity.py", str(out), str(tmp), timeout=1500,
-                   launcher=["deepspeed", "--num_gpus", "2", "--master_port", "29763"])
+                   launcher=deepspeed_launcher())
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return json.loads(out.read_text())
 

@@ -5,12 +5,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from _helpers import fake_run_stage, run_cli
+from _helpers import deepspeed_launcher, fake_run_stage, run_cli
 
 pytestmark = pytest.mark.skipif(shutil.which("deepspeed") is None, reason="the deepspeed launcher is not on PATH")
 
 ROOT = Path(__file__).resolve().parents[1]
-LAUNCH_2 = ["deepspeed", "--num_gpus", "2", "--master_port"]
 
 
 def _llama_labelled(policy_path, folder):
@@ -37,7 +36,7 @@ def test_partitioned_load_with_an_adapter_chain_equals_the_whole_weight_load(dem
     llama = _llama_labelled(a.policy_path, tmp_path / "llama")
     out = tmp_path / "probe.json"
     proc = run_cli("../tests/_partitioned_probe.py", str(out), f"model.init_from={tmp_path / 'stage2'}",
-                   launcher=LAUNCH_2 + ["29741"], env={"PROBE_MISMATCHED_MODEL": str(llama)})
+                   launcher=deepspeed_launcher(), env={"PROBE_MISMATCHED_MODEL": str(llama)})
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     reports = [json.loads((tmp_path / f"probe.json.rank{r}").read_text()) for r in (0, 1)]
     for rep in reports:
@@ -114,7 +113,7 @@ def _write_300m_model(folder, tokenizer_dir, adapter_dir):
     return nbytes
 
 
-def _start_peak_rss(launches, tmp_path, name, port, *overrides):
+def _start_peak_rss(launches, tmp_path, name, *overrides):
     """Start the memory probe's 2-rank run; its output and run folder go to tmp_path/<name>/. Each rank reports
     its own process's peak RSS, so runs that overlap in time do not change each other's figures."""
     import os
@@ -123,7 +122,7 @@ def _start_peak_rss(launches, tmp_path, name, port, *overrides):
     out = tmp_path / name / f"{name}.json"
     # glibc's malloc keeps freed blocks below its (growing) mmap threshold in its arenas, so a CPU run's RSS
     # would count every layer ever gathered; a fixed threshold returns them, as CUDA's allocator does.
-    return launches.start("../tests/_memory_probe.py", str(out), *overrides, launcher=LAUNCH_2 + [str(port)],
+    return launches.start("../tests/_memory_probe.py", str(out), *overrides, launcher=deepspeed_launcher(),
                           log=tmp_path / f"{name}.log",
                           env={"MALLOC_MMAP_THRESHOLD_": "131072", "OMP_NUM_THREADS": str(os.cpu_count())})
 
@@ -148,11 +147,11 @@ def test_a_300m_model_costs_each_of_2_ranks_at_most_0_65x_its_bytes(demo_assets,
               "grpo.merge_adapter_for_generation=false", "grpo.max_completion_length=2", "grpo.group_size=2",
               "model.lora.r=4", "model.gradient_checkpointing=true", f"run.deepspeed={tmp_path / 'zero3.json'}"]
     # The tiny policy's baseline run goes on while the 300M model is written and while it runs.
-    tiny_run = _start_peak_rss(launches, tmp_path, "tiny", 29743, *common)
+    tiny_run = _start_peak_rss(launches, tmp_path, "tiny", *common)
     big = tmp_path / "qwen3_300m"
     model_bytes = _write_300m_model(big, demo_assets.tokenizer_path, tmp_path / "stage1_adapter")
     assert model_bytes >= 300e6 * 4
-    large_run = _start_peak_rss(launches, tmp_path, "large", 29745, *common, f"model.path={big}",
+    large_run = _start_peak_rss(launches, tmp_path, "large", *common, f"model.path={big}",
                                 f"model.tokenizer={big}", f"model.init_from={tmp_path / 'stage1_adapter'}")
     tiny = _peak_rss(launches, tmp_path, "tiny", tiny_run)
     large = _peak_rss(launches, tmp_path, "large", large_run)

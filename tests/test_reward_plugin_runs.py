@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import torch
+from _helpers import deepspeed_launcher
 from _tolerance import stored_rtol, sum_rtol
 from test_reward_plugins import EXAMPLES, RewardStub, distinct_share
 
@@ -35,10 +36,6 @@ def _args(out, url, *extra):
 def _env(plugin_dir):
     return {"PYTHONPATH": os.pathsep.join(filter(None, [str(plugin_dir), os.environ.get("PYTHONPATH")])),
             "SEMGRPO_REMOTE_BACKOFF": "0.05"}
-
-
-def _deepspeed(port):
-    return ["deepspeed", "--num_gpus", "2", "--master_port", str(port)]
 
 
 def _expected_step(batches):
@@ -98,7 +95,7 @@ def test_plugin_and_server_rewards_train_and_failing_servers_stop_cleanly(demo_a
             return launches.start("train_grpo.py", *_args(tmp_path / name, stub.url, *extra), launcher=launcher,
                                   log=tmp_path / f"{log or name}.log", env=_env(plugin_dir))
 
-        runs = {"good": start("good", good, _deepspeed(29771)), "short": start("short", short, _deepspeed(29773)),
+        runs = {"good": start("good", good, deepspeed_launcher()), "short": start("short", short, deepspeed_launcher()),
                 "slow": start("slow", slow, [sys.executable], "reward.remote_timeout=1.5", "reward.remote_retries=1"),
                 "broken": start("broken", broken, [sys.executable])}
 
