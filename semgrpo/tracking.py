@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from semgrpo.config.choices import TRACKERS
 from semgrpo.files import write_json_atomic, write_text_atomic
 from semgrpo.tracking_wandb import SAMPLE_COLUMNS, WandbRun
 
@@ -42,7 +43,6 @@ SAMPLES_FILE = "samples.jsonl"
 REWARD_KEY = "reward/mean"
 LOSS_KEY = "loss"
 # What run.report_to may name ("none" alone = metrics.jsonl only); the wandb table's columns.
-TRACKERS = ("tensorboard", "wandb", "jsonl")
 
 _MD_SPECIAL = set("\\`*_{}[]()#+-.!|<>~")
 
