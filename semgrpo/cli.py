@@ -67,7 +67,7 @@ def _run(prog: str, description: str, job, argv=None, *, plan_stages=lambda cfg:
 
 def _print_plans(cfg: Config, stages: list[str], *, world_size: int | None, num_nodes: int | None) -> int:
     """--plan-only: the memory plan of each stage this command would run, from config.json alone."""
-    from semgrpo.batching import load_ds_config
+    from semgrpo.ds_config import load_ds_config
     from semgrpo.memory_plan import nodes_from_env, plan_lines
     from semgrpo.modeling import resolve_dtype
     from semgrpo.session import apply_demo

@@ -300,7 +300,7 @@ def plan_for_config(cfg: Config, *, world_size: int, ds_config: dict, dtype: str
     """The memory plan of `stage` ("grpo" or "sft") for `cfg` on `world_size` GPUs over `num_nodes` nodes.
 
     Args:
-        ds_config: the DeepSpeed JSON as `batching.load_ds_config` returns it (micro batch and accumulation
+        ds_config: the DeepSpeed JSON as `ds_config.load_ds_config` returns it (micro batch and accumulation
             filled in).
         dtype: the resolved model.dtype (bf16, fp16, fp32).
 
