@@ -16,13 +16,22 @@ from dataclasses import dataclass
 import torch
 
 from semgrpo import dist, run_folder
-from semgrpo.batching import LOSS_STATS, GlobalBatch, PromptOrder, PromptStream, loss_options, plan_global_batch
+from semgrpo.batching import (
+    LOSS_STATS,
+    GlobalBatch,
+    PromptOrder,
+    PromptStream,
+    ScoredGroups,
+    keep_informative,
+    loss_options,
+    needs_another_round,
+    plan_global_batch,
+)
 from semgrpo.checkpoint import clean_stale_tmp, load_checkpoint, save_checkpoint
 from semgrpo.config import Config, ConfigError, GRPOConfig, to_dict
 from semgrpo.data import Example
 from semgrpo.dist import gather_cat, sum_across
 from semgrpo.ds_config import BatchPlan, check_group_fit
-from semgrpo.dynamic_sampling import ScoredGroups, keep_informative, needs_another_round
 from semgrpo.eval.tax_meter import TaxMeter
 from semgrpo.fused_head import check_fusable, completion_logprobs
 from semgrpo.interrupt import GracefulInterrupt
