@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from semgrpo.config import ConfigError, load_config
-from semgrpo.rewards.remote import RemoteReward
 from semgrpo.rewards import RewardError, build_reward_functions, score
+from semgrpo.rewards.remote import RemoteReward
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "rewards"
 
