@@ -28,7 +28,7 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
                         f"(default: the offline demo, configs/{DEMO_CONFIG.name})")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. grpo.beta=0.04")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
-    plan = p.add_argument_group("memory plan (printed before the model loads; see semgrpo/memory_plan.py)")
+    plan = p.add_argument_group("memory plan (printed before the model loads; see semgrpo/memory_plan/)")
     plan.add_argument("--plan-only", action="store_true",
                       help="print the memory plan for the config and exit, without loading weights, tokenizer "
                            "or data, and without starting torch.distributed")

@@ -1,4 +1,4 @@
-"""The memory plan ("Will it fit?", semgrpo/memory_plan.py): its model states against DeepSpeed's own estimators,
+"""The memory plan ("Will it fit?", semgrpo/memory_plan/): its model states against DeepSpeed's own estimators,
 its LoRA count against peft's, its KV cache against a real cache, its advice, and `--plan-only` as a user runs it.
 
 The models here are config.json files only (no weights): the plan builds them on the meta device."""
