@@ -3,7 +3,7 @@
 of the global batch's loss.
 
 The prompt order is a pure function of (seed, step), so every rank agrees on it and a resumed run continues at
-exactly the same data position. The batch sizes come from the DeepSpeed JSON (ds_config.py).
+exactly the same data position. The batch sizes (BatchPlan) are read from the DeepSpeed JSON by ds_config.py.
 
 Dynamic sampling (grpo.dynamic_sampling) refills a step's flat groups with groups drawn from further prompts. A group
 whose G completions all score the same has advantage 0 and teaches nothing (early in GRPO with the paper's reward,
@@ -29,9 +29,25 @@ from semgrpo import dist
 from semgrpo.config import ConfigError, GRPOConfig
 from semgrpo.data import Example
 from semgrpo.dist import sum_across
-from semgrpo.ds_config import BatchPlan
 from semgrpo.ops import LossOptions, group_advantages, zero_std_groups
 from semgrpo.rollout import Rollout
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How a step's completions are cut: per micro-batch, accumulation steps, ranks (from the DeepSpeed JSON)."""
+
+    micro_batch: int  # sequences per forward/backward per rank
+    grad_accum: int
+    world_size: int
+
+    @property
+    def per_rank(self) -> int:
+        return self.micro_batch * self.grad_accum
+
+    @property
+    def global_batch(self) -> int:
+        return self.per_rank * self.world_size
 
 
 class PromptOrder:

@@ -7,25 +7,10 @@ G (`check_group_fit`). The JSON stays pure DeepSpeed: semgrpo builds the optimiz
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
+from semgrpo.batching import BatchPlan
 from semgrpo.config import ConfigError
-
-
-@dataclass(frozen=True)
-class BatchPlan:
-    micro_batch: int  # sequences per forward/backward per rank
-    grad_accum: int
-    world_size: int
-
-    @property
-    def per_rank(self) -> int:
-        return self.micro_batch * self.grad_accum
-
-    @property
-    def global_batch(self) -> int:
-        return self.per_rank * self.world_size
 
 
 def load_ds_config(path: str | Path, *, dtype: str, world_size: int) -> tuple[dict, BatchPlan]:

@@ -18,6 +18,7 @@ import torch
 from semgrpo import dist, run_folder
 from semgrpo.batching import (
     LOSS_STATS,
+    BatchPlan,
     GlobalBatch,
     PromptOrder,
     PromptStream,
@@ -31,7 +32,7 @@ from semgrpo.checkpoint import clean_stale_tmp, load_checkpoint, save_checkpoint
 from semgrpo.config import Config, ConfigError, GRPOConfig, to_dict
 from semgrpo.data import Example
 from semgrpo.dist import gather_cat, sum_across
-from semgrpo.ds_config import BatchPlan, check_group_fit
+from semgrpo.ds_config import check_group_fit
 from semgrpo.eval.tax_meter import TaxMeter
 from semgrpo.fused_head import check_fusable, completion_logprobs
 from semgrpo.interrupt import GracefulInterrupt
