@@ -22,7 +22,10 @@ DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
 
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=description,
-                                epilog="Config keys: " + ", ".join(valid_keys()))
+                                epilog=f"Config keys: {', '.join(valid_keys())}. --help-config says what each does.")
+    p.add_argument("--help-config", nargs="?", const="text", choices=("text", "markdown"), metavar="FORMAT",
+                   help="print every config key with its default and what it does, and exit; FORMAT markdown prints "
+                        "the README's configuration table")
     p.add_argument("--config", action="append",
                    help=f"run config YAML, repeatable: later files override earlier ones "
                         f"(default: the offline demo, configs/{DEMO_CONFIG.name})")
@@ -45,6 +48,11 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
 def _run(prog: str, description: str, job, argv=None, *, plan_stages=lambda cfg: ["grpo"]) -> int:
     """Parse the command line and run `job(cfg)`, or, with --plan-only, print the plan of `plan_stages(cfg)`."""
     args = _parser(prog, description).parse_args(argv)
+    if args.help_config:  # before anything loads: no config file is read, no process group started
+        from semgrpo.config.help import help_text, markdown_table
+
+        print(markdown_table() if args.help_config == "markdown" else help_text())
+        return 0
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     def main() -> int:

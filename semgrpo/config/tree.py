@@ -48,10 +48,10 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    task: str = key("mt_zh_bo", "mt_bo_zh, mt_zh_bo, hg_bo, or mt_<source>_<target> for two CLDR codes (mt_zh_km: "
+    task: str = key("mt_zh_bo", "mt_bo_zh, mt_zh_bo, hg_bo, or `mt_<source>_<target>` for two CLDR codes (mt_zh_km: "
                                 "records with the fields zh and km)")
-    train: str = key("", "training records: a JSONL/Parquet file, a folder with {split}.jsonl, a data:<path> in the "
-                         "data root, or a hub id you name")
+    train: str = key("", "training records: a JSONL/Parquet file, a folder with `{split}.jsonl`, a `data:<path>` in "
+                         "the data root, or a hub id you name")
     dev: str = key("", "dev records, in the same forms (reward.tau=auto is measured on their prompts)")
     max_prompt_length: int = key(256, "records whose prompt has more tokens are dropped")
     max_sample_tokens: int = key(1024, "records whose prompt + reference have more tokens are dropped (paper: 1024)")
@@ -75,13 +75,13 @@ class RewardConfig:
     encoder: str = key("", "reward encoder f: a sentence-transformers directory (frozen during RL)")
     functions: list[str] = key(["semantic", "language"], (
         "the reward's components: semantic, language (the paper's), bleu, length (ablations), a plugin "
-        "package.module:callable (named after the callable), a remote reward http://host:port/path (named remote); "
-        "name=entry names either (README: Rewards of your own)"))
+        "`package.module:callable` (named after the callable), a remote reward `http://host:port/path` (named "
+        "remote); `name=entry` names either (README: Rewards of your own)"))
     weights: dict[str, float] = key({"semantic": 1.5, "language": 1.0, "bleu": 1.0, "length": 1.0},
                                     "weight of each component in the sum, by name; a plugin or remote reward "
                                     "without one weighs 1.0")
-    kwargs: dict[str, dict[str, Any]] = key({}, "{name: {argument: value}}: constructor arguments of a plugin that "
-                                                "is a class")
+    kwargs: dict[str, dict[str, Any]] = key({}, "`{name: {argument: value}}`: constructor arguments of a plugin "
+                                                "that is a class")
     remote_timeout: float = key(60.0, "a remote reward's deadline per request in seconds, from connecting to the "
                                       "reply's last byte")
     remote_retries: int = key(2, "a remote reward's retries after a timeout, a refused or reset connection or a 5xx "
@@ -170,7 +170,7 @@ class RunConfig:
     sample_every: int = key(10, "GRPO steps between completion samples written to the trackers (0 = never)")
     report_to: list[str] = key(["tensorboard"], "trackers besides metrics.jsonl (always written): any of tensorboard, "
                                                 "wandb (offline when there is no network), jsonl (adds samples.jsonl), "
-                                                "or [none] (README: What a run logs)")
+                                                "or `[none]` (README: What a run logs)")
     gpu_memory_gib: float = key(0.0, "GPU memory per device (GiB) the memory plan checks; 0 = the first CUDA "
                                      "device's size, no check without one (--gpu-memory sets it)")
 
@@ -178,9 +178,9 @@ class RunConfig:
 @dataclass
 class TaxMeterConfig:
     every_steps: int = key(0, "live alignment-tax meter every this many GRPO steps: OOD token NLL and "
-                              "KL(reference || policy) on fixed passages, logged as tax/* (0 = off; the demo: 25)")
+                              "KL(reference || policy) on fixed passages, logged as `tax/*` (0 = off; the demo: 25)")
     ood_passages: str = key("", "CMRC/SQuAD JSON (its contexts), JSONL with text/context, or a text file (a passage "
-                                "per line), a path or data:<path>; empty with the demo = its plain source-language "
+                                "per line), a path or `data:<path>`; empty with the demo = its plain source-language "
                                 "CLDR text")
     ood_samples: int = key(32, "passages measured (a fixed subset)")
     ood_max_tokens: int = key(128, "tokens per passage")
@@ -190,7 +190,7 @@ class TaxMeterConfig:
 @dataclass
 class DemoConfig:
     enabled: bool = key(False, "build the offline demo (CLDR pairs, tiny tokenizer, policy and encoder) and fill the "
-                               "unset paths from it; demo: true / demo=true is short for it")
+                               "unset paths from it; `demo: true` / `demo=true` is short for it")
     language: str = key("bo", "CLDR code of the language the demo teaches (bo, ug, am, km...; README: Another "
                               "language)")
     source: str = key("zh", "CLDR code of the language it translates from (zh or en)")
