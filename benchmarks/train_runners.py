@@ -169,8 +169,8 @@ def run_trl(steps: int, seed: int, overrides: list[str] = ()) -> tuple[list[dict
     from peft import LoraConfig
     from transformers import TrainerCallback
 
-    from semgrpo.batching import load_ds_config
     from semgrpo.data import build_examples, load_records
+    from semgrpo.ds_config import load_ds_config
     from semgrpo.modeling import load_tokenizer, resolve_dtype
     from semgrpo.prompts import get_task
     from semgrpo.session import apply_demo

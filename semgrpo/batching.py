@@ -1,29 +1,42 @@
-"""Batch sizes from the DeepSpeed JSON, cross-checked against GRPO's group size; the prompt order and the
-stream of batches drawn from it; and each micro-batch's share of the global batch's loss.
+"""What a GRPO step trains on: the prompt order and the stream of batches drawn from it; the groups a step keeps
+(dynamic sampling); the global batch's advantages and the completions the loss covers; and each micro-batch's share
+of the global batch's loss.
 
-In GRPO the DeepSpeed micro batch counts *completions*: one optimizer step consumes
-`micro * grad_accum * world` completions, i.e. that many / G prompts. Each rank owns whole groups, so
-`micro * grad_accum` must be a multiple of G. The prompt order is a pure function of (seed, step), so
-every rank agrees on it and a resumed run continues at exactly the same data position.
+The prompt order is a pure function of (seed, step), so every rank agrees on it and a resumed run continues at
+exactly the same data position. The batch sizes (BatchPlan) are read from the DeepSpeed JSON by ds_config.py.
+
+Dynamic sampling (grpo.dynamic_sampling) refills a step's flat groups with groups drawn from further prompts. A group
+whose G completions all score the same has advantage 0 and teaches nothing (early in GRPO with the paper's reward,
+many groups score R_sim = 0 and R_lang = 1 everywhere). DAPO, verl and OpenRLHF therefore sample more prompts until
+the batch is full of informative groups. Here a step samples further rounds (each the next batch of the prompt order,
+so every rank draws from the same order) until every rank holds its full number of informative groups, or
+grpo.max_resample extra rounds are spent. Each rank keeps its own groups: no completions move between ranks. The
+ranks decide together whether to run another round (one all-reduce per round), so they run the same number of
+rounds, which ZeRO-3's collective generation needs. A rank then trains on its first informative groups in the order
+drawn, topped up with the first flat ones when the rounds ran out: the batch keeps the shape every collective
+expects, and the flat groups stay out of the loss (beta == 0) as usual.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from semgrpo import dist
 from semgrpo.config import ConfigError, GRPOConfig
-from semgrpo.ops import TRL_LOSS_TYPES, LossOptions, group_advantages, zero_std_groups
+from semgrpo.data import Example
+from semgrpo.dist import sum_across
+from semgrpo.ops import LossOptions, group_advantages, zero_std_groups
+from semgrpo.rollout import Rollout
 
 
 @dataclass(frozen=True)
 class BatchPlan:
+    """How a step's completions are cut: per micro-batch, accumulation steps, ranks (from the DeepSpeed JSON)."""
+
     micro_batch: int  # sequences per forward/backward per rank
     grad_accum: int
     world_size: int
@@ -35,86 +48,6 @@ class BatchPlan:
     @property
     def global_batch(self) -> int:
         return self.per_rank * self.world_size
-
-
-def load_ds_config(path: str | Path, *, dtype: str, world_size: int) -> tuple[dict, BatchPlan]:
-    """Read a DeepSpeed JSON, fill in precision from `dtype` when it says nothing, check batch sizes."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"DeepSpeed config not found: {path}")
-    try:
-        ds = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start + 1})") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(ds, dict):
-        raise ConfigError(f"{path}: expected a JSON object at the top level, got {type(ds).__name__}")
-    _check_ds_sections(ds, path)
-    if "optimizer" in ds or "scheduler" in ds:
-        raise ConfigError(
-            f"{path}: remove the 'optimizer'/'scheduler' sections; semgrpo builds AdamW and the schedule "
-            "from grpo.lr / grpo.scheduler (and sft.*) so that both stages are configured in one place"
-        )
-    micro = ds.get("train_micro_batch_size_per_gpu")
-    accum = ds.get("gradient_accumulation_steps", 1)
-    total = ds.get("train_batch_size")
-    for name, value in (("train_micro_batch_size_per_gpu", micro), ("gradient_accumulation_steps", accum),
-                        ("train_batch_size", total)):
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise ConfigError(f"{path}: {name} must be a positive integer, got {value!r}")
-    if micro is None and total is None:
-        raise ConfigError(f"{path}: set train_micro_batch_size_per_gpu (and gradient_accumulation_steps)")
-    if micro is None:
-        micro = total // (accum * world_size)
-    if "gradient_accumulation_steps" not in ds and total is not None:
-        accum = total // (micro * world_size)
-    for name, value in (("train_micro_batch_size_per_gpu", micro), ("gradient_accumulation_steps", accum)):
-        if not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{path}: {name} must be a positive integer, got {value!r}")
-    if total is not None and total != micro * accum * world_size:
-        raise ConfigError(
-            f"{path}: train_batch_size {total} != train_micro_batch_size_per_gpu {micro} x "
-            f"gradient_accumulation_steps {accum} x {world_size} ranks"
-        )
-    ds = dict(ds, train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=accum)
-    ds.pop("train_batch_size", None)
-    if ds.get("fp16", {}).get("enabled") and not _cuda_available():
-        raise ConfigError(f"{path}: fp16.enabled needs a CUDA device and none is available; set it to false "
-                          "to train on the CPU")
-    if not any(k in ds for k in ("bf16", "fp16")):
-        if dtype == "fp16" and not _cuda_available():
-            raise ConfigError("model.dtype fp16 needs a CUDA device and none is available; use fp32 or auto")
-        ds["bf16"] = {"enabled": dtype == "bf16"}
-        ds["fp16"] = {"enabled": dtype == "fp16"}
-    return ds, BatchPlan(micro_batch=micro, grad_accum=accum, world_size=world_size)
-
-
-def _check_ds_sections(ds: dict, path: Path) -> None:
-    """The sections semgrpo reads or fills in must have the shape DeepSpeed expects."""
-    for name in ("zero_optimization", "fp16", "bf16"):
-        if name in ds and not isinstance(ds[name], dict):
-            raise ConfigError(f"{path}: {name} must be a JSON object, got {type(ds[name]).__name__}")
-    stage = ds.get("zero_optimization", {}).get("stage", 0)
-    if stage not in (0, 1, 2, 3) or isinstance(stage, bool):
-        raise ConfigError(f"{path}: zero_optimization.stage must be 0, 1, 2 or 3, got {stage!r}")
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def check_group_fit(plan: BatchPlan, group_size: int, ds_path: str) -> int:
-    """Prompts per rank per step; a clear error when groups would straddle micro-batches or ranks."""
-    if plan.per_rank % group_size:
-        raise ConfigError(
-            f"{ds_path}: train_micro_batch_size_per_gpu x gradient_accumulation_steps = {plan.per_rank} "
-            f"completions per rank is not a multiple of grpo.group_size {group_size}; "
-            "each rank must hold whole groups"
-        )
-    return plan.per_rank // group_size
 
 
 class PromptOrder:
@@ -160,12 +93,61 @@ class PromptStream:
         return [self.examples[i] for i in ids]
 
 
+@dataclass
+class ScoredGroups:
+    """One rank's sampled and scored groups: G rows per prompt, groups contiguous.
+
+    Shape:
+        rollout: N = len(examples) * G rows; rewards and each per_fn value: [N]
+    """
+
+    examples: list[Example]  # one per group
+    rollout: Rollout
+    completions: list[str]
+    rewards: torch.Tensor
+    per_fn: dict[str, torch.Tensor]
+
+    def informative(self, group_size: int) -> torch.Tensor:
+        """[groups] True where the group's rewards differ."""
+        return ~zero_std_groups(self.rewards.float(), group_size).cpu()
+
+    def groups(self, indices: list[int], group_size: int) -> ScoredGroups:
+        """The groups at `indices`, in that order."""
+        rows = [g * group_size + j for g in indices for j in range(group_size)]
+        index = torch.tensor(rows, dtype=torch.long)
+        return ScoredGroups([self.examples[g] for g in indices], self.rollout.select(index),
+                            [self.completions[r] for r in rows], self.rewards[index.to(self.rewards.device)],
+                            {k: v[index.to(v.device)] for k, v in self.per_fn.items()})
+
+
+def needs_another_round(rounds: list[ScoredGroups], *, group_size: int, max_resample: int) -> bool:
+    """Collective: True while some rank lacks its full number of informative groups and rounds remain."""
+    if len(rounds) > max_resample:
+        return False
+    wanted = len(rounds[0].examples)
+    have = sum(int(r.informative(group_size).sum()) for r in rounds)
+    return sum_across(torch.tensor([float(have < wanted)])).item() > 0
+
+
+def keep_informative(rounds: list[ScoredGroups], *, group_size: int, pad_id: int) -> ScoredGroups:
+    """This rank's batch of the step: its first informative groups in the order drawn, as many as one round
+    holds, topped up with its first flat groups when there are too few."""
+    if len(rounds) == 1:  # one round: every group it drew, as drawn (no copy on the usual path)
+        return rounds[0]
+    wanted = len(rounds[0].examples)
+    marks = [(i, g, bool(ok)) for i, r in enumerate(rounds) for g, ok in enumerate(r.informative(group_size))]
+    chosen = sorted(([(i, g) for i, g, ok in marks if ok] + [(i, g) for i, g, ok in marks if not ok])[:wanted])
+    parts = [rounds[i].groups([g for j, g in chosen if j == i], group_size) for i in range(len(rounds))]
+    parts = [p for p in parts if p.examples]
+    return ScoredGroups([ex for p in parts for ex in p.examples],
+                        Rollout.cat([p.rollout for p in parts], pad_id=pad_id),
+                        [c for p in parts for c in p.completions],
+                        torch.cat([p.rewards for p in parts]),
+                        {k: torch.cat([p.per_fn[k] for p in parts]) for k in parts[0].per_fn})
+
+
 # What a GRPO step reports from its loss, by name (loss first, then the stats of policy_loss_from_logps).
 LOSS_STATS = ("loss", "kl", "clip_ratio_low", "clip_ratio_high", "clip_ratio_region", "entropy")
-
-
-# The aggregations LossNormalizer splits over ranks and micro-batches: every loss type of the ops.
-TRAINER_LOSS_TYPES = TRL_LOSS_TYPES
 
 
 def loss_options(grpo: GRPOConfig) -> LossOptions:

@@ -22,13 +22,16 @@ DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
 
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=description,
-                                epilog="Config keys: " + ", ".join(valid_keys()))
+                                epilog=f"Config keys: {', '.join(valid_keys())}. --help-config says what each does.")
+    p.add_argument("--help-config", nargs="?", const="text", choices=("text", "markdown"), metavar="FORMAT",
+                   help="print every config key with its default and what it does, and exit; FORMAT markdown prints "
+                        "the README's configuration table")
     p.add_argument("--config", action="append",
                    help=f"run config YAML, repeatable: later files override earlier ones "
                         f"(default: the offline demo, configs/{DEMO_CONFIG.name})")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. grpo.beta=0.04")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
-    plan = p.add_argument_group("memory plan (printed before the model loads; see semgrpo/memory_plan.py)")
+    plan = p.add_argument_group("memory plan (printed before the model loads; see semgrpo/memory_plan/)")
     plan.add_argument("--plan-only", action="store_true",
                       help="print the memory plan for the config and exit, without loading weights, tokenizer "
                            "or data, and without starting torch.distributed")
@@ -45,6 +48,11 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
 def _run(prog: str, description: str, job, argv=None, *, plan_stages=lambda cfg: ["grpo"]) -> int:
     """Parse the command line and run `job(cfg)`, or, with --plan-only, print the plan of `plan_stages(cfg)`."""
     args = _parser(prog, description).parse_args(argv)
+    if args.help_config:  # before anything loads: no config file is read, no process group started
+        from semgrpo.config.help import help_text, markdown_table
+
+        print(markdown_table() if args.help_config == "markdown" else help_text())
+        return 0
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     def main() -> int:
@@ -67,7 +75,7 @@ def _run(prog: str, description: str, job, argv=None, *, plan_stages=lambda cfg:
 
 def _print_plans(cfg: Config, stages: list[str], *, world_size: int | None, num_nodes: int | None) -> int:
     """--plan-only: the memory plan of each stage this command would run, from config.json alone."""
-    from semgrpo.batching import load_ds_config
+    from semgrpo.ds_config import load_ds_config
     from semgrpo.memory_plan import nodes_from_env, plan_lines
     from semgrpo.modeling import resolve_dtype
     from semgrpo.session import apply_demo

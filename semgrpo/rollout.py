@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, GenerationConfig
 
-from semgrpo.data import collate_left_padded
+from semgrpo.data.batches import collate_left_padded
 
 
 @dataclass

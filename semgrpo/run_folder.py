@@ -31,8 +31,8 @@ from semgrpo import dist
 from semgrpo.checkpoint import CHECKPOINTS_DIR, checkpoint_config, list_checkpoints, resolve_resume
 from semgrpo.config import Config, ConfigError, to_dict, upgrade_saved_config
 from semgrpo.files import write_json_atomic
-from semgrpo.tracking import METRICS_FILE, SAMPLES_FILE, STATE_FILE, SUMMARY_FILE, TENSORBOARD_DIR
-from semgrpo.tracking_wandb import WANDB_DIR
+from semgrpo.tracking.files import METRICS_FILE, SAMPLES_FILE, STATE_FILE, SUMMARY_FILE, TENSORBOARD_DIR
+from semgrpo.tracking.wandb_run import WANDB_DIR
 
 LOCK_FILE = ".lock"
 CONFIG_FILE = "config.json"

@@ -17,10 +17,11 @@ import numpy as np
 import torch
 
 from semgrpo import dist
-from semgrpo.batching import BatchPlan, load_ds_config
+from semgrpo.batching import BatchPlan
 from semgrpo.config import Config, ConfigError, DataConfig
 from semgrpo.data import Example, build_examples, load_records
 from semgrpo.data_root import check_data_paths
+from semgrpo.ds_config import load_ds_config
 from semgrpo.modeling import check_model_source, load_tokenizer, resolve_dtype
 from semgrpo.prompts import TaskSpec, get_task
 

@@ -22,15 +22,17 @@ from semgrpo.batching import (
     GlobalBatch,
     PromptOrder,
     PromptStream,
-    check_group_fit,
+    ScoredGroups,
+    keep_informative,
     loss_options,
+    needs_another_round,
     plan_global_batch,
 )
 from semgrpo.checkpoint import clean_stale_tmp, load_checkpoint, save_checkpoint
 from semgrpo.config import Config, ConfigError, GRPOConfig, to_dict
 from semgrpo.data import Example
 from semgrpo.dist import gather_cat, sum_across
-from semgrpo.dynamic_sampling import ScoredGroups, keep_informative, needs_another_round
+from semgrpo.ds_config import check_group_fit
 from semgrpo.eval.tax_meter import TaxMeter
 from semgrpo.fused_head import check_fusable, completion_logprobs
 from semgrpo.interrupt import GracefulInterrupt

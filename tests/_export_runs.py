@@ -60,7 +60,7 @@ def reference(name: str) -> None:
     cfg = config(name)
     apply_demo(cfg)
     dtype = resolve_dtype(cfg.model.dtype)
-    from semgrpo.batching import load_ds_config
+    from semgrpo.ds_config import load_ds_config
 
     ds_config, _ = load_ds_config(cfg.run.deepspeed, dtype=dtype, world_size=dist.world_size())
     seed_everything(cfg.seed)

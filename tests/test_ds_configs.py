@@ -15,7 +15,7 @@ CONFIGS = sorted((ROOT / "ds_configs").glob("*.json"))
 def test_every_shipped_config_is_accepted_by_deepspeed(path):
     from deepspeed.runtime.config import DeepSpeedConfig
 
-    from semgrpo.batching import load_ds_config
+    from semgrpo.ds_config import load_ds_config
 
     ds, _ = load_ds_config(str(path), dtype="bf16", world_size=8)
     parsed = DeepSpeedConfig(ds)

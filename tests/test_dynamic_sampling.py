@@ -13,8 +13,7 @@ import pytest
 import torch
 from _helpers import assert_same_metrics, deepspeed_launcher, run_metrics
 
-from semgrpo.batching import PromptOrder
-from semgrpo.dynamic_sampling import ScoredGroups, keep_informative, needs_another_round
+from semgrpo.batching import PromptOrder, ScoredGroups, keep_informative, needs_another_round
 from semgrpo.rollout import Rollout
 
 PLUGIN = '''

@@ -5,9 +5,9 @@ import shutil
 
 import pytest
 
-from semgrpo.batching import load_ds_config
 from semgrpo.config import ConfigError, ModelConfig
 from semgrpo.data import DataError, load_records
+from semgrpo.ds_config import load_ds_config
 from semgrpo.modeling import check_model_source, load_tokenizer
 
 DS = {"train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": 2, "zero_optimization": {"stage": 3}}

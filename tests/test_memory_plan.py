@@ -1,4 +1,4 @@
-"""The memory plan ("Will it fit?", semgrpo/memory_plan.py): its model states against DeepSpeed's own estimators,
+"""The memory plan ("Will it fit?", semgrpo/memory_plan/): its model states against DeepSpeed's own estimators,
 its LoRA count against peft's, its KV cache against a real cache, its advice, and `--plan-only` as a user runs it.
 
 The models here are config.json files only (no weights): the plan builds them on the meta device."""
@@ -10,8 +10,8 @@ import torch
 from _helpers import REPO, run_cli
 
 from semgrpo import cli
-from semgrpo.batching import load_ds_config
 from semgrpo.config import load_config
+from semgrpo.ds_config import load_ds_config
 from semgrpo.memory_plan import GiB, MiB, announce_plan, plan_for_config
 
 QWEN3_4B = dict(hidden_size=2560, num_hidden_layers=36, intermediate_size=9728, num_attention_heads=32,

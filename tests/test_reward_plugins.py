@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from semgrpo.config import ConfigError, load_config
-from semgrpo.reward_remote import RemoteReward
 from semgrpo.rewards import RewardError, build_reward_functions, score
+from semgrpo.rewards.remote import RemoteReward
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "rewards"
 
@@ -626,7 +626,7 @@ def test_a_redirect_elsewhere_is_refused_without_connecting():
 
 def test_the_backoff_doubles_from_its_base(monkeypatch):
     slept = []
-    monkeypatch.setattr("semgrpo.reward_remote.time.sleep", slept.append)
+    monkeypatch.setattr("semgrpo.rewards.remote.time.sleep", slept.append)
     monkeypatch.setenv("SEMGRPO_REMOTE_BACKOFF", "0.25")
     with RewardStub(plan=["500"]) as stub, pytest.raises(RewardError, match=r"\(4 attempts\)"):
         RemoteReward(stub.url, name="remote", timeout=5, retries=3)(PROMPTS, COMPLETIONS, REFERENCES)

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from _helpers import REPO, run_cli
 
-from semgrpo import tracking_wandb
 from semgrpo.config import ConfigError
 from semgrpo.tracking import SAMPLE_COLUMNS, RunTracker, check_trackers, read_metrics, read_samples
+from semgrpo.tracking import wandb_run as tracking_wandb
 
 SAMPLES = [{"prompt": "把它译成藏文：你好", "completion": "བཀྲ་ཤིས་བདེ་ལེགས།", "reference": "བཀྲ་ཤིས་བདེ་ལེགས།", "reward": 2.5},
            {"prompt": "把它译成藏文：你好", "completion": "a | *b*\nc", "reference": "བཀྲ་ཤིས།", "reward": 0.25}]

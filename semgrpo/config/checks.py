@@ -7,12 +7,17 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from semgrpo.batching import TRAINER_LOSS_TYPES
-from semgrpo.config import Config, ConfigError, get_key
+from semgrpo.config.choices import (
+    DTYPES,
+    IMPORTANCE_SAMPLING_LEVELS,
+    REPORT_TO,
+    SCALE_REWARDS,
+    SCHEDULERS,
+    TRL_LOSS_TYPES,
+)
+from semgrpo.config.keys import get_key
 from semgrpo.config.reward_specs import BUILTIN_REWARDS, reward_specs
-from semgrpo.ops.advantage import SCALES as SCALE_REWARDS
-from semgrpo.ops.loss_options import IMPORTANCE_SAMPLING_LEVELS
-from semgrpo.tracking import TRACKERS  # the choices live with the ops that use them
+from semgrpo.config.tree import Config, ConfigError
 
 
 def validate(cfg: Config) -> None:
@@ -22,7 +27,7 @@ def validate(cfg: Config) -> None:
         value = get_key(cfg, key)
         if not ok(value):
             raise ConfigError(f"{key} must be {expected}, got {value!r}")
-    for key, choices in _choices().items():
+    for key, choices in CHOICES.items():
         _choice(key, get_key(cfg, key), choices)
     g, r = cfg.grpo, cfg.reward
     _check_rewards(r)
@@ -98,9 +103,6 @@ def _check_demo(demo) -> None:
         check_pair(demo.language, demo.source)
     except DemoError as exc:
         raise ConfigError(str(exc)) from None
-
-
-REPORT_TO = (*TRACKERS, "none")
 
 
 def _check_report_to(report_to: list[str]) -> None:
@@ -197,19 +199,15 @@ _RANGES = {
     "tax_meter.ood_max_tokens": _at_least(2),
     "tax_meter.batch_size": _at_least(1),
 }
-_SCHEDULERS = ("constant", "cosine", "linear")
-
-
-def _choices() -> dict[str, tuple]:
-    """Every choice key and its values ('' where the empty string means a default)."""
-    return {
-        "model.dtype": ("auto", "bf16", "fp16", "fp32"),
-        "sft.scheduler": _SCHEDULERS,
-        "grpo.loss_type": TRAINER_LOSS_TYPES,
-        "grpo.importance_sampling_level": IMPORTANCE_SAMPLING_LEVELS,
-        "grpo.scale_rewards": SCALE_REWARDS,
-        "grpo.scheduler": _SCHEDULERS,
-    }
+# Every choice key and its values (config/choices.py).
+CHOICES = {
+    "model.dtype": DTYPES,
+    "sft.scheduler": SCHEDULERS,
+    "grpo.loss_type": TRL_LOSS_TYPES,
+    "grpo.importance_sampling_level": IMPORTANCE_SAMPLING_LEVELS,
+    "grpo.scale_rewards": SCALE_REWARDS,
+    "grpo.scheduler": SCHEDULERS,
+}
 
 
 def _choice(key, value, choices):

@@ -9,7 +9,8 @@ import os
 import sys
 from typing import Any
 
-from semgrpo.config import _SECTIONS, Config, ConfigError, get_key, set_key
+from semgrpo.config.keys import SECTIONS, get_key, set_key
+from semgrpo.config.tree import Config, ConfigError
 
 # Renamed keys (0.2): old dotted name -> new one. `load_config` still takes the old names, with one
 # deprecation line each, until DEPRECATED_UNTIL; saved configs with the old sections are read through
@@ -78,7 +79,7 @@ def upgrade_saved_config(tree: dict | None) -> dict | None:
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in tree.items()}
     for section in sorted({old.split(".")[0] for old in RENAMED_KEYS}):
         old_sec = out.get(section)
-        if not isinstance(old_sec, dict) or section in _SECTIONS:
+        if not isinstance(old_sec, dict) or section in SECTIONS:
             continue
         for field_name in list(old_sec):
             new = RENAMED_KEYS.get(f"{section}.{field_name}")

@@ -1,6 +1,6 @@
 """What an entry of `reward.functions` names: a built-in component, a plugin callable, or a remote reward.
 
-    semantic                        built-in (semgrpo/rewards.py)
+    semantic                        built-in (semgrpo/rewards/builtin.py)
     my_rewards:length_penalty       plugin: `callable` from an importable module, named `length_penalty`
     http://127.0.0.1:8000/score     remote: POST a JSON batch, read a JSON list back, named `remote`
     kiwi=comet_rewards:CometKiwi    any of them under the name `kiwi`

@@ -1,6 +1,6 @@
 """How a value from a YAML file or a `key=value` override becomes the type of its config field.
 
-Kept apart from the dataclass tree (config/__init__.py) so each file has one job; it imports nothing of semgrpo.
+Kept apart from the dataclass tree (config/tree.py) so each file has one job; it imports nothing of semgrpo.
 """
 from __future__ import annotations
 

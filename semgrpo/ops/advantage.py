@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from semgrpo.config.choices import SCALE_REWARDS as SCALES
+
 from ._dispatch import check_float_tensor, use_triton
 
 try:  # Triton is optional: CPU installs use the torch reference.
@@ -19,7 +21,6 @@ try:  # Triton is optional: CPU installs use the torch reference.
 except Exception:  # pragma: no cover - depends on the install
     triton = None
 
-SCALES = ("group", "batch", "none")
 _SCALE_CODE = {"group": 0, "batch": 1, "none": 2}
 
 

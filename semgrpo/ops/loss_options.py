@@ -14,10 +14,10 @@ import dataclasses
 import inspect
 import math
 
-# Every loss type of TRL 1.16's GRPOTrainer (the clipped surrogate of grpo/bnpo/dr_grpo/dapo/luspo, cispo's capped
-# importance weight, sapo's soft gate, vespo's gamma weight; see policy_loss.policy_loss_from_logps).
-TRL_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo")
-IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
+# The choices live with the config keys of the same names (semgrpo/config/choices.py), re-exported here.
+from semgrpo.config.choices import IMPORTANCE_SAMPLING_LEVELS, TRL_LOSS_TYPES
+
+__all__ = ["IMPORTANCE_SAMPLING_LEVELS", "TRL_LOSS_TYPES", "LossOptions", "takes_loss_options"]
 
 
 def _is_number(x) -> bool:

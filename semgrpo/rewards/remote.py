@@ -29,7 +29,7 @@ import urllib.parse
 import urllib.request
 
 from semgrpo.config import RewardConfig
-from semgrpo.rewards import RewardError, _checked_values
+from semgrpo.rewards.scoring import RewardError, checked_values
 
 BACKOFF_ENV = "SEMGRPO_REMOTE_BACKOFF"  # seconds before the first retry (default 1)
 DEFAULT_MAX_BYTES = RewardConfig.remote_max_bytes  # 64 MiB; a score takes about 20 bytes
@@ -69,7 +69,7 @@ class RemoteReward:
             raise RewardError(f"remote reward {self.__name__!r}: {self.url} replied with {exc}; it must reply "
                               "with a JSON list of one number or null per completion") from None
         try:
-            _checked_values(self.__name__, values, len(completions))
+            checked_values(self.__name__, values, len(completions))
         except RewardError as exc:
             raise RewardError(f"{exc} (the reply of {self.url})") from None
         return values

@@ -31,128 +31,36 @@ import time
 from pathlib import Path
 from typing import Any
 
-from semgrpo.files import write_json_atomic, write_text_atomic
-from semgrpo.tracking_wandb import SAMPLE_COLUMNS, WandbRun
+from semgrpo.config.choices import TRACKERS
+from semgrpo.files import write_json_atomic
+from semgrpo.tracking.files import (
+    METRICS_FILE,
+    SAMPLES_FILE,
+    STATE_FILE,
+    SUMMARY_FILE,
+    TENSORBOARD_DIR,
+    read_metrics,
+    read_samples,
+    read_state,
+    truncate_jsonl,
+)
+from semgrpo.tracking.samples import as_float, check_samples, escape_markdown, samples_markdown
+from semgrpo.tracking.summary import draw_reward_curve, summarize
+from semgrpo.tracking.wandb_run import SAMPLE_COLUMNS, WandbRun
 
-METRICS_FILE = "metrics.jsonl"
-STATE_FILE = "tracker_state.json"
-SUMMARY_FILE = "summary.json"
-TENSORBOARD_DIR = "tensorboard"
-SAMPLES_FILE = "samples.jsonl"
+__all__ = [
+    "METRICS_FILE", "SAMPLES_FILE", "SAMPLE_COLUMNS", "STATE_FILE", "SUMMARY_FILE", "TENSORBOARD_DIR", "TRACKERS",
+    "RunTracker", "check_trackers", "escape_markdown", "read_metrics", "read_samples",
+]
+
 REWARD_KEY = "reward/mean"
 LOSS_KEY = "loss"
-# What run.report_to may name ("none" alone = metrics.jsonl only); the wandb table's columns.
-TRACKERS = ("tensorboard", "wandb", "jsonl")
-
-_MD_SPECIAL = set("\\`*_{}[]()#+-.!|<>~")
-
-
-def escape_markdown(text: str) -> str:
-    """Escape `text` so TensorBoard's markdown renderer shows it verbatim, line breaks included.
-
-    Markdown punctuation gets a backslash, `&` becomes `&amp;`, and every newline becomes a hard line
-    break (two spaces before it).
-    """
-    if not isinstance(text, str):
-        raise TypeError(f"text has type {type(text).__name__}; expected str")
-    out = []
-    for ch in text.replace("\r\n", "\n"):
-        if ch == "&":
-            out.append("&amp;")
-        elif ch in _MD_SPECIAL:
-            out.append("\\" + ch)
-        elif ch == "\n":
-            out.append("  \n")
-        else:
-            out.append(ch)
-    return "".join(out)
 
 
 def _check_step(step: Any) -> int:
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"step={step!r}; expected an int >= 0")
     return step
-
-
-def _as_float(key: str, value: Any) -> float:
-    if isinstance(value, bool):
-        return float(value)
-    try:
-        return float(value)  # ints, floats, numpy scalars, one-element tensors
-    except (TypeError, ValueError):
-        raise ValueError(f"scalar {key!r}={value!r} is not a number") from None
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not a JSON line ({e.msg})") from None
-    return rows
-
-
-def read_metrics(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The lines of `<output_dir>/metrics.jsonl` as dicts (an empty list when the file is absent)."""
-    return _read_jsonl(Path(output_dir) / METRICS_FILE)
-
-
-def read_samples(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The lines of `<output_dir>/samples.jsonl` ({"step", "rows"}) as dicts (empty when absent)."""
-    return _read_jsonl(Path(output_dir) / SAMPLES_FILE)
-
-
-def _truncate_jsonl(path: Path, start_step: int) -> None:
-    """Keep the lines with step <= start_step (a killed write's partial last line goes too)."""
-    if not path.is_file():
-        return
-    kept = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= start_step:
-                kept.append(line if line.endswith("\n") else line + "\n")
-    write_text_atomic(path, "".join(kept))
-
-
-def _read_state(path: Path) -> dict[str, Any]:
-    """tracker_state.json as saved; a damaged one (a full disk, an edit) is set aside with one warning line and the
-    resume goes on without it: the wall time counts from this session, wandb starts a new run."""
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-        problem = _state_problem(state)
-    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError
-        problem = f"unreadable ({exc})"
-    if problem is None:
-        return state
-    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
-    with contextlib.suppress(OSError):  # it is rewritten at the first logged step anyway
-        os.replace(path, aside)
-    print(f"semgrpo: warning: {path} is {problem}; set aside as {aside.name}. The run resumes: its wall time counts "
-          "from now and wandb, if used, starts a new run", file=sys.stderr, flush=True)
-    return {}
-
-
-def _state_problem(state: Any) -> str | None:
-    if not isinstance(state, dict):
-        return f"a JSON {type(state).__name__}, not an object"
-    wall, step = state.get("wall_seconds", 0.0), state.get("wandb_step", 0)
-    if isinstance(wall, bool) or not isinstance(wall, (int, float)) or not (math.isfinite(wall) and wall >= 0):
-        return f"damaged (wall_seconds {wall!r})"
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        return f"damaged (wandb_step {step!r})"
-    if not isinstance(state.get("wandb_run_id", ""), str):
-        return f"damaged (wandb_run_id {state['wandb_run_id']!r})"
-    return None
 
 
 def _trackers(report_to: Any) -> tuple[str, ...]:
@@ -185,36 +93,6 @@ def check_trackers(report_to: Any) -> None:
         why = "is not installed" if missing else f"cannot be imported ({str(e).splitlines()[0] if str(e) else e!r})"
         raise ConfigError(f"run.report_to names wandb, but the wandb package {why}: pip install wandb (or "
                           f"pip install -e '.[wandb]'), or leave wandb out of run.report_to") from None
-
-
-def _check_samples(samples: Any) -> list[dict[str, Any]]:
-    """`samples` as rows of SAMPLE_COLUMNS (reward a float), or a ValueError naming the bad row."""
-    if not isinstance(samples, (list, tuple)):
-        raise ValueError(f"samples has type {type(samples).__name__}; expected a list of dicts")
-    rows = []
-    for i, s in enumerate(samples):
-        if not isinstance(s, dict) or any(k not in s for k in SAMPLE_COLUMNS):
-            raise ValueError(f"samples[{i}]={s!r}; expected a dict with keys {', '.join(SAMPLE_COLUMNS)}")
-        bad = next((k for k in SAMPLE_COLUMNS[:3] if not isinstance(s[k], str)), None)
-        if bad is not None:
-            raise ValueError(f"samples[{i}][{bad!r}] has type {type(s[bad]).__name__}; expected str")
-        rows.append({**{k: s[k] for k in SAMPLE_COLUMNS[:3]}, "reward": _as_float("reward", s["reward"])})
-    return rows
-
-
-def _samples_markdown(rows: list[dict[str, Any]]) -> str:
-    """Completions as a Markdown table (TensorBoard renders text as Markdown), cells escaped.
-
-    One prompt shared by every row (one group) is written once above the table; else it is a column.
-    """
-    cell = lambda text: escape_markdown(text.replace("\r\n", " ").replace("\n", " "))
-    one_prompt = len({r["prompt"] for r in rows}) == 1
-    keys = ("completion", "reference") if one_prompt else ("prompt", "completion", "reference")
-    lines = ["| reward | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    for r in rows:
-        lines.append(f"| {r['reward']:.3f} | " + " | ".join(cell(r[k]) for k in keys) + " |")
-    table = "\n".join(lines)
-    return f"prompt: {escape_markdown(rows[0]['prompt'])}\n\n{table}" if one_prompt else table
 
 
 class RunTracker:
@@ -266,9 +144,9 @@ class RunTracker:
                 path.unlink(missing_ok=True)
         else:
             for path in (metrics, samples):
-                _truncate_jsonl(path, start_step)
+                truncate_jsonl(path, start_step)
             if state_file.is_file():
-                self._state = _read_state(state_file)
+                self._state = read_state(state_file)
         self._prior_wall = float(self._state.get("wall_seconds", 0.0))
         self._t0 = time.monotonic()
         if "tensorboard" in self.report_to:
@@ -297,7 +175,7 @@ class RunTracker:
         for key, value in scalars.items():
             if not isinstance(key, str) or key == "step":
                 raise ValueError(f"scalar name {key!r} is not allowed; expected a str other than 'step'")
-            values[key] = _as_float(key, value)
+            values[key] = as_float(key, value)
         if not self.enabled:
             return
         self._check_open()
@@ -333,12 +211,12 @@ class RunTracker:
             samples: dicts with keys prompt, completion, reference (str) and reward (a number).
         """
         _check_step(step)
-        rows = _check_samples(samples)
+        rows = check_samples(samples)
         if not self.enabled or not rows:
             return
         self._check_open()
         if self._writer is not None:
-            self._writer.add_text("samples", _samples_markdown(rows), global_step=step)
+            self._writer.add_text("samples", samples_markdown(rows), global_step=step)
         if self._wandb is not None:
             self._wandb.log_samples(step, rows)
         if self._samples is not None:
@@ -408,17 +286,7 @@ class RunTracker:
             raise ValueError(f"extra keys {clash} clash with the summary's own keys")
         if not self._closed:
             self._metrics.flush()
-        rows = read_metrics(self.output_dir)
-        rewards = [r[REWARD_KEY] for r in sorted(rows, key=lambda r: r["step"]) if r.get(REWARD_KEY) is not None]
-        k = max(1, len(rewards) // 5)
-        out = {
-            "steps": max((r["step"] for r in rows), default=0),
-            "logged_steps": len(rows),
-            "reward_mean_first_20pct": sum(rewards[:k]) / k if rewards else None,
-            "reward_mean_last_20pct": sum(rewards[-k:]) / k if rewards else None,
-            "wall_seconds": self.wall_seconds(),
-            **extra,
-        }
+        out = {**summarize(read_metrics(self.output_dir), REWARD_KEY), "wall_seconds": self.wall_seconds(), **extra}
         write_json_atomic(self.output_dir / SUMMARY_FILE, out)
         if self._wandb is not None and not self._closed:
             self._wandb.run.summary.update({f"summary/{k}": v for k, v in out.items()
@@ -439,31 +307,10 @@ class RunTracker:
             raise ValueError(f"window={window!r}; expected an int >= 1")
         if not self.enabled:
             return None
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
         path = Path(path) if path is not None else self.output_dir / "reward_curve.png"
         if not self._closed:
             self._metrics.flush()
-        pts = sorted((r["step"], r[REWARD_KEY]) for r in read_metrics(self.output_dir) if r.get(REWARD_KEY) is not None)
-        fig = Figure(figsize=(7, 4), dpi=100)
-        FigureCanvasAgg(fig)  # Agg canvas without pyplot: no global backend state
-        ax = fig.add_subplot(1, 1, 1)
-        if pts:
-            steps, rewards = zip(*pts)
-            w = window or max(1, len(pts) // 10)
-            avg = [sum(rewards[max(0, i - w + 1):i + 1]) / (i + 1 - max(0, i - w + 1)) for i in range(len(rewards))]
-            ax.plot(steps, rewards, alpha=0.4, label=REWARD_KEY)
-            ax.plot(steps, avg, label=f"moving average ({w})")
-            ax.legend(loc="best")
-        else:
-            ax.text(0.5, 0.5, f"no {REWARD_KEY} logged", ha="center", va="center", transform=ax.transAxes)
-        ax.set_xlabel("step")
-        ax.set_ylabel("reward")
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(str(path), format="png")
+        draw_reward_curve(read_metrics(self.output_dir), REWARD_KEY, path, window=window)
         return path
 
     # ---------------------------------------------------------------------------------------- lifecycle
