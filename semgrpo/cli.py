@@ -10,6 +10,7 @@ import argparse
 import copy
 import json
 import os
+import sys
 from pathlib import Path
 
 from semgrpo.config import Config, ConfigError, load_config, valid_keys
@@ -51,7 +52,10 @@ def _run(prog: str, description: str, job, argv=None, *, plan_stages=lambda cfg:
     if args.help_config:  # before anything loads: no config file is read, no process group started
         from semgrpo.config.help import help_text, markdown_table
 
-        print(markdown_table() if args.help_config == "markdown" else help_text())
+        try:
+            print(markdown_table() if args.help_config == "markdown" else help_text(), flush=True)
+        except BrokenPipeError:  # `| head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

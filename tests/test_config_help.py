@@ -88,3 +88,12 @@ def test_help_config_prints_every_key_and_starts_nothing():
     md = subprocess.run([sys.executable, str(REPO / "bin" / "train_grpo.py"), "--help-config=markdown"], cwd=REPO,
                         capture_output=True, text=True, timeout=120, env=user_env())
     assert md.returncode == 0 and md.stdout.strip() == markdown_table()
+
+
+def test_help_config_into_a_closed_pipe_is_quiet():
+    """`--help-config | head -1`: the reader leaves early; no BrokenPipeError traceback, exit 0."""
+    proc = subprocess.Popen([sys.executable, str(REPO / "bin" / "train_grpo.py"), "--help-config"], cwd=REPO,
+                            env=user_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the child writes: its first write meets a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and "Traceback" not in err, err[-2000:]
