@@ -42,7 +42,9 @@ def test_every_figure_renders_from_what_is_committed():
 def test_the_lists_and_figures_it_promises_are_spans():
     """The README quotes these from files or code; each must be a span, so that the check covers it."""
     used = set(span_names(README.read_text(encoding="utf-8")))
-    wanted = {"code.resume_may_change", "code.overwrite_deletes", "code.report_none_writes", "code.version",
+    wanted = {"demo.tau", "demo.reward_first", "demo.reward_last", "demo.grpo_time", "demo_eval.grpo.bleu",
+              "demo_eval.cold_start.bleu", "demo_eval.grpo.similarity", "demo_eval.cold_start.similarity",
+              "dynamic.flat_share", "dynamic.flat_share_last50", "code.resume_may_change", "code.overwrite_deletes", "code.report_none_writes", "code.version",
               "code.deprecated_until", "perf.kernels.table", "perf.fused_linear.table", "perf.script.table",
               "perf.train.table"}
     assert wanted <= used, sorted(wanted - used)
@@ -104,4 +106,6 @@ def test_a_missing_file_or_unknown_figure_is_one_error(tmp_path, monkeypatch, ca
     monkeypatch.setattr(sources, "REPO", tmp_path)  # no result files there
     with pytest.raises(FigureError, match=r"benchmarks/results/bench_script_cpu_2core.csv is missing"):
         FIGURES["perf.script.table"]()
+    with pytest.raises(FigureError, match=r"benchmarks/results/demo/summary.json is missing"):
+        FIGURES["demo.tau"]()
 

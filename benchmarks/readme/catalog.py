@@ -1,12 +1,13 @@
 """Every figure the README may quote, by name: the span `<!-- fig:NAME -->` renders FIGURES[NAME]()."""
 from __future__ import annotations
 
-from readme import lists, perf
+from readme import demo, lists, perf
 from readme.sources import RESULTS, load_json, path_text
 
 REPRODUCE = f"{RESULTS}/reproduce"
 
 FIGURES = {
+    **demo.FIGURES,
     **perf.FIGURES,
     **lists.FIGURES,
     # "Does it reproduce the paper?": the committed table.md is the README's table, word for word

@@ -30,6 +30,11 @@ def _run(run: str, *keys):
     return get(load_json(rel), rel, *keys)
 
 
+def _load(run: str) -> str:
+    """'11.4 at the start, 5.8 at the end': the machine's 1-minute load average around the run (2 cores)."""
+    return f"{_run(run, 'load_average', 'start'):.1f} at the start, {_run(run, 'load_average', 'end'):.1f} at the end"
+
+
 def _eval(model: str, *keys) -> float:
     return get(load_json(EVAL), EVAL, "models", model, *keys)
 
@@ -58,7 +63,7 @@ def demo_figures() -> dict:
                                                      f"{DEMO}/cold_start_summary.json", "wall_seconds")),
         "demo.command_time": lambda: duration(_run(DEMO, "wall_seconds", "demo")),
         "demo.install_time": lambda: duration(_run(DEMO, "wall_seconds", "install")),
-        "demo.load": lambda: _run(DEMO, "load_average"),
+        "demo.load": lambda: _load(DEMO),
         "demo.machine": lambda: _run(DEMO, "machine"),
     }
 
@@ -66,7 +71,7 @@ def demo_figures() -> dict:
 # ------------------------------------------------------------------------------ its evaluation
 
 def eval_figures() -> dict:
-    out = {"demo_eval.date": lambda: get(load_json(EVAL), EVAL, "date")[:10],
+    out = {"demo_eval.date": lambda: _run(DEMO, "evaluated"),  # eval.json has no date: run.json says when
            "demo_eval.wall": lambda: duration(_run(DEMO, "wall_seconds", "evaluate")),
            "demo_eval.cmrc_questions": lambda: str(_eval("base", "cmrc", "total")),
            "demo_eval.dev_samples": lambda: str(_eval("base", "task", "n"))}
@@ -116,6 +121,7 @@ def dynamic_figures() -> dict:
         "dynamic.prompts_drawn": lambda: f"{sum(drawn()):.0f}",
         "dynamic.prompts_without": lambda: f"{drawn_without():.0f}",
         "dynamic.date": lambda: _run(DYNAMIC, "date"),
+        "dynamic.load": lambda: _load(DYNAMIC),
         "dynamic.grpo_time": lambda: duration(_summary(DYNAMIC, "wall_seconds")),
         "dynamic.reward_first": lambda: f"{_summary(DYNAMIC, 'reward_mean_first_20pct'):.3f}",
         "dynamic.reward_last": lambda: f"{_summary(DYNAMIC, 'reward_mean_last_20pct'):.3f}",
