@@ -62,28 +62,20 @@ def demo_figures() -> dict:
         "demo.cold_start_time": lambda: duration(get(load_json(f"{DEMO}/cold_start_summary.json"),
                                                      f"{DEMO}/cold_start_summary.json", "wall_seconds")),
         "demo.command_time": lambda: duration(_run(DEMO, "wall_seconds", "demo")),
-        "demo.install_time": lambda: duration(_run(DEMO, "wall_seconds", "install")),
         "demo.load": lambda: _load(DEMO),
-        "demo.machine": lambda: _run(DEMO, "machine"),
     }
 
 
 # ------------------------------------------------------------------------------ its evaluation
 
 def eval_figures() -> dict:
-    out = {"demo_eval.date": lambda: _run(DEMO, "evaluated"),  # eval.json has no date: run.json says when
-           "demo_eval.wall": lambda: duration(_run(DEMO, "wall_seconds", "evaluate")),
-           "demo_eval.cmrc_questions": lambda: str(_eval("base", "cmrc", "total")),
-           "demo_eval.dev_samples": lambda: str(_eval("base", "task", "n"))}
+    out = {"demo_eval.dev_samples": lambda: str(_eval("base", "task", "n"))}
     for model in ("base", "cold_start", "grpo"):
         out |= {f"demo_eval.{model}.similarity": lambda m=model: f"{_eval(m, 'task', 'similarity', 'mean'):.3f}",
                 f"demo_eval.{model}.bleu": lambda m=model: f"{_eval(m, 'task', 'bleu'):.2f}",
                 f"demo_eval.{model}.chrf": lambda m=model: f"{_eval(m, 'task', 'chrf'):.2f}",
                 f"demo_eval.{model}.cmrc_f1": lambda m=model: f"{_eval(m, 'cmrc', 'f1'):.2f}",
                 f"demo_eval.{model}.ood_nll": lambda m=model: f"{_eval(m, 'ood', 'nll', 'mean'):.3f}"}
-        if model != "base":
-            out[f"demo_eval.{model}.ood_delta_nll"] = lambda m=model: f"{_eval(m, 'ood', 'delta_nll', 'mean'):+.3f}"
-            out[f"demo_eval.{model}.ood_kl"] = lambda m=model: f"{_eval(m, 'ood', 'kl', 'mean'):.3f}"
     return out
 
 
@@ -121,10 +113,7 @@ def dynamic_figures() -> dict:
         "dynamic.prompts_drawn": lambda: f"{sum(drawn()):.0f}",
         "dynamic.prompts_without": lambda: f"{drawn_without():.0f}",
         "dynamic.date": lambda: _run(DYNAMIC, "date"),
-        "dynamic.load": lambda: _load(DYNAMIC),
         "dynamic.grpo_time": lambda: duration(_summary(DYNAMIC, "wall_seconds")),
-        "dynamic.reward_first": lambda: f"{_summary(DYNAMIC, 'reward_mean_first_20pct'):.3f}",
-        "dynamic.reward_last": lambda: f"{_summary(DYNAMIC, 'reward_mean_last_20pct'):.3f}",
     }
 
 
