@@ -7,7 +7,7 @@ from semgrpo import __version__
 from semgrpo.config.renames import DEPRECATED_UNTIL
 from semgrpo.getdata.manifest import load_manifest
 from semgrpo.run_folder import MAY_CHANGE, RUN_DIRS, RUN_FILES
-from semgrpo.tracking import ALWAYS_WRITTEN
+from semgrpo.tracking.files import ALWAYS_WRITTEN
 
 
 def _and(items: list[str]) -> str:
