@@ -83,6 +83,7 @@ NOT_RUN = {
     "configs/hg_bo.yaml --samples 1000 --output runs/transfer --launcher \"deepspeed --num_gpus 8\"":
         "the real runs above on 8 GPUs; tests/eval/test_transfer.py runs transfer on demo-sized runs",
     "python benchmarks/reproduce_paper.py": "over an hour on CPU; test_reproduce_paper.py runs its --quick form",
+    "python benchmarks/reproduce_paper.py --seeds 0": "one seed of the above: still a long CPU run",
     "mkdir -p wheels": "prepares wheels for a GPU machine (network)",
     "PLAT=\"--python-version 3.12 --implementation cp --only-binary=:all: --platform manylinux_2_28_x86_64 "
     "--platform manylinux_2_17_x86_64\"": "as mkdir -p wheels",
