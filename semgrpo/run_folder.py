@@ -31,7 +31,7 @@ from semgrpo import dist
 from semgrpo.checkpoint import CHECKPOINTS_DIR, checkpoint_config, list_checkpoints, resolve_resume
 from semgrpo.config import Config, ConfigError, to_dict, upgrade_saved_config
 from semgrpo.files import write_json_atomic
-from semgrpo.tracking.files import METRICS_FILE, SAMPLES_FILE, STATE_FILE, SUMMARY_FILE, TENSORBOARD_DIR
+from semgrpo.tracking.files import ALWAYS_WRITTEN, SAMPLES_FILE, TENSORBOARD_DIR
 from semgrpo.tracking.wandb_run import WANDB_DIR
 
 LOCK_FILE = ".lock"
@@ -39,9 +39,8 @@ CONFIG_FILE = "config.json"
 # The DeepSpeed JSON's content (and the world size) as the run started: a resume must match it.
 DEEPSPEED_RECORD = "deepspeed.json"
 # What `overwrite=true` removes (never the sub-run `cold_start/`, which its own stage handles).
-RUN_DIRS = ("checkpoints", "tensorboard", "wandb")
-RUN_FILES = ("metrics.jsonl", "samples.jsonl", "summary.json", CONFIG_FILE, DEEPSPEED_RECORD, "reward_curve.png",
-             "tracker_state.json")
+RUN_DIRS = (CHECKPOINTS_DIR, TENSORBOARD_DIR, WANDB_DIR)
+RUN_FILES = (CONFIG_FILE, DEEPSPEED_RECORD, *ALWAYS_WRITTEN, SAMPLES_FILE)
 
 # Keys a resume may change: logging/saving cadence and trackers, the memory budget, the live alignment-tax meter
 # and a remote reward's patience and reply limit. grpo.max_steps may only grow (or stay); see `compare_configs`.
@@ -96,7 +95,7 @@ def check_run_parts(output_dir: Path, report_to: list[str]) -> None:
         if not os.access(path, os.W_OK | os.X_OK):
             raise ConfigError(f"{str(path)!r} is not writable, and the run writes its {what} there: fix its "
                               "permissions or use another output_dir")
-    for name in (METRICS_FILE, SAMPLES_FILE, STATE_FILE, SUMMARY_FILE, CONFIG_FILE):
+    for name in RUN_FILES:
         if (output_dir / name).is_dir():
             raise ConfigError(f"{str(output_dir / name)!r} is a folder, but the run writes a file of that name: "
                               "move it away")

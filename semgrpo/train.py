@@ -322,6 +322,6 @@ def train_grpo(cfg: Config) -> dict:
                 interrupt.exit(step + 1, saved)
     summary = tracker.summary(tau=state["tau"], total_steps=total_steps)
     if dist.is_main():
-        tracker.plot_reward_curve(f"{cfg.output_dir}/reward_curve.png")
+        tracker.plot_reward_curve()  # <output_dir>/reward_curve.png
     tracker.close()
     return summary

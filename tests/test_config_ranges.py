@@ -177,13 +177,24 @@ def test_old_key_names_are_applied_under_the_new_ones_with_one_line_each(tmp_pat
     assert (cfg.tax_meter.every_steps, cfg.tax_meter.ood_samples) == (5, 4)
     lines = _deprecations(capsys.readouterr().err)
     assert sorted(lines) == sorted(f"semgrpo: config key {k} is deprecated; use {RENAMED_KEYS[k]} (the old name "
-                                   "works until 0.3)" for k in ("train.lr", "train.deepspeed", "train.save_every",
+                                   "works until 0.2)" for k in ("train.lr", "train.deepspeed", "train.save_every",
                                                                 "eval.every_steps", "eval.ood_samples",
                                                                 "train.max_steps"))
     # Every old name has its new key in the tree; the new names print nothing.
     assert set(RENAMED_KEYS.values()) <= set(valid_keys())
     load_config([], ["grpo.lr=1e-3", "run.save_every=3", "tax_meter.every_steps=2"])
     assert _deprecations(capsys.readouterr().err) == []
+
+
+def test_the_old_names_go_at_the_release_the_deprecation_line_names():
+    """The line promises the old names until DEPRECATED_UNTIL; the package must not reach that version with them."""
+    from semgrpo import __version__
+    from semgrpo.config.renames import DEPRECATED_UNTIL
+
+    version = tuple(int(part) for part in __version__.split(".")[:2])
+    until = tuple(int(part) for part in DEPRECATED_UNTIL.split("."))
+    assert version < until, (f"semgrpo {__version__} has reached {DEPRECATED_UNTIL}: drop RENAMED_KEYS (and the "
+                             f"README's renamed-keys paragraph), or the deprecation line is a broken promise")
 
 
 def test_old_and_new_name_together(tmp_path, capsys):

@@ -19,6 +19,14 @@ def test_every_new_loss_setting_trains_two_steps(demo_assets, tmp_path):
         for r in run["metrics"]:
             assert math.isfinite(r["loss"]) and math.isfinite(r["kl"]) and math.isfinite(r["entropy/mean"]), (name, r)
         assert run["lora_b_max"] > 0, f"{name}: the LoRA did not move (lora_B is still 0)"
+    # run.report_to=[none]: the folder holds what every run writes and nothing of a tracker (README "What a run logs")
+    from semgrpo.checkpoint import CHECKPOINTS_DIR
+    from semgrpo.run_folder import CONFIG_FILE, DEEPSPEED_RECORD, LOCK_FILE
+    from semgrpo.tracking.files import ALWAYS_WRITTEN
+
+    for name in LOSS_RUNS:
+        assert sorted(p.name for p in (tmp_path / name).iterdir()) == sorted(
+            {CONFIG_FILE, DEEPSPEED_RECORD, LOCK_FILE, CHECKPOINTS_DIR, *ALWAYS_WRITTEN}), name
     assert runs["luspo_sequence"]["config"]["importance_sampling_level"] == "sequence"
     assert runs["gspo"]["config"] == {**runs["gspo"]["config"], "loss_type": "dapo", "importance_sampling_level":
                                       "sequence"}

@@ -158,11 +158,11 @@ def test_resume_check_falls_back_to_the_run_config_and_compares_the_deepspeed_js
 
 
 def _old_style(cfg: Config) -> dict:
-    """`cfg` as a version before 0.2 saved it: GRPO's optimisation and the shared run keys under `train`,
+    """`cfg` as a development snapshot before 0.1.0 saved it: GRPO's optimisation and the shared run keys under `train`,
     the tax meter under `eval`."""
     tree = to_dict(cfg)
     grpo, run, meter = tree["grpo"], tree.pop("run"), tree.pop("tax_meter")
-    run.pop("gpu_memory_gib")  # new in 0.2: a config saved before never had it
+    run.pop("gpu_memory_gib")  # added before 0.1.0: an older snapshot's config never had it
     run.pop("report_to")  # newer still
     tree["train"] = {**run, **{k: grpo.pop(k) for k in ("lr", "scheduler", "warmup_ratio", "epochs", "max_steps")}}
     tree["eval"] = meter

@@ -4,7 +4,7 @@
     keys.py           dotted keys: list, read, set with the field's type (values.py)
     choices.py        the values of every choice key (the ops and the trackers import them from here)
     checks.py         every key's range and the rules between keys
-    renames.py        keys renamed in 0.2/0.3 and saved configs written with them
+    renames.py        keys renamed before 0.1.0 and saved configs written with them
     reward_specs.py   what an entry of reward.functions names
 
 The DeepSpeed JSON (`run.deepspeed`) stays pure DeepSpeed: batch sizes are read from it and cross-checked against

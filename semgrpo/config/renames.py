@@ -1,4 +1,4 @@
-"""Config keys renamed in 0.2 and how the old names keep working for one release.
+"""Config keys renamed before the first release (0.1.0) and how the old names keep working through the 0.1 series.
 
 `load_config` applies an old name under its new one with one deprecation line; saved configs (a run's or
 a checkpoint's `config.json`) written with the old sections are read through `upgrade_saved_config`.
@@ -12,10 +12,10 @@ from typing import Any
 from semgrpo.config.keys import SECTIONS, get_key, set_key
 from semgrpo.config.tree import Config, ConfigError
 
-# Renamed keys (0.2): old dotted name -> new one. `load_config` still takes the old names, with one
-# deprecation line each, until DEPRECATED_UNTIL; saved configs with the old sections are read through
-# `upgrade_saved_config`.
-DEPRECATED_UNTIL = "0.3"
+# Renamed keys: old dotted name -> new one. `load_config` still takes the old names, with one deprecation line
+# each, until DEPRECATED_UNTIL, the minor release after semgrpo.__version__ (a test fails once the package
+# reaches it: then the old names go); saved configs with the old sections are read through `upgrade_saved_config`.
+DEPRECATED_UNTIL = "0.2"
 RENAMED_KEYS = {
     **{f"train.{k}": f"grpo.{k}" for k in ("lr", "scheduler", "warmup_ratio", "epochs", "max_steps")},
     **{f"train.{k}": f"run.{k}" for k in ("deepspeed", "weight_decay", "save_every", "keep_last", "log_every",
@@ -23,8 +23,8 @@ RENAMED_KEYS = {
     **{f"eval.{k}": f"tax_meter.{k}" for k in ("every_steps", "ood_passages", "ood_samples", "ood_max_tokens",
                                                "batch_size")},
 }
-# Sections that were a plain value before 0.3, and the field that value sets now: `demo: true`, `demo=true`
-# and a saved `"demo": true` mean demo.enabled (no deprecation: the short form stays).
+# Sections that were a plain value in development snapshots before 0.1.0, and the field that value sets now:
+# `demo: true`, `demo=true` and a saved `"demo": true` mean demo.enabled (no deprecation: the short form stays).
 SECTION_SHORTHANDS = {"demo": "enabled"}
 
 
@@ -91,7 +91,7 @@ def upgrade_saved_config(tree: dict | None) -> dict | None:
                 target.setdefault(new_field, old_sec.pop(field_name))
         if not old_sec:
             del out[section]
-    for section, field_name in SECTION_SHORTHANDS.items():  # "demo": true, as configs saved before 0.3 hold it
+    for section, field_name in SECTION_SHORTHANDS.items():  # "demo": true, as configs saved before 0.1.0 hold it
         if section in out and not isinstance(out[section], dict):
             out[section] = {field_name: out[section]}
     _fill_legacy_values(out)
@@ -100,7 +100,7 @@ def upgrade_saved_config(tree: dict | None) -> dict | None:
 
 def _fill_legacy_values(tree: dict) -> None:
     """Keys added after a config was saved, whose default is not what that run did, get the value it ran with, so
-    that a resume compares like with like. grpo.use_bias_correction_kl (default true since 0.3) was false before;
+    that a resume compares like with like. grpo.use_bias_correction_kl (default true since 0.1.0) was false before;
     with beta == 0 it changes nothing, so such a run takes the default."""
     grpo = tree.get("grpo")
     if isinstance(grpo, dict) and "use_bias_correction_kl" not in grpo:

@@ -3,8 +3,10 @@
 Layouts follow the paper: Table 3 (task metric, similarity, CMRC, LLM-judge win, gap rows), Table 4
 (few-shot transfer) and Appendix C Table 6 (OOD token NLL and KL to the baseline); one more table lists every
 reference metric (BLEU, chrF, chrF++, ROUGE-L on sacrebleu's 0-100 scale, the target-script share).
-Input scales are those of `semgrpo.eval.metrics`: BLEU / ROUGE-L and CMRC in [0, 100]; the paper prints
-BLEU / ROUGE-L as fractions, so Tables 3 and 4 divide them by 100. Missing values print as "–".
+Input scales are those of `semgrpo.eval.metrics`: BLEU, chrF, chrF++, ROUGE-L and CMRC in [0, 100]. Every table
+prints them on that scale, as eval.json holds them and the README quotes them (the paper prints BLEU / ROUGE-L
+as fractions; a report whose tables disagree by a factor of 100 misleads more than it matches the paper).
+Missing values print as "–".
 """
 from __future__ import annotations
 
@@ -97,8 +99,7 @@ def _judge_win(result, name) -> float | None:
 
 def _t3_values(result, name) -> list[float | None]:
     m = result["models"][name]
-    metric = _num(_get(m, "task", _metric_key(result)))
-    return [None if metric is None else metric / 100.0, _num(_get(m, "task", "similarity", "mean")),
+    return [_num(_get(m, "task", _metric_key(result))), _num(_get(m, "task", "similarity", "mean")),
             _num(_get(m, "cmrc", "avg")), _num(_get(m, "cmrc", "f1")), _judge_win(result, name)]
 
 
@@ -107,7 +108,7 @@ def table3_markdown(result) -> str:
     validate_result(result)
     metric = _METRIC_NAMES.get(_metric_key(result), _metric_key(result))
     header = ["Model", metric, "Similarity", "CMRC Avg", "CMRC F1", "LLM-Judge Win (%)"]
-    digits = [4, 4, 2, 2, 1]
+    digits = [2, 4, 2, 2, 1]  # the metric on 0-100 as eval.json, like the reference-metrics table
     rows = [[n] + [_fmt(v, d) for v, d in zip(_t3_values(result, n), digits)] for n in result["models"]]
     for p in _pairs(result):
         a, b = _t3_values(result, p["a"]), _t3_values(result, p["b"])
@@ -143,7 +144,7 @@ def table4_markdown(result) -> str:
     """Paper Table 4 (few-shot transfer): Model | task metric | Similarity, rows in model order."""
     validate_result(result)
     metric = _METRIC_NAMES.get(_metric_key(result), _metric_key(result))
-    rows = [[n, _fmt(v[0], 4), _fmt(v[1], 4)] for n, v in ((n, _t3_values(result, n)) for n in result["models"])]
+    rows = [[n, _fmt(v[0], 2), _fmt(v[1], 4)] for n, v in ((n, _t3_values(result, n)) for n in result["models"])]
     return _table(["Model", metric, "Similarity"], rows)
 
 

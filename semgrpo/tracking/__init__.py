@@ -35,6 +35,7 @@ from semgrpo.config.choices import TRACKERS
 from semgrpo.files import write_json_atomic
 from semgrpo.tracking.files import (
     METRICS_FILE,
+    REWARD_CURVE_FILE,
     SAMPLES_FILE,
     STATE_FILE,
     SUMMARY_FILE,
@@ -297,7 +298,7 @@ class RunTracker:
         """Draw `reward/mean` and its trailing moving average against the step to a PNG.
 
         Args:
-            path: the PNG to write; default `<output_dir>/reward_curve.png`.
+            path: the PNG to write; default `<output_dir>/reward_curve.png` (REWARD_CURVE_FILE).
             window: moving-average width in logged steps; default max(1, n // 10).
 
         Returns:
@@ -307,7 +308,7 @@ class RunTracker:
             raise ValueError(f"window={window!r}; expected an int >= 1")
         if not self.enabled:
             return None
-        path = Path(path) if path is not None else self.output_dir / "reward_curve.png"
+        path = Path(path) if path is not None else self.output_dir / REWARD_CURVE_FILE
         if not self._closed:
             self._metrics.flush()
         draw_reward_curve(read_metrics(self.output_dir), REWARD_KEY, path, window=window)

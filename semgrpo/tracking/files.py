@@ -19,6 +19,10 @@ STATE_FILE = "tracker_state.json"
 SUMMARY_FILE = "summary.json"
 TENSORBOARD_DIR = "tensorboard"
 SAMPLES_FILE = "samples.jsonl"
+REWARD_CURVE_FILE = "reward_curve.png"
+# What a GRPO run's tracker leaves in output_dir whatever run.report_to names (report_to=[none]: these alone);
+# each tracker adds its own (TENSORBOARD_DIR, wandb/, SAMPLES_FILE).
+ALWAYS_WRITTEN = (METRICS_FILE, STATE_FILE, SUMMARY_FILE, REWARD_CURVE_FILE)
 # What run.report_to may name ("none" alone = metrics.jsonl only); the wandb table's columns.
 
 

@@ -100,12 +100,12 @@ def _check_png(path, min_bytes=5000):
 def test_table3_cells_gap_rows_and_alignment_tax():
     md = table3_markdown(_result())
     assert md.splitlines()[0] == "| Model | BLEU | Similarity | CMRC Avg | CMRC F1 | LLM-Judge Win (%) |"
-    assert _row(md, "strong_sft") == ["0.6006", "0.8282", "41.82", "62.99", "59.2"]  # b of pair 0: its loss_rate
-    assert _row(md, "rl") == ["0.4519", "0.7164", "46.97", "65.79", "33.5"]  # first pair only, not 60.0
-    assert _row(md, "base") == ["0.3000", "0.6000", "47.50", "66.00", "30.0"]
+    assert _row(md, "strong_sft") == ["60.06", "0.8282", "41.82", "62.99", "59.2"]  # b of pair 0: its loss_rate
+    assert _row(md, "rl") == ["45.19", "0.7164", "46.97", "65.79", "33.5"]  # first pair only, not 60.0
+    assert _row(md, "base") == ["30.00", "0.6000", "47.50", "66.00", "30.0"]
     assert _row(md, "ext") == ["–"] * 5
-    assert _row(md, "Gap (rl vs strong_sft)") == ["-0.1487", "-0.1118", "+5.15", "+2.80", "-25.7"]
-    assert _row(md, "Gap (rl vs base)") == ["+0.1519", "+0.1164", "-0.53", "-0.21", "+30.0"]
+    assert _row(md, "Gap (rl vs strong_sft)") == ["-14.87", "-0.1118", "+5.15", "+2.80", "-25.7"]
+    assert _row(md, "Gap (rl vs base)") == ["+15.19", "+0.1164", "-0.53", "-0.21", "+30.0"]
     tax = _section(md, "Alignment tax vs base")
     assert _row(tax, "Model") == ["Δ CMRC Avg", "Δ CMRC F1", "Δ CMRC EM"]
     assert _row(tax, "strong_sft") == ["-5.68", "-3.01", "-8.35"]
@@ -114,12 +114,26 @@ def test_table3_cells_gap_rows_and_alignment_tax():
     assert "| base |" not in tax
 
 
+def test_every_table_prints_a_metric_on_the_scale_of_eval_json(tmp_path):
+    """BLEU, chrF, chrF++ and ROUGE-L are 0-100 in eval.json (sacrebleu's scale) and in the README: eval.md's
+    Table 3, Table 4 and reference-metric cells of one value are that value, not its hundredth."""
+    r = _result()
+    write_report(r, tmp_path)
+    md = (tmp_path / "eval.md").read_text(encoding="utf-8")
+    table3 = _section(md, "## Task performance", "## Reference metrics")
+    reference = _section(md, "## Reference metrics")
+    for name in ("base", "strong_sft", "rl"):
+        bleu = f"{r['models'][name]['task']['bleu']:.2f}"
+        assert _row(table3, name)[0] == _row(reference, name)[0] == bleu, (name, _row(table3, name))
+    assert _row(table4_markdown(r), "strong_sft")[0] == "60.06"
+
+
 def test_table3_rouge_metric_without_judge_or_baseline():
     r = _result()
     r.update(task="hg_bo", task_metric="rouge_l", judge=None, baseline=None)
     md = table3_markdown(r)
     assert "| Model | ROUGE-L |" in md and "Gap" not in md and "Alignment tax" not in md
-    assert _row(md, "strong_sft") == ["0.3003", "0.8282", "41.82", "62.99", "–"]  # rouge_l = 30.03
+    assert _row(md, "strong_sft") == ["30.03", "0.8282", "41.82", "62.99", "–"]  # rouge_l
 
 
 def test_pipe_in_model_name_is_escaped():
@@ -143,7 +157,7 @@ def test_chrf_pp_as_the_task_metric():
     r["task_metric"] = "chrf_pp"
     md = table3_markdown(r)
     assert md.splitlines()[0].startswith("| Model | chrF++ | Similarity |")
-    assert _row(md, "rl")[0] == "0.3750"
+    assert _row(md, "rl")[0] == "37.50"
 
 
 def test_table4_transfer_layout():
@@ -153,7 +167,7 @@ def test_table4_transfer_layout():
     md = table4_markdown(r)
     assert md.splitlines()[0] == "| Model | ROUGE-L | Similarity |"
     assert [line.split("|")[1].strip() for line in md.splitlines()[2:]] == ["base", "strong_sft", "rl", "ext"]
-    assert _row(md, "rl") == ["0.1918", "0.5690"]
+    assert _row(md, "rl") == ["19.18", "0.5690"]
     assert _row(md, "ext") == ["–", "–"]
 
 
@@ -254,7 +268,7 @@ def test_write_report(tmp_path):
                  "![OOD distributions](ood_distributions.png)", "`rl`: runs/grpo (task n=100, CMRC 50 questions, "
                  "OOD 5000 tokens)", "- max_new_tokens: 256", "judge-llm", "`ext`: elsewhere (no results)"):
         assert text in md, text
-    assert _row(md, "Gap (rl vs strong_sft)") == ["-0.1487", "-0.1118", "+5.15", "+2.80", "-25.7"]
+    assert _row(md, "Gap (rl vs strong_sft)") == ["-14.87", "-0.1118", "+5.15", "+2.80", "-25.7"]
     assert "Table 4" not in md
     for p in paths.values():
         assert p.stat().st_size > 0

@@ -84,7 +84,7 @@ def test_run_config_is_the_config_of_the_checkpoint_named_or_picked(tmp_path):
 
 
 def test_run_config_saved_with_the_old_section_names_reads_under_the_new_ones(tmp_path):
-    """A checkpoint config written before 0.2 (`train.*`, `eval.*`): readers see `grpo.*`, `run.*`, `tax_meter.*`."""
+    """A checkpoint config of a development snapshot before 0.1.0 (`train.*`, `eval.*`): readers see `grpo.*`, `run.*`, `tax_meter.*`."""
     from semgrpo.lineage import run_config
 
     ckpt = tmp_path / "run" / "checkpoints" / "step-00000001"
