@@ -3,7 +3,7 @@ NOT_RUN with the reason (a cluster, the network, an hour of CPU) and, where it e
 
 Every command of the README's fenced shell blocks is one of the two: a command added or changed fails
 `test_every_readme_command_is_run_or_says_why_not` until it is placed. The two substitutions the shared test
-machine needs are made and said: `--master_port` after `deepspeed` (port 29500 may be another job's), and the
+machine needs are made and said: `--master_port` after `deepspeed` (DeepSpeed's default port may be another job's), and the
 reward server's port 8000 when another process holds it.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from _helpers import REPO, assert_clean_launch, user_env
+from _helpers import REPO, assert_clean_launch, free_port, user_env
 
 FENCE = re.compile(r"^( *)```(\w*)\n(.*?)^\1```", re.M | re.S)
 DEMO = "deepspeed bin/train_grpo.py"
@@ -225,12 +225,6 @@ def test_no_command_resumes_a_run_folder_another_command_made_differently(tmp_pa
 
 # ------------------------------------------------------------------------------- after the demo, in a copy
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _port_taken(port: int) -> bool:
     with socket.socket() as s:
         try:
@@ -242,10 +236,10 @@ def _port_taken(port: int) -> bool:
 
 def _as_run_here(command: str) -> str:
     """The command with the shared machine's two substitutions (module docstring)."""
-    command = re.sub(r"(?<![\w/.-])deepspeed (?!--master_port)", lambda _: f"deepspeed --master_port {_free_port()} ",
+    command = re.sub(r"(?<![\w/.-])deepspeed (?!--master_port)", lambda _: f"deepspeed --master_port {free_port()} ",
                      command)
     if "reward_server.py 8000" in command and _port_taken(8000):
-        command = command.replace("8000", str(_free_port()))
+        command = command.replace("8000", str(free_port()))
     return command
 
 
