@@ -107,6 +107,9 @@ def launches():
 def pytest_addoption(parser):
     parser.addoption("--record-durations", action="store_true",
                      help="rewrite tests/durations.json (the tests over 5 s) from this run's timings")
+    parser.addoption("--readme-commands", action="store_true",
+                     help="also run every README command as written after a full demo in a copy of the checkout "
+                          "(tests marked readme_commands: a long CPU run, kept out of the 20-minute suite)")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -116,6 +119,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.nodeid in slow or launches_processes(item):
             item.add_marker(pytest.mark.slow)
+    # The README's commands after a full demo take longer than the whole suite's budget: they run on request
+    # (--readme-commands, CONTRIBUTING "Checks"), and are deselected, said in the summary, otherwise.
+    if not config.getoption("--readme-commands"):
+        later = [item for item in items if item.get_closest_marker("readme_commands")]
+        if later:
+            config.hook.pytest_deselected(items=later)
+            items[:] = [item for item in items if not item.get_closest_marker("readme_commands")]
 
 
 def pytest_runtest_logreport(report):

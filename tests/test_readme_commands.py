@@ -287,6 +287,7 @@ def after_demo(tmp_path_factory, real_data_root, demo_assets):
     return copy, env, real_data_root
 
 
+@pytest.mark.readme_commands
 @pytest.mark.parametrize("command", list(RUN), ids=[f"readme-{i}" for i in range(len(RUN))])
 def test_readme_command_runs_as_written_after_the_demo(after_demo, command):
     copy, env, data_root = after_demo
