@@ -298,3 +298,10 @@ def test_readme_command_runs_as_written_after_the_demo(after_demo, command):
     for expected in RUN[command]:
         path = Path(expected.replace("$DATA", str(data_root))) if expected.startswith("$DATA") else copy / expected
         assert path.is_file(), f"{command} left no {expected}\n{output[-3000:]}"
+    run = re.search(r"output_dir=(\S+)", command)
+    if run:  # a training example: it trained its 50 steps with its own reward in the sum
+        summary = json.loads((copy / run.group(1) / "summary.json").read_text())
+        assert summary["total_steps"] == 50, summary
+        name = "remote" if "http://" in command else "lenmatch"
+        rows = [json.loads(line) for line in (copy / run.group(1) / "metrics.jsonl").read_text().splitlines()]
+        assert len(rows) == 50 and all(f"reward/{name}" in row for row in rows), rows[-1]
