@@ -2,7 +2,7 @@
 
 ``policy_loss_from_logps`` is the single home of that math: ``grpo_loss`` (outside its fully fused kernel),
 ``linear_grpo_loss`` and semgrpo's trainer all call it. Semantics follow TRL 1.16's ``GRPOTrainer._compute_loss``
-number for number (DESIGN section 5).
+number for number (README: "What one update optimizes").
 """
 
 from __future__ import annotations
