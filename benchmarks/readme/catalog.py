@@ -12,7 +12,7 @@ FIGURES = {
     **lists.FIGURES,
     # "Does it reproduce the paper?": the committed table.md is the README's table, word for word
     "reproduce.table": lambda: path_text(f"{REPRODUCE}/table.md").strip(),
-    "reproduce.date": lambda: str(load_json(f"{REPRODUCE}/results.json")["date"])[:10],
+    "reproduce.date": lambda: str(_reproduce()["date"])[:10],
     "reproduce.base_gap": lambda: f"{_reproduce()['gate']['base_gap']:.2f}",
     "reproduce.chrf_over_floor": lambda: f"{_gate_over():+.2f}",
     "reproduce.base_minutes": lambda: f"{_reproduce()['wall_seconds']['base'] / 60:.1f}",
